@@ -1,0 +1,72 @@
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import tgrep
+from tgrep import _backend
+from tgrep.utils import check, csr_to_edge_index, to_csr
+
+
+def test_backend_env_var_forces(monkeypatch):
+    monkeypatch.setenv("TGREP_BACKEND", "reference")
+    assert _backend.choose("cpu", cpp_name="shortest_path") == "reference"
+    monkeypatch.setenv("TGREP_BACKEND", "bogus")
+    with pytest.raises(ValueError, match="TGREP_BACKEND"):
+        _backend.choose("cpu")
+
+
+def test_use_backend_context_and_unusable():
+    with tgrep.use_backend("reference"):
+        assert _backend.choose("cpu") == "reference"
+    if not torch.cuda.is_available():
+        with tgrep.use_backend("cpp"):
+            with pytest.raises(RuntimeError, match="CPU tensors"):
+                _backend.choose("meta", cpp_name="shortest_path")
+    # an op without a C++ kernel runs its reference when 'cpp' is forced
+    with tgrep.use_backend("cpp"):
+        assert _backend.choose("cpu", implemented=("reference", "triton")) == "reference"
+
+
+def test_triton_interpreter_status():
+    ok, why = _backend.triton_status()
+    assert ok, why  # the test-suite switches the interpreter on without a GPU
+
+
+def test_to_csr_roundtrip(seed):
+    n, e = 7, 20
+    ei = torch.randint(0, n, (2, e))
+    w = torch.rand(e)
+    indptr, indices, weight, perm = to_csr(ei, n, w, return_perm=True)
+    assert indptr[-1] == e and indptr.numel() == n + 1
+    back = csr_to_edge_index(indptr, indices)
+    assert torch.equal(back, ei[:, perm]) and torch.equal(weight, w[perm])
+    indptr2, _, _ = to_csr(ei, n, w, undirected=True)
+    assert indptr2[-1] == 2 * e
+
+
+def test_to_csr_rejects_bad_input():
+    with pytest.raises(ValueError, match="edge_index"):
+        to_csr(torch.tensor([[0, 5]]).t(), 3)
+    with pytest.raises(TypeError, match="edge_index"):
+        to_csr(torch.zeros(2, 3), 3)
+    with pytest.raises(ValueError, match="edge_weight"):
+        to_csr(torch.tensor([[0], [1]]), 2, torch.ones(3))
+
+
+def test_check_messages():
+    with pytest.raises(TypeError, match="'x' must be a torch.Tensor"):
+        check.tensor("x", [1, 2])
+    with pytest.raises(ValueError, match="'x' contains NaN"):
+        check.tensor("x", torch.tensor([1.0, float("nan")]), finite=True)
+    with pytest.raises(ValueError, match="'k'"):
+        check.positive_int("k", 0)
+
+
+def test_cli_info_runs():
+    out = subprocess.run([sys.executable, "-m", "tgrep.cli", "info"], capture_output=True, text=True,
+                         env={**os.environ, "TGREP_BACKEND": ""}, timeout=600)
+    assert out.returncode == 0, out.stderr
+    assert "backends:" in out.stdout and "reference" in out.stdout and "triton" in out.stdout

@@ -1,0 +1,71 @@
+"""Build-on-first-use loader for the C++ kernels in ``csrc/cpu``.
+
+Each kernel family is one file, ``csrc/cpu/<name>.cpp``, compiled into its own extension
+with :func:`torch.utils.cpp_extension.load` (ninja). The build directory is keyed by a hash
+of the source and the torch version, so edits rebuild and several checkouts never share a
+stale build. A failed build gives one warning and the callers fall back to the reference.
+Set ``TGREP_CACHE`` to move the cache (default ``~/.cache/tgrep``) and ``TGREP_NO_CPP=1``
+to skip C++ entirely.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+import warnings
+from pathlib import Path
+from types import ModuleType
+
+import torch
+
+CSRC = Path(__file__).resolve().parent.parent / "csrc" / "cpu"
+_lock = threading.Lock()
+_modules: dict[str, ModuleType | None] = {}
+_errors: dict[str, str] = {}
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("TGREP_CACHE", Path.home() / ".cache" / "tgrep"))
+
+
+def cpp_error(name: str) -> str | None:
+    """Why extension ``name`` is unavailable (``None`` if it loaded or was never tried)."""
+    return _errors.get(name)
+
+
+def _fail(name: str, reason: str, warn: bool) -> None:
+    _errors[name] = reason
+    _modules[name] = None
+    if warn:
+        warnings.warn(f"tgrep: C++ kernels '{name}' unavailable, using the torch reference "
+                      f"instead ({reason})", RuntimeWarning, stacklevel=3)
+
+
+def load_cpp(name: str) -> ModuleType | None:
+    """Compile (once, cached on disk) and import ``csrc/cpu/<name>.cpp``; ``None`` on failure."""
+    with _lock:
+        if name in _modules:
+            return _modules[name]
+        if os.environ.get("TGREP_NO_CPP", "0") not in ("", "0"):
+            _fail(name, "disabled by TGREP_NO_CPP", warn=False)
+            return None
+        src = CSRC / f"{name}.cpp"
+        if not src.exists():
+            _fail(name, f"source {src} not found (installed without csrc/?)", warn=True)
+            return None
+        digest = hashlib.sha1(src.read_bytes() + torch.__version__.encode()).hexdigest()[:12]
+        build = cache_dir() / "ext" / f"{name}-{digest}"
+        build.mkdir(parents=True, exist_ok=True)
+        try:
+            from torch.utils.cpp_extension import load
+
+            flags = ["-O3", "-fopenmp", "-march=x86-64-v2"] if os.uname().machine == "x86_64" \
+                else ["-O3", "-fopenmp"]
+            mod = load(name=f"tgrep_{name}_{digest}", sources=[str(src)], build_directory=str(build),
+                       extra_cflags=flags, extra_ldflags=["-fopenmp"], verbose=False)
+        except Exception as exc:  # compiler missing, ninja missing, compile error ...
+            first = str(exc).strip().splitlines()[-1:] or [""]
+            _fail(name, f"build failed: {exc.__class__.__name__}: {first[0][:300]}", warn=True)
+            return None
+        _modules[name] = mod
+        return mod

@@ -1,0 +1,1 @@
+"""Kernels: ``triton`` (CUDA), ``reference`` (plain torch); C++ lives in ``csrc/cpu``."""

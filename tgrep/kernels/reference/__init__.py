@@ -1,0 +1,1 @@
+"""tgrep.kernels.reference."""

@@ -1,0 +1,1 @@
+"""Differentiable functional ops (input validation + autograd + backend dispatch)."""
