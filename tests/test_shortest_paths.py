@@ -1,0 +1,233 @@
+"""tgrep.ops.shortest_paths: every backend against scipy and against the reference spec."""
+import itertools
+
+import numpy as np
+import pytest
+import torch
+from scipy.sparse import csr_matrix
+from scipy.sparse.csgraph import dijkstra
+
+import tgrep
+from tgrep import _backend
+from tgrep.kernels.reference import shortest_path as ref
+from tgrep.ops import edge_presence, shortest_paths
+from tgrep.utils import to_csr
+
+BACKENDS = ["reference", "cpp", "triton"]
+
+
+def usable(backend, device="cpu"):
+    try:
+        with tgrep.use_backend(backend):
+            _backend.choose(device, cpp_name="shortest_path")
+        return True
+    except RuntimeError:
+        return False
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request):
+    if not usable(request.param):
+        pytest.skip(f"backend {request.param} not available here")
+    with tgrep.use_backend(request.param):
+        yield request.param
+
+
+def random_graph(n, e, dtype=torch.float64, undirected=False, zero_frac=0.0):
+    ei = torch.randint(0, n, (2, e))
+    w = torch.rand(e, dtype=dtype)
+    if zero_frac:
+        w[torch.rand(e) < zero_frac] = 0
+    return to_csr(ei, n, w, undirected=undirected)
+
+
+def scipy_dist(indptr, indices, weight, sources):
+    n = indptr.numel() - 1
+    # scipy drops explicit zeros and merges duplicates by summing: build the min-graph by hand
+    dense = np.full((n, n), np.inf)
+    src = np.repeat(np.arange(n), np.diff(indptr.numpy()))
+    np.minimum.at(dense, (src, indices.numpy()), weight.double().numpy())
+    eps = 1e-300  # keep zero-weight edges as edges
+    dense = np.where(np.isfinite(dense), np.maximum(dense, eps), 0.0)
+    return dijkstra(csr_matrix(dense), directed=True, indices=sources.numpy())
+
+
+@pytest.mark.parametrize("undirected", [False, True])
+def test_matches_scipy(backend, seed, undirected):
+    n = 30
+    indptr, indices, weight = random_graph(n, 90, undirected=undirected, zero_frac=0.1)
+    sources = torch.randint(0, n, (6,))
+    dist = shortest_paths(indptr, indices, weight, sources)
+    expect = scipy_dist(indptr, indices, weight, sources)
+    np.testing.assert_allclose(dist.numpy(), expect, rtol=1e-12, atol=1e-12)
+
+
+def test_targets_and_float32(backend, seed):
+    n = 40
+    indptr, indices, weight = random_graph(n, 160, dtype=torch.float32)
+    sources = torch.randint(0, n, (5,))
+    targets = torch.randint(0, n, (5, 3))
+    dist = shortest_paths(indptr, indices, weight, sources, targets)
+    full = torch.from_numpy(scipy_dist(indptr, indices, weight, sources))
+    assert dist.dtype == torch.float32 and dist.shape == (5, 3)
+    torch.testing.assert_close(dist.double(), full.gather(1, targets), rtol=1e-5, atol=1e-6)
+
+
+def test_backend_matches_reference_exactly(backend, seed):
+    n = 25
+    indptr, indices, weight = random_graph(n, 100, dtype=torch.float32)
+    sources = torch.randint(0, n, (4,))
+    targets = torch.randint(0, n, (4, 2))
+    prob = torch.rand(weight.numel())
+    got = shortest_paths(indptr, indices, weight, sources, targets, edge_prob=prob, seed=seed,
+                         return_predecessors=True)
+    exp = ref.shortest_paths(indptr, indices, weight, sources, targets, prob, seed, True)
+    torch.testing.assert_close(got.dist, exp[0])
+    settled_got = (got.pred >= 0) | (torch.arange(n) == sources[:, None])
+    settled_exp = (exp[1] >= 0) | (torch.arange(n) == sources[:, None])
+    assert torch.equal(settled_got, settled_exp)
+
+
+def test_predecessors_form_shortest_path_tree(backend, seed):
+    n = 20
+    indptr, indices, weight = random_graph(n, 70)
+    sources = torch.arange(3)
+    dist, pred = shortest_paths(indptr, indices, weight, sources, return_predecessors=True)
+    edge_src = torch.repeat_interleave(torch.arange(n), indptr.diff())
+    for b in range(3):
+        for v in range(n):
+            e = int(pred[b, v])
+            if v == int(sources[b]) or not torch.isfinite(dist[b, v]):
+                assert e == -1
+            else:
+                assert int(indices[e]) == v
+                assert torch.isclose(dist[b, edge_src[e]] + weight[e], dist[b, v])
+
+
+def test_gradient_is_path_indicator(backend, seed):
+    n = 15
+    indptr, indices, weight = random_graph(n, 50)
+    weight.requires_grad_()
+    sources = torch.randint(0, n, (4,))
+    targets = torch.randint(0, n, (4, 3))
+    dist = shortest_paths(indptr, indices, weight, sources, targets)
+    coef = torch.randn_like(dist)
+    (torch.where(torch.isfinite(dist), dist * coef, 0)).sum().backward()
+    # finite differences: distances are piecewise linear in the weights
+    h = 1e-7
+    fd = torch.zeros_like(weight)
+    base = torch.where(torch.isfinite(dist), dist * coef, 0).sum().detach()
+    for e in range(weight.numel()):
+        w2 = weight.detach().clone()
+        w2[e] += h
+        d2 = shortest_paths(indptr, indices, w2, sources, targets)
+        fd[e] = (torch.where(torch.isfinite(d2), d2 * coef, 0).sum() - base) / h
+    torch.testing.assert_close(weight.grad, fd, atol=1e-5, rtol=1e-5)
+
+
+def test_stochastic_mean_equals_exact_expectation(backend):
+    # 4 uncertain edges -> enumerate all 16 subsets
+    ei = torch.tensor([[0, 0, 1, 2, 1, 3], [1, 2, 3, 3, 2, 4]])
+    w = torch.tensor([1.0, 2.5, 1.0, 0.2, 0.3, 1.0], dtype=torch.float64)
+    indptr, indices, weight, perm = to_csr(ei, 5, w, return_perm=True)
+    prob = torch.tensor([0.7, 1.0, 0.4, 0.9, 0.5, 1.0], dtype=torch.float64)[perm]
+    uncertain = [i for i in range(6) if prob[i] < 1]
+    exact = second = 0.0
+    for bits in itertools.product([0, 1], repeat=len(uncertain)):
+        keep = torch.ones(6, dtype=torch.bool)
+        pr = 1.0
+        for i, bit in zip(uncertain, bits):
+            keep[i] = bool(bit)
+            pr *= float(prob[i]) if bit else 1 - float(prob[i])
+        d = shortest_paths(indptr, indices, torch.where(keep, weight, torch.inf), torch.tensor([0]),
+                           torch.tensor([[4]]))
+        value = float(d) if torch.isfinite(d) else 10.0
+        exact += pr * value
+        second += pr * value**2
+    B = 4000
+    d = shortest_paths(indptr, indices, weight, torch.zeros(B, dtype=torch.long),
+                       torch.full((B, 1), 4), edge_prob=prob, seed=123)
+    est = torch.where(torch.isfinite(d), d, torch.full_like(d, 10.0)).mean().item()
+    std = (second - exact**2) ** 0.5
+    assert abs(est - exact) < 5 * std / B**0.5, (est, exact, std)
+
+
+def test_sampling_is_reproducible_and_row_local(backend, seed):
+    n = 20
+    indptr, indices, weight = random_graph(n, 80)
+    prob = torch.rand(weight.numel(), dtype=torch.float64)
+    sources = torch.randint(0, n, (6,))
+    a = shortest_paths(indptr, indices, weight, sources, edge_prob=prob, seed=seed)
+    b = shortest_paths(indptr, indices, weight, sources, edge_prob=prob, seed=seed)
+    c = shortest_paths(indptr, indices, weight, sources[:3], edge_prob=prob, seed=seed)
+    torch.testing.assert_close(a, b)
+    torch.testing.assert_close(a[:3], c)
+
+
+def test_sample_respected_by_paths(backend, seed):
+    n = 20
+    indptr, indices, weight = random_graph(n, 80)
+    prob = torch.rand(weight.numel(), dtype=torch.float64)
+    sources = torch.randint(0, n, (5,))
+    dist, pred = shortest_paths(indptr, indices, weight, sources, edge_prob=prob, seed=seed,
+                                return_predecessors=True)
+    rows, verts = (pred >= 0).nonzero(as_tuple=True)
+    assert bool(edge_presence(seed, rows, pred[rows, verts], prob[pred[rows, verts]]).all())
+    # and each row equals a deterministic search on its own sample
+    E = weight.numel()
+    for b in range(5):
+        keep = edge_presence(seed, torch.tensor(b), torch.arange(E), prob)
+        d = shortest_paths(indptr, indices, torch.where(keep, weight, torch.inf), sources[b:b + 1])
+        torch.testing.assert_close(dist[b:b + 1], d)
+
+
+def test_early_exit_settles_exactly_up_to_max_target(backend, seed):
+    n = 30
+    indptr, indices, weight = random_graph(n, 120)
+    sources = torch.randint(0, n, (4,))
+    targets = torch.randint(0, n, (4, 2))
+    full = shortest_paths(indptr, indices, weight, sources)
+    _, pred = shortest_paths(indptr, indices, weight, sources, targets, return_predecessors=True)
+    settled = (pred >= 0) | (torch.arange(n) == sources[:, None])
+    bound = full.gather(1, targets).max(1).values
+    assert torch.equal(settled, full <= bound[:, None])
+
+
+def test_edge_cases(backend):
+    # empty graph, isolated vertices, self loops, duplicates (lightest wins), zero weights
+    empty = shortest_paths(torch.zeros(1, dtype=torch.long), torch.zeros(0, dtype=torch.long),
+                           torch.zeros(0), torch.zeros(0, dtype=torch.long))
+    assert empty.shape == (0, 0)
+    ei = torch.tensor([[0, 0, 0, 1, 1], [0, 1, 1, 2, 2]])
+    w = torch.tensor([0.0, 3.0, 1.0, 0.0, 5.0], dtype=torch.float64)
+    indptr, indices, weight = to_csr(ei, 4, w)
+    d = shortest_paths(indptr, indices, weight, torch.tensor([0, 3]))
+    assert d.tolist() == [[0.0, 1.0, 1.0, float("inf")], [float("inf")] * 3 + [0.0]]
+    none = shortest_paths(indptr, indices, weight, torch.tensor([0]), torch.zeros(1, 0, dtype=torch.long))
+    assert none.shape == (1, 0)
+    p0 = shortest_paths(indptr, indices, weight, torch.tensor([0]), edge_prob=torch.zeros(5), seed=1)
+    assert p0.tolist() == [[0.0] + [float("inf")] * 3]
+
+
+@pytest.mark.parametrize("kwargs, exc, match", [
+    (dict(weight=torch.tensor([-1.0, 1.0])), ValueError, "weight"),
+    (dict(weight=torch.tensor([float("nan"), 1.0])), ValueError, "weight"),
+    (dict(weight=torch.tensor([1, 1])), TypeError, "weight"),
+    (dict(indices=torch.tensor([0, 7])), ValueError, "indices"),
+    (dict(indptr=torch.tensor([0, 2, 1, 2])), ValueError, "indptr"),
+    (dict(indptr=torch.tensor([0, 1, 1, 3])), ValueError, "indptr"),
+    (dict(sources=torch.tensor([3])), ValueError, "sources"),
+    (dict(sources=torch.tensor([0.0])), TypeError, "sources"),
+    (dict(targets=torch.tensor([[0], [1]])), ValueError, "targets"),
+    (dict(edge_prob=torch.tensor([0.5, 1.5])), ValueError, "edge_prob"),
+    (dict(edge_prob=torch.tensor([0.5])), ValueError, "edge_prob"),
+    (dict(seed=1.5), TypeError, "seed"),
+])
+def test_bad_input(kwargs, exc, match):
+    args = dict(indptr=torch.tensor([0, 1, 2, 2]), indices=torch.tensor([1, 2]), weight=torch.tensor([1.0, 1.0]),
+                sources=torch.tensor([0]))
+    args.update({k: v for k, v in kwargs.items() if k in args})
+    extra = {k: v for k, v in kwargs.items() if k not in args}
+    with pytest.raises(exc, match=match):
+        shortest_paths(args["indptr"], args["indices"], args["weight"], args["sources"],
+                       extra.pop("targets", None), **extra)
