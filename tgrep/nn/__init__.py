@@ -1,1 +1,2 @@
 """tgrep.nn."""
+from .prodige import ProdigeGraph  # noqa: E402
