@@ -1,1 +1,2 @@
 """tgrep.models."""
+from .prodige import ProdigeCompression  # noqa: E402
