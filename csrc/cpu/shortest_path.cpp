@@ -1,0 +1,324 @@
+// Batched (stochastic) single-source shortest paths on CPU: one Dijkstra per row, rows in
+// parallel. The executable spec is tgrep/kernels/reference/shortest_path.py; this file
+// reproduces it exactly (same float sums, same settled set, same predecessor edges: the heap
+// orders by (distance, vertex) like the reference's heapq of tuples).
+//
+// * Heap: indexed 4-ary min-heap with decrease-key (at most N entries, no stale entries).
+// * Per-worker buffers are allocated once and never re-initialised in O(N) per row: the heap
+//   positions return to -1 as vertices are popped, tentative distances are reset through a
+//   touched list, target marks use generation stamps.
+// * Without targets the output row itself is the distance array (it starts at inf).
+// * Sampling: edge e is present in row r iff (mix(e ^ mix(r ^ mix(seed ^ GOLDEN))) >> 8) <
+//   ceil(p_e * 2^24), which equals the reference's u < p_e (u a multiple of 2^-24). The
+//   hash is only evaluated for edges that would improve a distance: a sample that cannot
+//   change the result need not be drawn (the result is the same function of the samples).
+// * Rows are handed out dynamically (an atomic counter) to the workers at::parallel_for
+//   starts, so rows that exit early do not unbalance the threads; the result of a row does
+//   not depend on which worker runs it.
+#include <torch/extension.h>
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cstdint>
+#include <limits>
+#include <vector>
+
+namespace {
+
+constexpr uint32_t kGolden = 0x9E3779B9u;
+
+inline uint32_t mix32(uint32_t x) {
+  x ^= x >> 16;
+  x *= 0x7FEB352Du;
+  x ^= x >> 15;
+  x *= 0x846CA68Bu;
+  x ^= x >> 16;
+  return x;
+}
+
+template <typename D>
+struct Node {
+  D key;
+  int32_t v;
+};
+
+template <typename D>
+inline bool node_less(const Node<D>& a, const Node<D>& b) {
+  return a.key < b.key || (a.key == b.key && a.v < b.v);
+}
+
+// Indexed 4-ary min-heap over (key, vertex); pos[v] = slot of v, -1 when not in the heap.
+template <typename D>
+struct Heap {
+  Node<D>* h = nullptr;
+  int32_t* pos = nullptr;
+  int32_t size = 0;
+
+  inline void sift_up(int32_t i, Node<D> x) {
+    while (i > 0) {
+      int32_t p = (i - 1) >> 2;
+      if (!node_less(x, h[p])) break;
+      h[i] = h[p];
+      pos[h[i].v] = i;
+      i = p;
+    }
+    h[i] = x;
+    pos[x.v] = i;
+  }
+  inline void sift_down(int32_t i, Node<D> x) {
+    for (;;) {
+      int32_t c = 4 * i + 1;
+      if (c >= size) break;
+      int32_t best = c;
+      int32_t end = std::min(c + 4, size);
+      for (int32_t j = c + 1; j < end; ++j)
+        if (node_less(h[j], h[best])) best = j;
+      if (!node_less(h[best], x)) break;
+      h[i] = h[best];
+      pos[h[i].v] = i;
+      i = best;
+    }
+    h[i] = x;
+    pos[x.v] = i;
+  }
+  inline void push(D key, int32_t v) { sift_up(size++, Node<D>{key, v}); }
+  inline void decrease(D key, int32_t v) { sift_up(pos[v], Node<D>{key, v}); }
+  inline Node<D> pop() {
+    Node<D> top = h[0];
+    pos[top.v] = -1;
+    --size;
+    if (size > 0) sift_down(0, h[size]);
+    return top;
+  }
+};
+
+template <typename D, typename IP, typename IX>
+struct Problem {
+  int64_t n, B, T;  // T < 0: no targets
+  const IP* indptr;
+  const IX* indices;
+  const D* weight;
+  const int32_t* thr;  // nullptr: every edge present
+  const int64_t* sources;
+  const int64_t* targets;
+  uint32_t seed_mix;
+  D* out_dist;       // [B, N] or [B, T]
+  int64_t* out_pred; // [B, N] (starts at -1) or nullptr
+};
+
+template <typename D>
+struct Worker {
+  std::vector<Node<D>> heap_store;
+  std::vector<int32_t> pos;      // -1 everywhere between rows
+  std::vector<D> dist;           // inf everywhere between rows (targets mode only)
+  std::vector<uint32_t> tmark;   // generation stamps of the current row's targets
+  std::vector<int32_t> touched;  // vertices whose distance left inf (targets mode only)
+  uint32_t gen = 0;
+
+  Worker(int64_t n, bool with_targets)
+      : heap_store(std::max<int64_t>(n, 1)), pos(n, -1) {
+    if (with_targets) {
+      dist.assign(n, std::numeric_limits<D>::infinity());
+      tmark.assign(n, 0);
+      touched.reserve(1024);
+    }
+  }
+};
+
+template <typename D, typename IP, typename IX>
+void run_row(const Problem<D, IP, IX>& P, Worker<D>& W, int64_t b) {
+  const D inf = std::numeric_limits<D>::infinity();
+  const int64_t n = P.n;
+  const bool with_targets = P.T >= 0;
+  const int64_t* tg = with_targets ? P.targets + b * P.T : nullptr;
+  if (with_targets && P.T == 0) return;  // nothing asked: nothing searched
+
+  D* d = with_targets ? W.dist.data() : P.out_dist + b * n;
+  int64_t* pr = P.out_pred ? P.out_pred + b * n : nullptr;
+  Heap<D> heap;
+  heap.h = W.heap_store.data();
+  heap.pos = W.pos.data();
+  int32_t* pos = heap.pos;
+
+  int64_t remaining = 0;
+  uint32_t gen = 0;
+  if (with_targets) {
+    if (++W.gen == 0) {  // stamps wrapped around: clear them once
+      std::fill(W.tmark.begin(), W.tmark.end(), 0u);
+      W.gen = 1;
+    }
+    gen = W.gen;
+    for (int64_t t = 0; t < P.T; ++t) {
+      int64_t v = tg[t];
+      if (W.tmark[v] != gen) {
+        W.tmark[v] = gen;
+        ++remaining;
+      }
+    }
+    W.touched.clear();
+  }
+  const uint32_t rh = mix32(static_cast<uint32_t>(b) ^ P.seed_mix);
+  const IP* ip = P.indptr;
+  const IX* ix = P.indices;
+  const D* wt = P.weight;
+  const int32_t* thr = P.thr;
+
+  const int32_t s = static_cast<int32_t>(P.sources[b]);
+  d[s] = D(0);
+  heap.push(D(0), s);
+  if (with_targets) W.touched.push_back(s);
+  D bound = inf;  // D_b once every target is settled
+
+  while (heap.size > 0) {
+    if (heap.h[0].key > bound) break;  // early exit: everything with d <= D_b is settled
+    Node<D> top = heap.pop();
+    const int32_t u = top.v;
+    const D du = top.key;
+    if (with_targets && W.tmark[u] == gen) {
+      W.tmark[u] = gen - 1;  // any value != gen
+      if (--remaining == 0) bound = du;
+    }
+    const int64_t e1 = static_cast<int64_t>(ip[u + 1]);
+    for (int64_t e = static_cast<int64_t>(ip[u]); e < e1; ++e) {
+      const int32_t v = static_cast<int32_t>(ix[e]);
+      const D nd = du + wt[e];
+      if (!(nd < d[v])) continue;
+      if (thr && (mix32(static_cast<uint32_t>(e) ^ rh) >> 8) >= static_cast<uint32_t>(thr[e])) continue;
+      if (pos[v] < 0) {
+        if (with_targets) W.touched.push_back(v);
+        d[v] = nd;
+        heap.push(nd, v);
+      } else {
+        d[v] = nd;
+        heap.decrease(nd, v);
+      }
+      if (pr) pr[v] = e;
+    }
+  }
+  // vertices left in the heap were reached but not settled: no distance, no predecessor
+  for (int32_t i = 0; i < heap.size; ++i) {
+    const int32_t v = heap.h[i].v;
+    pos[v] = -1;
+    if (pr) pr[v] = -1;
+    if (!with_targets) d[v] = inf;
+  }
+  heap.size = 0;
+  if (with_targets) {
+    D* out = P.out_dist + b * P.T;
+    for (int64_t t = 0; t < P.T; ++t) out[t] = d[tg[t]];  // targets are settled or unreachable
+    for (int32_t v : W.touched) d[v] = inf;
+  }
+}
+
+template <typename D, typename IP, typename IX>
+void run_all(const Problem<D, IP, IX>& P) {
+  const int64_t workers = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), P.B));
+  std::atomic<int64_t> next{0};
+  at::parallel_for(0, workers, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t w = begin; w < end; ++w) {
+      Worker<D> W(P.n, P.T >= 0);
+      for (int64_t b = next.fetch_add(1); b < P.B; b = next.fetch_add(1)) run_row(P, W, b);
+    }
+  });
+}
+
+template <typename D, typename IP, typename IX>
+void launch(const at::Tensor& indptr, const at::Tensor& indices, const at::Tensor& weight,
+            const at::Tensor& thr, const at::Tensor& sources, const at::Tensor& targets, uint32_t seed_mix,
+            at::Tensor& dist, at::Tensor& pred, int64_t n, int64_t T) {
+  Problem<D, IP, IX> P;
+  P.n = n;
+  P.B = sources.numel();
+  P.T = T;
+  P.indptr = indptr.data_ptr<IP>();
+  P.indices = indices.data_ptr<IX>();
+  P.weight = weight.data_ptr<D>();
+  P.thr = thr.defined() ? thr.data_ptr<int32_t>() : nullptr;
+  P.sources = sources.data_ptr<int64_t>();
+  P.targets = targets.defined() ? targets.data_ptr<int64_t>() : nullptr;
+  P.seed_mix = seed_mix;
+  P.out_dist = dist.data_ptr<D>();
+  P.out_pred = pred.defined() ? pred.data_ptr<int64_t>() : nullptr;
+  run_all(P);
+}
+
+template <typename D, typename IP>
+void dispatch_ix(const at::Tensor& indptr, const at::Tensor& indices, const at::Tensor& weight,
+                 const at::Tensor& thr, const at::Tensor& sources, const at::Tensor& targets, uint32_t seed_mix,
+                 at::Tensor& dist, at::Tensor& pred, int64_t n, int64_t T) {
+  if (indices.scalar_type() == at::kInt)
+    launch<D, IP, int32_t>(indptr, indices, weight, thr, sources, targets, seed_mix, dist, pred, n, T);
+  else
+    launch<D, IP, int64_t>(indptr, indices, weight, thr, sources, targets, seed_mix, dist, pred, n, T);
+}
+
+template <typename D>
+void dispatch_ip(const at::Tensor& indptr, const at::Tensor& indices, const at::Tensor& weight,
+                 const at::Tensor& thr, const at::Tensor& sources, const at::Tensor& targets, uint32_t seed_mix,
+                 at::Tensor& dist, at::Tensor& pred, int64_t n, int64_t T) {
+  if (indptr.scalar_type() == at::kInt)
+    dispatch_ix<D, int32_t>(indptr, indices, weight, thr, sources, targets, seed_mix, dist, pred, n, T);
+  else
+    dispatch_ix<D, int64_t>(indptr, indices, weight, thr, sources, targets, seed_mix, dist, pred, n, T);
+}
+
+}  // namespace
+
+// Same contract as tgrep.kernels.reference.shortest_path.shortest_paths (inputs validated by
+// tgrep.ops.shortest_paths): returns (dist [B, T] or [B, N], pred [B, N] int64 or None).
+std::tuple<at::Tensor, c10::optional<at::Tensor>> shortest_paths(
+    at::Tensor indptr, at::Tensor indices, at::Tensor weight, at::Tensor sources,
+    c10::optional<at::Tensor> targets, c10::optional<at::Tensor> edge_prob, int64_t seed, bool need_pred) {
+  TORCH_CHECK(weight.device().is_cpu(), "shortest_paths (C++): tensors must be on the CPU");
+  TORCH_CHECK(weight.scalar_type() == at::kFloat || weight.scalar_type() == at::kDouble,
+              "shortest_paths (C++): 'weight' must be float32 or float64");
+  TORCH_CHECK(indptr.scalar_type() == at::kInt || indptr.scalar_type() == at::kLong,
+              "shortest_paths (C++): 'indptr' must be int32 or int64");
+  TORCH_CHECK(indices.scalar_type() == at::kInt || indices.scalar_type() == at::kLong,
+              "shortest_paths (C++): 'indices' must be int32 or int64");
+  const int64_t n = indptr.numel() - 1;
+  const int64_t E = indices.numel();
+  TORCH_CHECK(n >= 0 && n < std::numeric_limits<int32_t>::max(), "shortest_paths (C++): N must be < 2^31 - 1");
+  TORCH_CHECK(E <= (int64_t(1) << 32), "shortest_paths (C++): at most 2^32 edges");
+  indptr = indptr.contiguous();
+  indices = indices.contiguous();
+  weight = weight.detach().contiguous();
+  sources = sources.to(at::kLong).contiguous();
+  const int64_t B = sources.numel();
+  at::Tensor tg;
+  int64_t T = -1;
+  if (targets.has_value() && targets->defined()) {
+    tg = targets->to(at::kLong).contiguous();
+    TORCH_CHECK(tg.dim() == 2 && tg.size(0) == B, "shortest_paths (C++): 'targets' must be [B, T]");
+    T = tg.size(1);
+  }
+  at::Tensor thr;
+  if (edge_prob.has_value() && edge_prob->defined()) {
+    // u < p  <=>  k < ceil(p * 2^24) for u = k * 2^-24 (exact in float64)
+    thr = at::ceil(edge_prob->detach().to(at::kDouble) * 16777216.0).to(at::kInt).contiguous();
+  }
+  const auto fopts = weight.options();
+  at::Tensor dist = T >= 0 ? at::empty({B, T}, fopts) : at::full({B, n}, std::numeric_limits<double>::infinity(), fopts);
+  if (T >= 0 && T > 0) dist.fill_(std::numeric_limits<double>::infinity());
+  at::Tensor pred;
+  if (need_pred) pred = at::full({B, n}, -1, weight.options().dtype(at::kLong));
+  const uint32_t seed_mix = mix32(static_cast<uint32_t>(seed & 0xFFFFFFFFll) ^ kGolden);
+  if (B > 0 && n > 0) {
+    pybind11::gil_scoped_release no_gil;
+    if (weight.scalar_type() == at::kFloat)
+      dispatch_ip<float>(indptr, indices, weight, thr, sources, tg, seed_mix, dist, pred, n, T);
+    else
+      dispatch_ip<double>(indptr, indices, weight, thr, sources, tg, seed_mix, dist, pred, n, T);
+  }
+  c10::optional<at::Tensor> pred_out;
+  if (need_pred) pred_out = pred;
+  return std::make_tuple(dist, pred_out);
+}
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("shortest_paths", &shortest_paths,
+        "Batched (stochastic) Dijkstra, one row per source, rows in parallel (see tgrep.ops.shortest_paths)",
+        pybind11::arg("indptr"), pybind11::arg("indices"), pybind11::arg("weight"), pybind11::arg("sources"),
+        pybind11::arg("targets"), pybind11::arg("edge_prob"), pybind11::arg("seed"), pybind11::arg("need_pred"));
+}
