@@ -13,10 +13,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..ops import edge_presence, shortest_paths
+from ..ops import reinforce_coefficients, shortest_paths
 from ..utils import check, to_csr
 
-_PAIR_CHUNK = 1 << 22  # (row, inspected edge) pairs processed at once by reinforce()
 
 
 class _SparseGather(torch.autograd.Function):
@@ -315,33 +314,8 @@ class ProdigeGraph(nn.Module):
 
     def _reinforce_coef(self, rec: dict, adv: torch.Tensor) -> torch.Tensor:
         """``[M]`` Σ over rows and inspected CSR edges of ``adv[row] * (b - p)``, per parameter."""
-        pred, src, p, seed = rec["pred"], rec["src"], rec["p"], rec["seed"]
-        B = pred.size(0)
-        settled = pred >= 0
-        settled[torch.arange(B, device=pred.device), src.long()] = True
-        deg = self.indptr.diff()
-        coef = torch.zeros(self.indices.numel(), dtype=torch.float64, device=pred.device)
-        work = (settled.double() @ deg.double()).cumsum(0)
-        start = 0
-        while start < B:
-            done = float(work[start - 1]) if start else 0.0
-            stop = int(torch.searchsorted(work, torch.tensor(done + _PAIR_CHUNK, dtype=work.dtype,
-                                                             device=work.device), right=True))
-            stop = max(stop, start + 1)
-            rows, verts = settled[start:stop].nonzero(as_tuple=True)
-            rows = rows + start
-            cnt = deg[verts]
-            total = int(cnt.sum())
-            if total:
-                first = self.indptr[verts]
-                offs = cnt.cumsum(0) - cnt
-                edges = torch.arange(total, device=pred.device) + (first - offs).repeat_interleave(cnt)
-                rrows = rows.repeat_interleave(cnt)
-                pe = p[edges]
-                b = edge_presence(seed, rrows, edges, pe)
-                coef.index_add_(0, edges, (b.double() - pe.double()) * adv[rrows])
-            start = stop
-        return torch.zeros(self.num_edges, dtype=torch.float64, device=pred.device).index_add_(0, self.perm, coef)
+        coef = reinforce_coefficients(self.indptr, rec["pred"], rec["src"], rec["seed"], rec["p"], adv)
+        return torch.zeros(self.num_edges, dtype=torch.float64, device=coef.device).index_add_(0, self.perm, coef)
 
     # ------------------------------------------------------------------ constructors
     @classmethod
