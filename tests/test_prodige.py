@@ -356,3 +356,42 @@ def test_compression_bad_inputs():
         ProdigeCompression(target_params_per_instance=0.5)
     with pytest.raises(RuntimeError, match="fit"):
         m.pairwise_distances()
+
+
+# ---------------------------------------------------------------- reinforce_coefficients op
+def _cpp_available(name):
+    from tgrep import _backend
+
+    return _backend.cpp_status(name)[0]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_reinforce_coefficients_cpp_matches_reference(seed, dtype):
+    from tgrep.ops import reinforce_coefficients, shortest_paths
+    from tgrep.utils import to_csr
+
+    if not _cpp_available("prodige_reinforce"):
+        pytest.skip("C++ kernel prodige_reinforce not available")
+    n = 40
+    ei = torch.randint(0, n, (2, 150))
+    indptr, indices, w = to_csr(ei, n, torch.rand(150, dtype=dtype), undirected=True)
+    p = torch.rand(indices.numel(), dtype=dtype)
+    src = torch.randint(0, n, (9,))
+    tg = torch.randint(0, n, (9, 3))
+    _, pred = shortest_paths(indptr, indices, w, src, tg, edge_prob=p, seed=seed, return_predecessors=True)
+    adv = torch.randn(9, dtype=dtype)
+    ref = reinforce_coefficients(indptr, pred, src, seed, p, adv)
+    with tgrep.use_backend("cpp"):
+        fast = reinforce_coefficients(indptr, pred, src, seed, p, adv)
+    assert fast.dtype == torch.float64 and torch.allclose(fast, ref, atol=1e-12)
+    assert ref.abs().sum() > 0
+    # direct definition for one row
+    settled = (pred[0] >= 0).clone()
+    settled[src[0]] = True
+    e_src = torch.repeat_interleave(torch.arange(n), indptr.diff())
+    mask = settled[e_src]
+    one = reinforce_coefficients(indptr, pred[:1], src[:1], seed, p, torch.ones(1, dtype=dtype))
+    b = tgrep.ops.edge_presence(seed, torch.zeros(1, dtype=torch.long), torch.arange(p.numel()), p)
+    assert torch.allclose(one, torch.where(mask, b.double() - p.double(), 0.0), atol=1e-12)
+    with pytest.raises(ValueError, match="advantage"):
+        reinforce_coefficients(indptr, pred, src, seed, p, adv[:3])
