@@ -22,9 +22,11 @@ class ProdigeCompression:
     source (all vertices when ``N`` is smaller). Lengths get path gradients, presence logits
     REINFORCE (:meth:`ProdigeGraph.reinforce`, leave-one-out baseline); Adam optimizes both.
 
-    With ``target_params_per_instance`` the coefficient :math:`\lambda` is tuned during training
-    (multiplicatively, every step) so that the stored size ``(N + 2|E_kept|) / N`` of the
-    deterministic graph (edges with :math:`p \ge 0.5`) approaches the budget; if it is still
+    With ``target_params_per_instance`` the coefficient :math:`\lambda` is tuned during training:
+    every step :math:`\log\lambda` moves by ``lambda_rate`` times the (clipped) log-ratio of the
+    expected size :math:`1 + 2\sum_e p_e / N` to the budget, which drives the graph towards few,
+    nearly deterministic edges. The stored size ``(N + 2|E_kept|) / N`` of the deterministic
+    graph (edges with :math:`p \ge 0.5`) then lands near the budget; if it is still
     above at the end, the least probable kept edges are dropped to meet it. Finally the lengths of
     the deterministic graph are fine-tuned for ``finetune_epochs`` epochs (path gradients only).
 
@@ -33,7 +35,7 @@ class ProdigeCompression:
             vectors (default: ``32``).
         random_edges (int, optional): random candidate edges per point (default: ``32``).
         sparsity (float, optional): :math:`\lambda`; the starting value when a budget is given
-            (default: ``None``: ``0`` without a budget, ``1`` with one).
+            (default: ``None``: ``0`` without a budget, ``|E| / 100`` with one).
         target_params_per_instance (float, optional): memory budget, numbers per point
             (``> 1``) (default: ``None``).
         epochs (int, optional): training epochs (each visits every vertex as a source once)
@@ -49,8 +51,8 @@ class ProdigeCompression:
             twice the largest target distance seen).
         finetune_epochs (int, optional): epochs of length-only training on the deterministic
             graph at the end (default: ``10``).
-        lambda_rate (float, optional): per-step multiplicative step of the λ controller
-            (default: ``0.05``).
+        lambda_rate (float, optional): largest per-step change of :math:`\log\lambda` made by the
+            budget controller (default: ``0.01``).
         device (str or torch.device, optional): where to train (default: the data's device).
         verbose (bool, optional): progress bar with loss and parameters per instance
             (default: ``True``).
@@ -64,7 +66,7 @@ class ProdigeCompression:
                  target_params_per_instance: float | None = None, epochs: int = 100, lr: float = 0.05,
                  batch_size: int = 256, targets_per_row: int = 64, init_prob: float = 0.9,
                  init_weight: str | float = "distance", default_distance: float | None = None,
-                 finetune_epochs: int = 10, lambda_rate: float = 0.05, device=None, verbose: bool = True,
+                 finetune_epochs: int = 10, lambda_rate: float = 0.01, device=None, verbose: bool = True,
                  seed: int | None = None):
         check.positive_int("knn", knn, allow_zero=True)
         check.positive_int("random_edges", random_edges, allow_zero=True)
@@ -162,7 +164,7 @@ class ProdigeCompression:
     def _train(self, gen):
         g, n = self.graph, self.n_
         budget = self.target_params_per_instance
-        lam = self.sparsity if self.sparsity is not None else (1.0 if budget else 0.0)
+        lam = self.sparsity if self.sparsity is not None else (g.num_edges / 100 if budget else 0.0)
         opt = torch.optim.Adam(g.parameters(), lr=self.lr)
         self.history_ = []
         t0 = time.perf_counter()
@@ -182,12 +184,13 @@ class ProdigeCompression:
                 opt.step()
                 total += float(per_row.detach().sum())
                 rows += src.numel()
-                if budget:
-                    ppi = g.num_stored_parameters() / n
-                    lam *= math.exp(self.lambda_rate if ppi > budget else -self.lambda_rate)
+                if budget:  # proportional control of log(lambda) on the expected size
+                    soft = 1 + 2 * float(g.edge_prob.detach().sum()) / n
+                    lam *= math.exp(self.lambda_rate * min(1.0, max(-1.0, math.log(soft / budget))))
             ppi = g.num_stored_parameters() / n
+            soft = 1 + 2 * float(g.edge_prob.detach().sum()) / n
             self.history_.append({"epoch": epoch + 1, "loss": total / rows, "params_per_instance": ppi,
-                                  "lam": lam, "seconds": time.perf_counter() - t0, "phase": "train"})
+                                  "expected_params_per_instance": soft, "lam": lam, "seconds": time.perf_counter() - t0, "phase": "train"})
             bar.set_postfix(loss=f"{total / rows:.4g}", params=f"{ppi:.2f}", lam=f"{lam:.3g}")
         self.lam_ = lam
         if budget and g.num_stored_parameters() / n > budget:
