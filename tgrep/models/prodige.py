@@ -10,6 +10,30 @@ from ..nn.prodige import ProdigeGraph
 from ..utils import check, log, progress
 
 
+def select_edges(edge_index: torch.Tensor, score: torch.Tensor, num_nodes: int, k: int) -> torch.Tensor:
+    """Indices of ``k`` edges: a maximum-``score`` spanning forest (Kruskal) first, so the kept
+    graph is as connected as the candidates allow, then the highest-scoring other edges."""
+    order = torch.argsort(score.detach(), descending=True).tolist()
+    ei = edge_index.tolist()
+    parent = list(range(num_nodes))
+
+    def find(a):
+        while parent[a] != a:
+            parent[a] = parent[parent[a]]
+            a = parent[a]
+        return a
+
+    tree, rest = [], []
+    for e in order:
+        ra, rb = find(ei[0][e]), find(ei[1][e])
+        if ra != rb and len(tree) < k:
+            parent[ra] = rb
+            tree.append(e)
+        else:
+            rest.append(e)
+    return torch.tensor(tree + rest[:max(0, k - len(tree))], dtype=torch.long, device=edge_index.device)
+
+
 class ProdigeCompression:
     r"""Learn a sparse weighted graph whose shortest-path distances reproduce given distances
     (eq. 5), with the sparsity penalty of eq. 2:
@@ -24,8 +48,9 @@ class ProdigeCompression:
 
     With ``target_params_per_instance`` the coefficient :math:`\lambda` is tuned during training:
     every step :math:`\log\lambda` moves by ``lambda_rate`` times the (clipped) log-ratio of the
-    expected size :math:`1 + 2\sum_e p_e / N` to the budget, which drives the graph towards few,
-    nearly deterministic edges. The stored size ``(N + 2|E_kept|) / N`` of the deterministic
+    expected size :math:`1 + 2\sum_e p_e / N` to a goal that decreases geometrically from the
+    initial size to the budget over the first ``anneal`` fraction of the steps, which drives the
+    graph gradually towards few, nearly deterministic edges. The stored size ``(N + 2|E_kept|) / N`` of the deterministic
     graph (edges with :math:`p \ge 0.5`) then lands near the budget; if it is still
     above at the end, the least probable kept edges are dropped to meet it. Finally the lengths of
     the deterministic graph are fine-tuned for ``finetune_epochs`` epochs (path gradients only).
@@ -52,7 +77,10 @@ class ProdigeCompression:
         finetune_epochs (int, optional): epochs of length-only training on the deterministic
             graph at the end (default: ``10``).
         lambda_rate (float, optional): largest per-step change of :math:`\log\lambda` made by the
-            budget controller (default: ``0.01``).
+            budget controller (default: ``0.05``).
+        anneal (float, optional): fraction of the training steps over which the expected size is
+            brought down geometrically from its initial value to the budget, so the graph thins
+            gradually and REINFORCE can keep the edges that matter (default: ``0.7``).
         device (str or torch.device, optional): where to train (default: the data's device).
         verbose (bool, optional): progress bar with loss and parameters per instance
             (default: ``True``).
@@ -66,8 +94,8 @@ class ProdigeCompression:
                  target_params_per_instance: float | None = None, epochs: int = 100, lr: float = 0.05,
                  batch_size: int = 256, targets_per_row: int = 64, init_prob: float = 0.9,
                  init_weight: str | float = "distance", default_distance: float | None = None,
-                 finetune_epochs: int = 10, lambda_rate: float = 0.01, device=None, verbose: bool = True,
-                 seed: int | None = None):
+                 finetune_epochs: int = 10, lambda_rate: float = 0.05, anneal: float = 0.7, device=None,
+                 verbose: bool = True, seed: int | None = None):
         check.positive_int("knn", knn, allow_zero=True)
         check.positive_int("random_edges", random_edges, allow_zero=True)
         if sparsity is not None:
@@ -88,7 +116,8 @@ class ProdigeCompression:
         self.target_params_per_instance = target_params_per_instance
         self.epochs, self.lr, self.batch_size, self.targets_per_row = epochs, lr, batch_size, targets_per_row
         self.init_prob, self.init_weight, self.default_distance = init_prob, init_weight, default_distance
-        self.finetune_epochs, self.lambda_rate = finetune_epochs, lambda_rate
+        check.in_range("anneal", anneal, 0.0, 1.0, lo_open=True)
+        self.finetune_epochs, self.lambda_rate, self.anneal = finetune_epochs, lambda_rate, anneal
         self.device, self.verbose, self.seed = device, verbose, seed
         self.graph: ProdigeGraph | None = None
         self.history_: list[dict] = []
@@ -170,6 +199,8 @@ class ProdigeCompression:
         t0 = time.perf_counter()
         bar = progress(range(self.epochs), verbose=self.verbose, desc="PRODIGE", leave=True)
         g.train()
+        step, total_steps = 0, self.epochs * math.ceil(n / self.batch_size)
+        soft0 = g.num_stored_parameters() / n
         for epoch in bar:
             total, rows = 0.0, 0
             for src, dst in self._batches(gen):
@@ -184,22 +215,28 @@ class ProdigeCompression:
                 opt.step()
                 total += float(per_row.detach().sum())
                 rows += src.numel()
-                if budget:  # proportional control of log(lambda) on the expected size
-                    soft = 1 + 2 * float(g.edge_prob.detach().sum()) / n
-                    lam *= math.exp(self.lambda_rate * min(1.0, max(-1.0, math.log(soft / budget))))
+                step += 1
+                if budget:  # proportional control of log(lambda): expected size follows the schedule
+                    soft = g.num_stored_parameters() / n
+                    frac = min(1.0, step / max(1.0, self.anneal * total_steps))
+                    goal = budget * (soft0 / budget) ** (1 - frac) if soft0 > budget else budget
+                    lam *= math.exp(self.lambda_rate * min(1.0, max(-1.0, math.log(soft / goal))))
             ppi = g.num_stored_parameters() / n
             soft = 1 + 2 * float(g.edge_prob.detach().sum()) / n
             self.history_.append({"epoch": epoch + 1, "loss": total / rows, "params_per_instance": ppi,
                                   "expected_params_per_instance": soft, "lam": lam, "seconds": time.perf_counter() - t0, "phase": "train"})
             bar.set_postfix(loss=f"{total / rows:.4g}", params=f"{ppi:.2f}", lam=f"{lam:.3g}")
         self.lam_ = lam
-        if budget and g.num_stored_parameters() / n > budget:
+        if budget:  # land on the budget: the deterministic graph is the most probable edges
             keep = max(0, int(math.floor((budget * n - n) / 2)))
             with torch.no_grad():
-                order = torch.argsort(g.presence_logit, descending=True)
-                g.presence_logit[order[keep:]] = torch.clamp(g.presence_logit[order[keep:]], max=-1.0)
-                g.presence_logit[order[:keep]] = torch.clamp(g.presence_logit[order[:keep]], min=1e-3)
-            log(f"PRODIGE: dropped the least probable edges to meet {budget} params/instance", self.verbose)
+                chosen = select_edges(g.edge_index, g.presence_logit, n, keep)
+                drop = torch.ones(g.num_edges, dtype=torch.bool, device=chosen.device)
+                drop[chosen] = False
+                g.presence_logit[drop] = torch.clamp(g.presence_logit[drop], max=-1.0)
+                g.presence_logit[chosen] = torch.clamp(g.presence_logit[chosen], min=1e-3)
+            log(f"PRODIGE: kept the {min(keep, g.num_edges)} most probable edges ({budget} params/instance)",
+                self.verbose)
         self._finetune(gen, t0)
         g.eval()
 
@@ -208,7 +245,7 @@ class ProdigeCompression:
             return
         g, n = self.graph, self.n_
         g.eval()
-        opt = torch.optim.Adam([g.weight_logit], lr=self.lr * 0.2)
+        opt = torch.optim.Adam([g.weight_logit], lr=self.lr)
         bar = progress(range(self.finetune_epochs), verbose=self.verbose, desc="PRODIGE fine-tune", leave=True)
         for epoch in bar:
             total, rows = 0.0, 0
