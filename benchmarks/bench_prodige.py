@@ -108,9 +108,9 @@ def digits_compression(report, quick, verbose):
     t_mds = time.perf_counter() - t0
     epochs = 5 if quick else DIGITS_EPOCHS
     t0 = time.perf_counter()
-    m = ProdigeCompression(knn=32, random_edges=32, target_params_per_instance=4.0, epochs=epochs,
-                           batch_size=128, lr=0.05, finetune_epochs=2 if quick else DIGITS_FINETUNE,
-                           verbose=verbose, seed=0).fit(x)
+    m = ProdigeCompression(knn=16, random_edges=16, target_params_per_instance=4.0, epochs=epochs,
+                           batch_size=32, targets_per_row=32, lr=0.05,
+                           finetune_epochs=2 if quick else DIGITS_FINETUNE, verbose=verbose, seed=0).fit(x)
     t_fit = time.perf_counter() - t0
     P = m.pairwise_distances()
     mse = pair_mse(P, D)
@@ -124,7 +124,7 @@ def digits_compression(report, quick, verbose):
     plot_digits_curve(RESULTS / "prodige_digits_history.json")
 
 
-DIGITS_EPOCHS, DIGITS_FINETUNE = 30, 10
+DIGITS_EPOCHS, DIGITS_FINETUNE = 20, 20
 
 
 def plot_digits_curve(path):

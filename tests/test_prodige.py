@@ -99,6 +99,7 @@ def test_reinforce_leave_one_out_unbiased(monkeypatch, seed):
     d = g(torch.zeros(S, dtype=torch.long), torch.full((S, 1), 3))
     L = row_loss(d, target).detach()
     exact = torch.autograd.grad((subset_prob(g, torch.arange(S)) * L).sum(), g.presence_logit)[0]
+    g.forget_samples()  # that forward was only for the exact expectation
     total = torch.zeros_like(exact)
     for i, j in itertools.product(range(S), repeat=2):
         force_samples(monkeypatch, torch.tensor([i, j]), E)
@@ -120,6 +121,7 @@ def test_path_gradient_matches_finite_differences(seed, training):
     c = torch.rand(5, 3, dtype=torch.float64) * 2
 
     def loss():
+        g.forget_samples()
         return ((g(src, dst, seed=123) - c) ** 2).sum()
 
     g.zero_grad()
@@ -395,3 +397,33 @@ def test_reinforce_coefficients_cpp_matches_reference(seed, dtype):
     assert torch.allclose(one, torch.where(mask, b.double() - p.double(), 0.0), atol=1e-12)
     with pytest.raises(ValueError, match="advantage"):
         reinforce_coefficients(indptr, pred, src, seed, p, adv[:3])
+
+
+def test_reinforce_several_forwards_and_constructors(seed):
+    torch.manual_seed(seed)
+    x = torch.randn(30, 3)
+    g = ProdigeGraph.from_vectors(x, knn=3, random_edges=2)
+    ei = g.edge_index
+    assert bool((ei[0] < ei[1]).all())  # undirected: once, u < v, no self-loops
+    assert torch.unique(ei[0] * 30 + ei[1]).numel() == ei.size(1)
+    nn_ = torch.cdist(x, x).fill_diagonal_(float("inf")).argmin(1)
+    pairs = {(min(a, b), max(a, b)) for a, b in ei.T.tolist()}
+    assert all((min(i, j), max(i, j)) in pairs for i, j in enumerate(nn_.tolist()))
+    d1 = g(torch.arange(3), torch.tensor([4, 5, 6]))
+    d2 = g(torch.arange(3, 6), torch.tensor([7, 8, 9]))
+    with pytest.raises(ValueError, match="scalar"):
+        g.reinforce(d2.detach())
+    loss = d1.sum() + d2.sum()
+    (loss + g.reinforce(loss)).backward()
+    assert g.presence_logit.grad.abs().sum() > 0
+    assert g._records == []
+    # bipartite user-item graph
+    inter = torch.tensor([[0, 0, 1, 2, 3], [0, 1, 1, 2, 2]])
+    b = ProdigeGraph.bipartite(inter, 4, 3, user_knn=1, item_knn=1)
+    pairs = {(u, v) for u, v in b.edge_index.T.tolist()}
+    assert all((u, 4 + i) in pairs for u, i in inter.T.tolist())
+    assert b.num_nodes == 7 and b.num_edges > inter.size(1)
+    only = ProdigeGraph.bipartite(inter, 4, 3, user_knn=0, item_knn=0)
+    assert only.num_edges == inter.size(1)
+    with pytest.raises(ValueError, match="items"):
+        ProdigeGraph.bipartite(torch.tensor([[0], [3]]), 4, 3)

@@ -8,6 +8,7 @@ edge (training) or in the deterministic graph of the edges with :math:`p_e \ge 0
 from __future__ import annotations
 
 import math
+import warnings
 
 import torch
 import torch.nn.functional as F
@@ -16,6 +17,9 @@ from torch import nn
 from ..ops import reinforce_coefficients, shortest_paths
 from ..utils import check, to_csr
 
+
+
+_MAX_RECORDS = 64  # training forwards remembered until reinforce() consumes them
 
 
 class _SparseGather(torch.autograd.Function):
@@ -172,7 +176,7 @@ class ProdigeGraph(nn.Module):
         else:
             self.register_buffer("default_distance", dd)
         self._init_default = float(default_distance)
-        self._last = None
+        self._records: list[dict] = []
         self._ema = None
         self.reset_parameters()
 
@@ -182,7 +186,7 @@ class ProdigeGraph(nn.Module):
             self.weight_logit.copy_(inverse_softplus(self.init_weight))
             self.presence_logit.fill_(math.log(self.init_prob / (1 - self.init_prob)))
             self.default_distance.fill_(self._init_default)
-        self._last, self._ema = None, None
+        self._records, self._ema = [], None
 
     @property
     def num_edges(self) -> int:
@@ -259,7 +263,11 @@ class ProdigeGraph(nn.Module):
             p = torch.sigmoid(self.presence_logit.detach())[self.perm]
             dist, pred = shortest_paths(self.indptr, self.indices, w, src, targets, edge_prob=p, seed=seed,
                                         return_predecessors=True)
-            self._last = {"seed": seed, "src": src, "pred": pred, "p": p}
+            if len(self._records) >= _MAX_RECORDS:
+                warnings.warn(f"ProdigeGraph: {_MAX_RECORDS} training forwards without reinforce(); dropping the "
+                              "oldest samples (call reinforce(loss) each step, or use eval mode)", RuntimeWarning)
+                self._records.pop(0)
+            self._records.append({"seed": seed, "src": src, "pred": pred, "p": p})
         else:
             dist = shortest_paths(self.indptr, self.indices, self._csr_weight(True), src, targets)
         dist = torch.where(torch.isinf(dist), self.default_distance.to(dist.dtype), dist)
@@ -268,7 +276,9 @@ class ProdigeGraph(nn.Module):
     # ------------------------------------------------------------------ REINFORCE
     def reinforce(self, loss: torch.Tensor, *, baseline: str = "auto", momentum: float = 0.9) -> torch.Tensor:
         r"""Surrogate whose gradient w.r.t. ``presence_logit`` is the REINFORCE estimate for
-        the samples of the last training-mode :meth:`forward` (value ``0``; add it to the loss).
+        the samples of the training-mode :meth:`forward` calls since the previous ``reinforce``
+        (value ``0``; add it to the loss). Per-row losses need exactly one such forward; a scalar
+        loss may depend on several (e.g. two embedding lookups in one step).
 
         Args:
             loss (Tensor): ``[B]`` per-row losses (row ``b``'s loss may depend only on row
@@ -280,16 +290,19 @@ class ProdigeGraph(nn.Module):
                 All keep the estimator unbiased (default: ``"auto"``).
             momentum (float, optional): decay of the ``"ema"`` baseline (default: ``0.9``).
         """
-        rec = self._last
-        if rec is None:
+        recs = self._records
+        if not recs:
             raise RuntimeError("reinforce() needs a training-mode forward() first (samples are taken from it)")
         check.tensor("loss", loss, dtypes=check.FLOAT_DTYPES, dim=(0, 1))
         check.one_of("baseline", baseline, ("auto", "loo", "ema", "none"))
-        B = rec["src"].numel()
         L = loss.detach().double().to(self.indptr.device)
         if bool(torch.isnan(L).any()):
             raise ValueError("'loss' contains NaN")
         per_row = L.dim() == 1
+        if per_row and len(recs) > 1:
+            raise ValueError(f"'loss' is per-row but {len(recs)} training forwards ran since the last reinforce(); "
+                             "pass the scalar loss (it may depend on all of them)")
+        B = recs[0]["src"].numel()
         if per_row and L.numel() != B:
             raise ValueError(f"'loss' must have one entry per row of the last forward ({B}), got {L.numel()}")
         if baseline == "auto":
@@ -304,13 +317,20 @@ class ProdigeGraph(nn.Module):
             self._ema = mean if self._ema is None else momentum * self._ema + (1 - momentum) * mean
         else:
             base = torch.zeros_like(L)
-        adv = (L - base) / B if per_row else (L - base).expand(B)
-        coef = self._reinforce_coef(rec, adv)
-        self._last = None
+        if per_row:
+            coef = self._reinforce_coef(recs[0], (L - base) / B)
+        else:
+            coef = sum(self._reinforce_coef(r, (L - base).expand(r["src"].numel())) for r in recs)
+        self._records = []
         idx = coef.nonzero().squeeze(1)
         theta = gather(self.presence_logit, idx, self.sparse)
         s = (theta * coef[idx].to(theta.dtype)).sum()
         return s - s.detach()
+
+    def forget_samples(self) -> None:
+        """Drop the samples remembered for :meth:`reinforce` (e.g. after training-mode forwards
+        whose loss should not train the presence logits)."""
+        self._records = []
 
     def _reinforce_coef(self, rec: dict, adv: torch.Tensor) -> torch.Tensor:
         """``[M]`` Σ over rows and inspected CSR edges of ``adv[row] * (b - p)``, per parameter."""
