@@ -23,9 +23,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.harness import RESULTS, Report, timeit  # noqa: E402
 from tgrep.datasets import weighted_erdos_renyi  # noqa: E402
 from tgrep.models import ProdigeCompression  # noqa: E402
+from tgrep.models.prodige import select_edges  # noqa: E402
 from tgrep.nn import ProdigeEmbedding, ProdigeGraph  # noqa: E402
 from tgrep.ops import shortest_paths  # noqa: E402
 from tgrep.utils import progress, to_csr  # noqa: E402
+from tgrep.demos._prodige_peer import ScipyProdige  # noqa: E402
 
 
 # ----------------------------------------------------------------------------- data
@@ -155,75 +157,6 @@ def plot_digits_curve(path):
 
 
 # ----------------------------------------------------------------------------- speed vs scipy
-class ScipyProdige:
-    """The same training step as ProdigeGraph + reinforce(per_row, baseline='loo') + Adam,
-    written straightforwardly: one scipy Dijkstra per row on that row's sampled graph (all
-    edges sampled with numpy), numpy path gradients and REINFORCE over the out-edges of the
-    vertices with d <= the row's largest target distance (the same edges tgrep's search reads)."""
-
-    def __init__(self, graph: ProdigeGraph):
-        self.g = graph
-        self.indptr = graph.indptr.numpy()
-        self.indices = graph.indices.numpy()
-        self.perm = graph.perm.numpy()
-        self.n = graph.num_nodes
-        self.edge_src = np.repeat(np.arange(self.n), np.diff(self.indptr))
-        self.keys = self.edge_src * self.n + self.indices  # sorted (CSR order), unique
-        self.rng = np.random.default_rng(0)
-
-    def step(self, src, dst, target, lam, opt):
-        from scipy.sparse import csr_matrix
-        from scipy.sparse.csgraph import dijkstra
-
-        g, n = self.g, self.n
-        wl = g.weight_logit.detach().numpy().astype(np.float64)
-        w = np.logaddexp(0, wl)[self.perm]
-        p = (1 / (1 + np.exp(-g.presence_logit.detach().numpy().astype(np.float64))))[self.perm]
-        B, T = dst.shape
-        dd = float(g.default_distance)
-        losses, dists, masks, settled, preds = np.zeros(B), np.zeros((B, T)), [], [], []
-        for b in range(B):
-            mask = self.rng.random(p.size) < p
-            cnt = np.bincount(self.edge_src[mask], minlength=n)
-            ip = np.concatenate([[0], np.cumsum(cnt)])
-            sub = csr_matrix((w[mask] + 1e-300, self.indices[mask], ip), shape=(n, n))
-            dist, pred = dijkstra(sub, directed=True, indices=int(src[b]), return_predecessors=True)
-            d = dist[dst[b]]
-            dmax = d.max()
-            d = np.where(np.isinf(d), dd, d)
-            dists[b] = d
-            losses[b] = ((d - target[b]) ** 2).mean()
-            masks.append(mask)
-            settled.append(dist <= dmax)
-            preds.append(pred)
-        adv = (losses - (losses.sum() - losses) / (B - 1)) / B
-        gw = np.zeros(p.size)
-        gp = np.zeros(p.size)
-        for b in range(B):
-            gd = 2 * (dists[b] - target[b]) / T / B
-            cur, gg = dst[b].copy(), gd.copy()
-            ok = preds[b][cur] >= 0
-            cur, gg = cur[ok], gg[ok]
-            while cur.size:
-                pv = preds[b][cur]
-                e = np.searchsorted(self.keys, pv * n + cur)
-                np.add.at(gw, e, gg)
-                cur = pv
-                ok = preds[b][cur] >= 0
-                cur, gg = cur[ok], gg[ok]
-            insp = settled[b][self.edge_src]
-            gp[insp] += adv[b] * (masks[b][insp] - p[insp])
-        M = g.num_edges
-        sig_w = 1 / (1 + np.exp(-wl))
-        grad_wl = np.bincount(self.perm, gw, minlength=M) * sig_w
-        pm = 1 / (1 + np.exp(-g.presence_logit.detach().numpy().astype(np.float64)))
-        grad_pl = np.bincount(self.perm, gp, minlength=M) + lam * pm * (1 - pm) / M
-        g.weight_logit.grad = torch.tensor(grad_wl, dtype=torch.float32)
-        g.presence_logit.grad = torch.tensor(grad_pl, dtype=torch.float32)
-        opt.step()
-        return losses.mean()
-
-
 def speed(report, quick, verbose):
     x, D = digits()
     n = x.size(0)
@@ -330,18 +263,32 @@ def cf(report, quick, verbose):
             opt.step()
             soft = 1 + 2 * float(g.edge_prob.detach().sum()) / (U + I)  # same controller as ProdigeCompression
             lam *= math.exp(0.03 * min(1.0, max(-1.0, math.log(soft / 4.0))))
-    t_prodige = time.perf_counter() - t0
-    if g.num_stored_parameters() / (U + I) > 4:  # meet the budget: keep the most probable edges
-        with torch.no_grad():
-            order = torch.argsort(g.presence_logit, descending=True)
-            g.presence_logit[order[(4 - 1) * (U + I) // 2:]] = -1.0
+    # land on the budget as ProdigeCompression does: max-probability spanning forest + most
+    # probable edges, then fine-tune the lengths of that deterministic graph (path gradients)
+    keep = select_edges(g.edge_index, g.presence_logit, U + I, (4 - 1) * (U + I) // 2)
+    with torch.no_grad():
+        drop = torch.ones(g.num_edges, dtype=torch.bool)
+        drop[keep] = False
+        g.presence_logit[drop] = g.presence_logit[drop].clamp(max=-1.0)
+        g.presence_logit[keep] = g.presence_logit[keep].clamp(min=1e-3)
     g.eval()
+    opt = torch.optim.Adam([g.weight_logit], lr=0.05)
+    for ep in range(epochs // 3):
+        for users in torch.randperm(U).split(100):
+            pos = torch.stack([pos_of[u][torch.randint(0, pos_of[u].numel(), (1,))][0] for u in users.tolist()])
+            negs = torch.randint(0, I, (users.numel(), neg))
+            d = g(users, torch.cat([pos[:, None], negs], 1) + U)
+            loss = cf_loss(d[:, 0], d[:, 1:]).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    t_prodige = time.perf_counter() - t0
     with torch.no_grad():
         dist = g(torch.arange(U), torch.arange(U, U + I).expand(U, I))
     hr_p = hit_rate(-dist, train, test)
     ppi = g.num_stored_parameters() / (U + I)
     # Euclidean metric learning with the same objective and ~the same numbers per user/item
-    dim = max(1, int(round(ppi)))
+    dim = 4  # the same budget: 4 numbers per user/item
     torch.manual_seed(0)
     eu = torch.nn.Parameter(0.1 * torch.randn(U, dim))
     ei = torch.nn.Parameter(0.1 * torch.randn(I, dim))
