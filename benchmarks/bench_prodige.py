@@ -90,7 +90,7 @@ def sanity(report, quick, verbose):
                mean_kept_edges=float(np.mean(kept_edges)), mean_true_edges=float(np.mean(true_edges)))
 
 
-SANITY_EPOCHS, SANITY_FINETUNE, SANITY_LAMBDA = 400, 200, 0.03
+SANITY_EPOCHS, SANITY_FINETUNE, SANITY_LAMBDA = 400, 300, 0.02
 
 
 # ----------------------------------------------------------------------------- digits compression

@@ -1,7 +1,6 @@
 """PRODIGE: ProdigeGraph (REINFORCE unbiasedness by exact enumeration, path gradients, eval mode,
 prune, SparseAdam), ProdigeEmbedding, ProdigeCompression, the weighted Erdős–Rényi generator."""
 import itertools
-import math
 
 import numpy as np
 import pytest
