@@ -37,6 +37,20 @@ inline uint32_t mix32(uint32_t x) {
   return x;
 }
 
+// Edges are repacked once per call into one array of {target, weight[, threshold]} so a
+// relaxation streams a single cache-friendly record (8 bytes for float32 deterministic).
+template <typename D>
+struct EdgeW {
+  int32_t v;
+  D w;
+};
+template <typename D>
+struct EdgeP {
+  int32_t v;
+  int32_t thr;  // keep iff (hash >> 8) < thr
+  D w;
+};
+
 template <typename D>
 struct Node {
   D key;
@@ -93,13 +107,11 @@ struct Heap {
   }
 };
 
-template <typename D, typename IP, typename IX>
+template <typename D, typename IP, typename Edge>
 struct Problem {
   int64_t n, B, T;  // T < 0: no targets
   const IP* indptr;
-  const IX* indices;
-  const D* weight;
-  const int32_t* thr;  // nullptr: every edge present
+  const Edge* edges;
   const int64_t* sources;
   const int64_t* targets;
   uint32_t seed_mix;
@@ -126,8 +138,8 @@ struct Worker {
   }
 };
 
-template <typename D, typename IP, typename IX>
-void run_row(const Problem<D, IP, IX>& P, Worker<D>& W, int64_t b) {
+template <typename D, typename IP, typename Edge, bool kProb>
+void run_row(const Problem<D, IP, Edge>& P, Worker<D>& W, int64_t b) {
   const D inf = std::numeric_limits<D>::infinity();
   const int64_t n = P.n;
   const bool with_targets = P.T >= 0;
@@ -159,10 +171,8 @@ void run_row(const Problem<D, IP, IX>& P, Worker<D>& W, int64_t b) {
     W.touched.clear();
   }
   const uint32_t rh = mix32(static_cast<uint32_t>(b) ^ P.seed_mix);
-  const IP* ip = P.indptr;
-  const IX* ix = P.indices;
-  const D* wt = P.weight;
-  const int32_t* thr = P.thr;
+  const IP* __restrict__ ip = P.indptr;
+  const Edge* __restrict__ edges = P.edges;
 
   const int32_t s = static_cast<int32_t>(P.sources[b]);
   d[s] = D(0);
@@ -179,12 +189,21 @@ void run_row(const Problem<D, IP, IX>& P, Worker<D>& W, int64_t b) {
       W.tmark[u] = gen - 1;  // any value != gen
       if (--remaining == 0) bound = du;
     }
+    if (heap.size > 0) {  // the next vertex to settle is probably the new top: fetch its edges now
+      const int32_t nx = heap.h[0].v;
+      const char* a = reinterpret_cast<const char*>(edges + ip[nx]);
+      const char* z = reinterpret_cast<const char*>(edges + ip[nx + 1]);
+      for (; a < z; a += 64) __builtin_prefetch(a);
+    }
     const int64_t e1 = static_cast<int64_t>(ip[u + 1]);
     for (int64_t e = static_cast<int64_t>(ip[u]); e < e1; ++e) {
-      const int32_t v = static_cast<int32_t>(ix[e]);
-      const D nd = du + wt[e];
+      const Edge ed = edges[e];
+      const int32_t v = ed.v;
+      const D nd = du + ed.w;
       if (!(nd < d[v])) continue;
-      if (thr && (mix32(static_cast<uint32_t>(e) ^ rh) >> 8) >= static_cast<uint32_t>(thr[e])) continue;
+      if constexpr (kProb) {
+        if ((mix32(static_cast<uint32_t>(e) ^ rh) >> 8) >= static_cast<uint32_t>(ed.thr)) continue;
+      }
       if (pos[v] < 0) {
         if (with_targets) W.touched.push_back(v);
         d[v] = nd;
@@ -211,36 +230,57 @@ void run_row(const Problem<D, IP, IX>& P, Worker<D>& W, int64_t b) {
   }
 }
 
-template <typename D, typename IP, typename IX>
-void run_all(const Problem<D, IP, IX>& P) {
+template <typename D, typename IP, typename Edge, bool kProb>
+void run_all(const Problem<D, IP, Edge>& P) {
   const int64_t workers = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), P.B));
   std::atomic<int64_t> next{0};
   at::parallel_for(0, workers, 1, [&](int64_t begin, int64_t end) {
     for (int64_t w = begin; w < end; ++w) {
       Worker<D> W(P.n, P.T >= 0);
-      for (int64_t b = next.fetch_add(1); b < P.B; b = next.fetch_add(1)) run_row(P, W, b);
+      for (int64_t b = next.fetch_add(1); b < P.B; b = next.fetch_add(1)) run_row<D, IP, Edge, kProb>(P, W, b);
     }
   });
+}
+
+template <typename D, typename IP, typename IX, typename Edge, bool kProb>
+void launch_packed(const at::Tensor& indptr, const at::Tensor& indices, const at::Tensor& weight,
+                   const at::Tensor& thr, const at::Tensor& sources, const at::Tensor& targets, uint32_t seed_mix,
+                   at::Tensor& dist, at::Tensor& pred, int64_t n, int64_t T) {
+  const int64_t E = indices.numel();
+  std::vector<Edge> packed(E);
+  const IX* ix = indices.data_ptr<IX>();
+  const D* wt = weight.data_ptr<D>();
+  const int32_t* th = kProb ? thr.data_ptr<int32_t>() : nullptr;
+  Edge* pk = packed.data();
+  at::parallel_for(0, E, 1 << 16, [&](int64_t a, int64_t z) {
+    for (int64_t e = a; e < z; ++e) {
+      pk[e].v = static_cast<int32_t>(ix[e]);
+      pk[e].w = wt[e];
+      if constexpr (kProb) pk[e].thr = th[e];
+    }
+  });
+  Problem<D, IP, Edge> P;
+  P.n = n;
+  P.B = sources.numel();
+  P.T = T;
+  P.indptr = indptr.data_ptr<IP>();
+  P.edges = pk;
+  P.sources = sources.data_ptr<int64_t>();
+  P.targets = targets.defined() ? targets.data_ptr<int64_t>() : nullptr;
+  P.seed_mix = seed_mix;
+  P.out_dist = dist.data_ptr<D>();
+  P.out_pred = pred.defined() ? pred.data_ptr<int64_t>() : nullptr;
+  run_all<D, IP, Edge, kProb>(P);
 }
 
 template <typename D, typename IP, typename IX>
 void launch(const at::Tensor& indptr, const at::Tensor& indices, const at::Tensor& weight,
             const at::Tensor& thr, const at::Tensor& sources, const at::Tensor& targets, uint32_t seed_mix,
             at::Tensor& dist, at::Tensor& pred, int64_t n, int64_t T) {
-  Problem<D, IP, IX> P;
-  P.n = n;
-  P.B = sources.numel();
-  P.T = T;
-  P.indptr = indptr.data_ptr<IP>();
-  P.indices = indices.data_ptr<IX>();
-  P.weight = weight.data_ptr<D>();
-  P.thr = thr.defined() ? thr.data_ptr<int32_t>() : nullptr;
-  P.sources = sources.data_ptr<int64_t>();
-  P.targets = targets.defined() ? targets.data_ptr<int64_t>() : nullptr;
-  P.seed_mix = seed_mix;
-  P.out_dist = dist.data_ptr<D>();
-  P.out_pred = pred.defined() ? pred.data_ptr<int64_t>() : nullptr;
-  run_all(P);
+  if (thr.defined())
+    launch_packed<D, IP, IX, EdgeP<D>, true>(indptr, indices, weight, thr, sources, targets, seed_mix, dist, pred, n, T);
+  else
+    launch_packed<D, IP, IX, EdgeW<D>, false>(indptr, indices, weight, thr, sources, targets, seed_mix, dist, pred, n, T);
 }
 
 template <typename D, typename IP>
