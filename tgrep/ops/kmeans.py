@@ -53,7 +53,7 @@ def _kmeanspp(x: Tensor, k: int, gen: torch.Generator) -> Tensor:
 
 @torch.no_grad()
 def kmeans(x: Tensor, num_clusters: int, *, iters: int = 20, seed: int = 0, tol: float = 1e-6,
-           init_sample: int = 4096, distributed: bool = False, return_centroids: bool = False):
+           init_sample: int = 4096, n_init: int = 1, distributed: bool = False, return_centroids: bool = False):
     r"""Cluster the rows of ``x`` into ``num_clusters`` groups with Lloyd's algorithm.
 
     Args:
@@ -68,6 +68,8 @@ def kmeans(x: Tensor, num_clusters: int, *, iters: int = 20, seed: int = 0, tol:
             (default: ``4096``)
         distributed (bool): all-reduce the per-cluster sums across processes when
             ``torch.distributed`` is initialized. (default: ``False``)
+        n_init (int): restarts (seeds ``seed, seed+1, ...``); the run with the lowest
+            within-cluster sum of squares wins. (default: ``1``)
         return_centroids (bool): also return the ``[k, d]`` centroids. (default: ``False``)
 
     Returns:
@@ -83,10 +85,26 @@ def kmeans(x: Tensor, num_clusters: int, *, iters: int = 20, seed: int = 0, tol:
     dist = _dist_ready(distributed)
     if k > n and not dist:
         raise ValueError(f"'num_clusters' ({k}) must not exceed the number of rows of 'x' ({n})")
+    check.positive_int("n_init", n_init)
     xf = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+    best = None
+    for r in range(n_init):
+        labels, cent = _lloyd(xf, k, iters, int(seed) + r, tol, init_sample, dist)
+        inertia = ((xf - cent[labels]) ** 2).sum()
+        if dist:
+            torch.distributed.all_reduce(inertia)
+        if best is None or bool(inertia < best[0]):
+            best = (inertia, labels, cent)
+    _, labels, cent = best
+    cent = cent.to(x.dtype)
+    return (labels, cent) if return_centroids else labels
+
+
+def _lloyd(xf: Tensor, k: int, iters: int, seed: int, tol: float, init_sample: int, dist: bool):
+    n = xf.shape[0]
     gen = torch.Generator(device="cpu").manual_seed(int(seed))
     if n > init_sample:
-        sub = torch.randperm(n, generator=gen)[:init_sample].to(x.device)
+        sub = torch.randperm(n, generator=gen)[:init_sample].to(xf.device)
         cent = _kmeanspp(xf[sub], min(k, init_sample), gen)
     else:
         cent = _kmeanspp(xf, k, gen)
@@ -105,5 +123,4 @@ def kmeans(x: Tensor, num_clusters: int, *, iters: int = 20, seed: int = 0, tol:
         labels = assign_clusters(xf, cent)
         if bool(shift < tol):
             break
-    cent = cent.to(x.dtype)
-    return (labels, cent) if return_centroids else labels
+    return labels, cent

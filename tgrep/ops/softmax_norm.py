@@ -56,7 +56,7 @@ def _compute_dtype(t: Tensor) -> torch.dtype:
 
 # ----------------------------------------------------------------------------- statistics
 def cluster_statistics(y: Tensor, labels: Tensor | None = None, num_clusters: int = 1, *,
-                       weights: Tensor | None = None, distributed: bool = True) -> tuple[Tensor, Tensor, Tensor]:
+                       weights: Tensor | None = None, distributed: bool = False) -> tuple[Tensor, Tensor, Tensor]:
     r"""Per-cluster ``(log_weight [k], mu [k, d], omega [k, d, d])`` of the rows of ``y``.
 
     ``log_weight_a = log sum_{b in V_a} w_b`` (``log |V_a|`` without weights),
@@ -195,7 +195,7 @@ def cluster_log_normalizer(x: Tensor, log_weight: Tensor, mu: Tensor, omega: Ten
 # ----------------------------------------------------------------------------- public ops
 def log_normalizer(x: Tensor, y: Tensor, *, num_clusters: int = 1, labels: Tensor | None = None,
                    weights: Tensor | None = None, detach_stats: bool = True, seed: int = 0,
-                   kmeans_iters: int = 20, distributed: bool = True, return_labels: bool = False):
+                   kmeans_iters: int = 20, distributed: bool = False, return_labels: bool = False):
     r"""EDRep estimate of :math:`\log Z_i = \log\sum_a w_a e^{x_i^\top y_a}` in ``O(n k d^2)``.
 
     Args:
@@ -212,7 +212,8 @@ def log_normalizer(x: Tensor, y: Tensor, *, num_clusters: int = 1, labels: Tenso
         seed (int): k-means seed. (default: ``0``)
         kmeans_iters (int): Lloyd iterations. (default: ``20``)
         distributed (bool): all-reduce the statistics (and k-means) over processes when
-            ``torch.distributed`` is initialized (rows of ``y`` sharded). (default: ``True``)
+            ``torch.distributed`` is initialized: ``y`` is then this process's shard of the
+            rows and every process must call the op. (default: ``False``)
         return_labels (bool): also return the cluster labels. (default: ``False``)
 
     Returns:
