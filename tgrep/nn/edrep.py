@@ -115,9 +115,9 @@ def edrep_loss(x: Tensor, y: Tensor, target, *, num_clusters: int = 1, labels: T
     if centering:
         sx = x.sum(0)
         if dist:
-            import torch.distributed.nn.functional as dnn
+            from ..ops.softmax_norm import all_reduce_sum
 
-            sx = dnn.all_reduce(sx)
+            sx = all_reduce_sum(sx)
         extra = (sx * sx).sum() / total_rows / world
         if y is not x:
             sy = y.sum(0)

@@ -39,15 +39,33 @@ def _dist_ready(distributed: bool) -> bool:
     return bool(distributed) and torch.distributed.is_available() and torch.distributed.is_initialized()
 
 
-def _all_reduce(t: Tensor) -> Tensor:
-    """Sum over processes; differentiable when ``t`` needs a gradient."""
-    if t.requires_grad:
-        import torch.distributed.nn.functional as dnn
+class _AllReduceSum(torch.autograd.Function):
+    """Sum over processes; backward sums the incoming gradients over processes too
+    (each process's loss depends on the global sum)."""
 
-        return dnn.all_reduce(t)
+    @staticmethod
+    def forward(ctx, t):
+        t = t.clone()
+        torch.distributed.all_reduce(t)
+        return t
+
+    @staticmethod
+    def backward(ctx, grad):
+        grad = grad.clone()
+        torch.distributed.all_reduce(grad)
+        return grad
+
+
+def all_reduce_sum(t: Tensor) -> Tensor:
+    """Differentiable sum of ``t`` over the processes of the default group."""
+    if t.requires_grad:
+        return _AllReduceSum.apply(t)
     t = t.clone()
     torch.distributed.all_reduce(t)
     return t
+
+
+_all_reduce = all_reduce_sum
 
 
 def _compute_dtype(t: Tensor) -> torch.dtype:
