@@ -53,7 +53,8 @@ def _kmeanspp(x: Tensor, k: int, gen: torch.Generator) -> Tensor:
 
 @torch.no_grad()
 def kmeans(x: Tensor, num_clusters: int, *, iters: int = 20, seed: int = 0, tol: float = 1e-6,
-           init_sample: int = 4096, n_init: int = 1, distributed: bool = False, return_centroids: bool = False):
+           init_sample: int = 4096, n_init: int = 1, sample: int | None = None, distributed: bool = False,
+           return_centroids: bool = False, _trusted: bool = False):
     r"""Cluster the rows of ``x`` into ``num_clusters`` groups with Lloyd's algorithm.
 
     Args:
@@ -68,6 +69,8 @@ def kmeans(x: Tensor, num_clusters: int, *, iters: int = 20, seed: int = 0, tol:
             (default: ``4096``)
         distributed (bool): all-reduce the per-cluster sums across processes when
             ``torch.distributed`` is initialized. (default: ``False``)
+        sample (int, optional): run Lloyd on at most this many seeded random rows, then
+            assign every row to its nearest centroid once (``None``: all rows). (default: ``None``)
         n_init (int): restarts (seeds ``seed, seed+1, ...``); the run with the lowest
             within-cluster sum of squares wins. (default: ``1``)
         return_centroids (bool): also return the ``[k, d]`` centroids. (default: ``False``)
@@ -76,7 +79,7 @@ def kmeans(x: Tensor, num_clusters: int, *, iters: int = 20, seed: int = 0, tol:
         ``labels`` (``[n]`` long) or ``(labels, centroids)``. Empty clusters keep their
         previous centroid.
     """
-    check.tensor("x", x, dtypes=check.FLOAT_DTYPES, dim=2, finite=True)
+    check.tensor("x", x, dtypes=check.FLOAT_DTYPES, dim=2, finite=not _trusted)
     k = check.positive_int("num_clusters", num_clusters)
     check.positive_int("iters", iters, allow_zero=True)
     n = x.shape[0]
@@ -87,9 +90,18 @@ def kmeans(x: Tensor, num_clusters: int, *, iters: int = 20, seed: int = 0, tol:
         raise ValueError(f"'num_clusters' ({k}) must not exceed the number of rows of 'x' ({n})")
     check.positive_int("n_init", n_init)
     xf = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+    xs = xf
+    if sample is not None and check.positive_int("sample", sample) < n:
+        gen = torch.Generator(device="cpu").manual_seed(int(seed) + 7919)
+        xs = xf[torch.randperm(n, generator=gen)[:max(sample, k)].to(xf.device)]
     best = None
     for r in range(n_init):
-        labels, cent = _lloyd(xf, k, iters, int(seed) + r, tol, init_sample, dist)
+        labels, cent = _lloyd(xs, k, iters, int(seed) + r, tol, init_sample, dist)
+        if xs is not xf:
+            labels = assign_clusters(xf, cent)
+        if n_init == 1:
+            best = (None, labels, cent)
+            break
         inertia = ((xf - cent[labels]) ** 2).sum()
         if dist:
             torch.distributed.all_reduce(inertia)
@@ -112,8 +124,12 @@ def _lloyd(xf: Tensor, k: int, iters: int, seed: int, tol: float, init_sample: i
         torch.distributed.broadcast(cent, src=0)
     labels = assign_clusters(xf, cent)
     for _ in range(iters):
-        sums = torch.zeros_like(cent).index_add_(0, labels, xf)
-        counts = torch.bincount(labels, minlength=k).to(xf.dtype)
+        if k <= 256:  # one GEMM beats index_add on CPU
+            onehot = torch.nn.functional.one_hot(labels, k).to(xf.dtype)
+            sums, counts = onehot.t() @ xf, onehot.sum(0)
+        else:
+            sums = torch.zeros_like(cent).index_add_(0, labels, xf)
+            counts = torch.bincount(labels, minlength=k).to(xf.dtype)
         if dist:
             torch.distributed.all_reduce(sums)
             torch.distributed.all_reduce(counts)

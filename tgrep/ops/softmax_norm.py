@@ -68,6 +68,14 @@ def all_reduce_sum(t: Tensor) -> Tensor:
 _all_reduce = all_reduce_sum
 
 
+def _check_float(name: str, t, device=None) -> None:
+    """``check.tensor(..., finite=True)`` with a cheap path: one sum is finite iff every entry
+    is (up to overflow of the sum, in which case the full check decides)."""
+    check.tensor(name, t, dtypes=check.FLOAT_DTYPES, dim=2, device=device)
+    if t.numel() and not bool(torch.isfinite(t.sum())):
+        check.tensor(name, t, finite=True)
+
+
 def _compute_dtype(t: Tensor) -> torch.dtype:
     return torch.float32 if t.dtype in (torch.float16, torch.bfloat16) else t.dtype
 
@@ -87,33 +95,47 @@ def cluster_statistics(y: Tensor, labels: Tensor | None = None, num_clusters: in
     """
     check.tensor("y", y, dtypes=check.FLOAT_DTYPES, dim=2, finite=True)
     k = check.positive_int("num_clusters", num_clusters)
-    m, d = y.shape
+    m = y.shape[0]
     dist = _dist_ready(distributed)
     if m == 0 and not dist:
         raise ValueError("'y' must have at least one row")
-    ct = _compute_dtype(y)
-    yc = y.to(ct)
     if labels is None:
         if k != 1:
             raise ValueError("'labels' are required when 'num_clusters' > 1")
-        labels = torch.zeros(m, dtype=torch.long, device=y.device)
     else:
         check.tensor("labels", labels, dtypes=check.INDEX_DTYPES, dim=1, device=y.device)
         check.same_length("labels", labels, "y", y)
         check.index_range("labels", labels, k)
-        labels = labels.long()
     if weights is not None:
         check.tensor("weights", weights, dtypes=check.FLOAT_DTYPES, dim=1, device=y.device, finite=True)
         check.same_length("weights", weights, "y", y)
         if m and bool((weights < 0).any()):
             raise ValueError("'weights' must be non-negative")
-        w = weights.to(ct)
-    else:
-        w = None
-    count = torch.bincount(labels, minlength=k).to(ct)
-    wsum = count if w is None else torch.zeros(k, dtype=ct, device=y.device).index_add(0, labels, w)
+    return _statistics(y, labels, k, weights, dist)
+
+
+def _statistics(y: Tensor, labels: Tensor | None, k: int, weights: Tensor | None, dist: bool):
+    """:func:`cluster_statistics` without validation."""
+    ct = _compute_dtype(y)
+    yc = y.to(ct)
+    m, d = y.shape
+    w = None if weights is None else weights.to(ct)
     wy = yc if w is None else yc * w[:, None]
-    s1 = torch.zeros(k, d, dtype=ct, device=y.device).index_add(0, labels, wy)
+    if labels is None or k == 1:
+        count = torch.full((1,), float(m), dtype=ct, device=y.device)
+        wsum = count if w is None else w.sum(0, keepdim=True)
+        s1 = wy.sum(0, keepdim=True)
+    else:
+        labels = labels.long()
+        if k <= 256:  # one GEMM beats index_add on CPU
+            onehot = torch.nn.functional.one_hot(labels, k).to(ct)
+            count = onehot.sum(0)
+            wsum = count if w is None else w @ onehot
+            s1 = onehot.t() @ wy
+        else:
+            count = torch.bincount(labels, minlength=k).to(ct)
+            wsum = count if w is None else torch.zeros(k, dtype=ct, device=y.device).index_add(0, labels, w)
+            s1 = torch.zeros(k, d, dtype=ct, device=y.device).index_add(0, labels, wy)
     if dist:
         count, wsum, s1 = _all_reduce(count), _all_reduce(wsum), _all_reduce(s1)
     if not bool((wsum > 0).any()):
@@ -121,18 +143,20 @@ def cluster_statistics(y: Tensor, labels: Tensor | None = None, num_clusters: in
     mu = s1 / wsum.clamp_min(torch.finfo(ct).tiny)[:, None]
     # centering at the detached mean is exact for values and gradients: the derivative of
     # sum w (y - mu)(y - mu)^T w.r.t. mu vanishes at the (global) weighted mean
-    centered = yc - mu.detach()[labels]
-    if w is not None:
-        centered = centered * w.clamp_min(0).sqrt()[:, None]
-    order = torch.argsort(labels, stable=True)
-    bounds = torch.bincount(labels, minlength=k).cumsum(0).tolist()
-    cs = centered[order]
-    s2, start = [], 0
-    for a in range(k):
-        block = cs[start:bounds[a]]
-        s2.append(block.t() @ block)
-        start = bounds[a]
-    s2 = torch.stack(s2)
+    sw = None if w is None else w.clamp_min(0).sqrt()[:, None]
+    if labels is None or k == 1:
+        cs = yc - mu.detach()
+        cs = cs if sw is None else cs * sw
+        s2 = (cs.t() @ cs)[None]
+    else:
+        s2 = []
+        for a in range(k):
+            idx = (labels == a).nonzero().flatten()
+            block = yc[idx] - mu[a].detach()
+            if sw is not None:
+                block = block * sw[idx]
+            s2.append(block.t() @ block)
+        s2 = torch.stack(s2)
     if dist:
         s2 = _all_reduce(s2)
     safe_w = wsum.clamp_min(torch.finfo(ct).tiny)
@@ -140,6 +164,8 @@ def cluster_statistics(y: Tensor, labels: Tensor | None = None, num_clusters: in
     omega = s2 * (bessel / safe_w)[:, None, None]
     omega = 0.5 * (omega + omega.transpose(1, 2))
     log_w = torch.where(wsum > 0, torch.log(safe_w), torch.full_like(wsum, _EMPTY))
+    if log_w.shape[0] < k:  # k == 1 path always has one cluster
+        raise AssertionError("internal: cluster count mismatch")
     return log_w, mu, omega
 
 
@@ -196,6 +222,13 @@ def cluster_log_normalizer(x: Tensor, log_weight: Tensor, mu: Tensor, omega: Ten
         raise ValueError(f"'omega' must have shape ({k}, {d}, {d}), got {tuple(omega.shape)}")
     if bool(torch.isnan(log_weight).any()) or bool((log_weight == float("inf")).any()):
         raise ValueError("'log_weight' contains NaN or +inf")
+    return _cluster_lse(x, log_weight, mu, omega)
+
+
+def _cluster_lse(x: Tensor, log_weight: Tensor, mu: Tensor, omega: Tensor) -> Tensor:
+    """:func:`cluster_log_normalizer` without validation."""
+    n, d = x.shape
+    dev = x.device
     ct = _compute_dtype(x)
     out_dtype = x.dtype
     x_, lw, mu_, om = (t.to(ct) for t in (x, log_weight, mu, omega))
@@ -213,7 +246,8 @@ def cluster_log_normalizer(x: Tensor, log_weight: Tensor, mu: Tensor, omega: Ten
 # ----------------------------------------------------------------------------- public ops
 def log_normalizer(x: Tensor, y: Tensor, *, num_clusters: int = 1, labels: Tensor | None = None,
                    weights: Tensor | None = None, detach_stats: bool = True, seed: int = 0,
-                   kmeans_iters: int = 20, distributed: bool = False, return_labels: bool = False):
+                   kmeans_iters: int = 20, kmeans_sample: int | None = 16384, distributed: bool = False,
+                   return_labels: bool = False):
     r"""EDRep estimate of :math:`\log Z_i = \log\sum_a w_a e^{x_i^\top y_a}` in ``O(n k d^2)``.
 
     Args:
@@ -229,6 +263,8 @@ def log_normalizer(x: Tensor, y: Tensor, *, num_clusters: int = 1, labels: Tenso
             into ``y``. (default: ``True``)
         seed (int): k-means seed. (default: ``0``)
         kmeans_iters (int): Lloyd iterations. (default: ``20``)
+        kmeans_sample (int, optional): Lloyd runs on at most this many (seeded) rows of
+            ``y``, then every row is assigned once; ``None`` uses all rows. (default: ``16384``)
         distributed (bool): all-reduce the statistics (and k-means) over processes when
             ``torch.distributed`` is initialized: ``y`` is then this process's shard of the
             rows and every process must call the op. (default: ``False``)
@@ -237,8 +273,8 @@ def log_normalizer(x: Tensor, y: Tensor, *, num_clusters: int = 1, labels: Tenso
     Returns:
         ``[n]`` tensor (dtype of ``x``), or ``(log_z, labels)``.
     """
-    check.tensor("x", x, dtypes=check.FLOAT_DTYPES, dim=2, finite=True)
-    check.tensor("y", y, dtypes=check.FLOAT_DTYPES, dim=2, device=x.device, finite=True)
+    _check_float("x", x)
+    _check_float("y", y, device=x.device)
     if x.shape[1] != y.shape[1]:
         raise ValueError(f"'x' and 'y' must have the same number of columns, got {x.shape[1]} and {y.shape[1]}")
     k = check.positive_int("num_clusters", num_clusters)
@@ -249,7 +285,8 @@ def log_normalizer(x: Tensor, y: Tensor, *, num_clusters: int = 1, labels: Tenso
     if labels is None:
         if k > m and not dist:
             raise ValueError(f"'num_clusters' ({k}) must not exceed the number of rows of 'y' ({m})")
-        labels = kmeans(y.detach(), k, iters=kmeans_iters, seed=seed, distributed=dist) if k > 1 else None
+        labels = kmeans(y.detach(), k, iters=kmeans_iters, seed=seed, distributed=dist,
+                        sample=kmeans_sample, _trusted=True) if k > 1 else None
     else:
         check.tensor("labels", labels, dtypes=check.INDEX_DTYPES, dim=1, device=y.device)
         check.same_length("labels", labels, "y", y)
@@ -260,10 +297,15 @@ def log_normalizer(x: Tensor, y: Tensor, *, num_clusters: int = 1, labels: Tenso
             torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
             local_max = int(t)
         k = max(k, local_max)
+    if weights is not None:
+        check.tensor("weights", weights, dtypes=check.FLOAT_DTYPES, dim=1, device=y.device, finite=True)
+        check.same_length("weights", weights, "y", y)
+        if m and bool((weights < 0).any()):
+            raise ValueError("'weights' must be non-negative")
     ys = y.detach() if detach_stats else y
     ws = weights.detach() if (weights is not None and detach_stats) else weights
-    log_w, mu, omega = cluster_statistics(ys, labels, k, weights=ws, distributed=dist)
-    out = cluster_log_normalizer(x, log_w, mu, omega)
+    log_w, mu, omega = _statistics(ys, labels, k, ws, dist)
+    out = _cluster_lse(x, log_w, mu, omega)
     return (out, labels) if return_labels else out
 
 

@@ -51,7 +51,8 @@ def cluster_lse_forward(x: Tensor, log_pi: Tensor, mu: Tensor, omega: Tensor, bl
     out = x.new_empty(n)
     for s in range(0, n, block):
         logits, _ = _logits_block(x[s:s + block], log_pi, mu, omega_cat, k)
-        out[s:s + block] = torch.logsumexp(logits, dim=1)
+        top = logits.max(1, keepdim=True).values
+        out[s:s + block] = top.squeeze(1) + torch.log(torch.exp(logits - top).sum(1))
     return out
 
 
