@@ -30,7 +30,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from harness import RESULTS, Report, timeit  # noqa: E402
 from edrep_peers import (bethe_hessian_embedding, deepwalk_node2vec, nystrom_log_z,  # noqa: E402
-                         random_features_log_z, sampling_log_z)
+                         random_features_log_z, regularized_spectral_embedding, sampling_log_z)
 
 import tgrep  # noqa: E402
 from tgrep.nn import EDRepLoss  # noqa: E402
@@ -212,22 +212,28 @@ def bench_community(quick: bool, verbose: bool) -> None:
     for c_out in c_outs:
         data = dcsbm(n, 4, 10.0, c_out, seed=0)
         truth = data.y.numpy()
-        t0 = time.perf_counter()
+        t0 = time.perf_counter()  # EDRep time includes its k-means
         emb = EDRep(32, epochs=30, eta=0.8, walk_length=3, seed=0, verbose=verbose).fit_transform(
             data.edge_index, n)
-        t_edrep = time.perf_counter() - t0
         s_edrep = nmi(truth, kmeans(emb, 4, seed=0, n_init=5).numpy())
-        t0 = time.perf_counter()
-        spec = torch.tensor(bethe_hessian_embedding(data.edge_index, n, 4), dtype=torch.float32)
-        t_spec = time.perf_counter() - t0
-        s_spec = nmi(truth, kmeans(spec, 4, seed=0, n_init=5).numpy())
+        t_edrep = time.perf_counter() - t0
+        best = None
+        for name, fn in (("Bethe-Hessian", bethe_hessian_embedding), ("regularized spectral",
+                                                                       regularized_spectral_embedding)):
+            t0 = time.perf_counter()
+            spec = torch.tensor(fn(data.edge_index, n, 4), dtype=torch.float32)
+            score = nmi(truth, kmeans(spec, 4, seed=0, n_init=5).numpy())
+            t = time.perf_counter() - t0
+            if best is None or score > best[1]:
+                best = (name, score, t)
+        spec_name, s_spec, t_spec = best
         t0 = time.perf_counter()
         n2v = deepwalk_node2vec(data.edge_index, n, 32, walk_length=20, context_size=10, walks_per_node=2,
                                 epochs=1, seed=0, lr=0.025)
-        t_n2v = time.perf_counter() - t0
         s_n2v = nmi(truth, kmeans(n2v, 4, seed=0, n_init=5).numpy())
+        t_n2v = time.perf_counter() - t0
         a = round(data.alpha, 2)
-        rep.add(f"c_out={c_out} alpha={a}: EDRep vs spectral", t_edrep, t_spec, peer="Bethe-Hessian spectral",
+        rep.add(f"c_out={c_out} alpha={a}: EDRep vs spectral", t_edrep, t_spec, peer=f"{spec_name} (best spectral)",
                 nmi_edrep=round(s_edrep, 4), nmi_peer=round(s_spec, 4), nmi_gap=round(s_spec - s_edrep, 4))
         rep.add(f"c_out={c_out} alpha={a}: EDRep vs Node2Vec", t_edrep, t_n2v, peer="PyG Node2Vec (DeepWalk)",
                 nmi_edrep=round(s_edrep, 4), nmi_peer=round(s_n2v, 4), nmi_gap=round(s_n2v - s_edrep, 4))
@@ -246,7 +252,7 @@ def plot_community(path: Path) -> None:
     n2v = [r for r in rows if "Node2Vec" in r["case"]]
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4))
     a1.plot([alpha(r) for r in spec], [r["nmi_edrep"] for r in spec], "o-", label="EDRep (tgrep)")
-    a1.plot([alpha(r) for r in spec], [r["nmi_peer"] for r in spec], "s-", label="Bethe-Hessian spectral")
+    a1.plot([alpha(r) for r in spec], [r["nmi_peer"] for r in spec], "s-", label="best spectral")
     a1.plot([alpha(r) for r in n2v], [r["nmi_peer"] for r in n2v], "d-", label="PyG Node2Vec")
     a1.set_xlabel("alpha (hardness; detectable iff > 1)")
     a1.set_ylabel("NMI")
@@ -264,10 +270,43 @@ def plot_community(path: Path) -> None:
     print(f"wrote {out.relative_to(RESULTS.parent.parent)}")
 
 
+# ----------------------------------------------------------------------------- GPU (when available)
+def bench_gpu(quick: bool, verbose: bool) -> None:
+    """n = m = 1M, d = 128, k = 8: fused Triton kernel vs the plain-torch formula vs exact."""
+    if not torch.cuda.is_available():
+        print("no CUDA GPU visible: skipping the GPU part")
+        return
+    from tgrep.kernels.reference import softmax_norm as ref
+    from tgrep.ops import cluster_statistics
+
+    n = 100_000 if quick else 1_000_000
+    d, k = 128, 8
+    x = clustered(n, d, seed=0).cuda()
+    y = clustered(n, d, seed=1).cuda()
+    labels = kmeans(y, k, seed=0, sample=16384)
+    lw, mu, om = cluster_statistics(y, labels, k)
+    rep = Report("edrep_gpu", "cuda", n=n, m=n, d=d, k=k)
+    with tgrep.use_backend("triton"):
+        t_fused = timeit(lambda: tgrep.ops.cluster_log_normalizer(x, lw, mu, om), repeat=10)["median"]
+        xg = x.clone().requires_grad_()
+        t_fused_fb = timeit(lambda: tgrep.ops.cluster_log_normalizer(xg, lw, mu, om).sum().backward(),
+                            repeat=10)["median"]
+    t_formula = timeit(lambda: ref.cluster_lse_formula(x, lw, mu, om), repeat=5)["median"]
+    xr = x.clone().requires_grad_()
+    t_formula_fb = timeit(lambda: ref.cluster_lse_formula(xr, lw, mu, om).sum().backward(), repeat=5)["median"]
+    rep.add("fused forward vs plain-torch formula", t_fused, t_formula, peer="einsum formula")
+    rep.add("fused fwd+bwd vs plain-torch formula", t_fused_fb, t_formula_fb, peer="einsum formula + autograd")
+    sub = x[: n // 10]
+    t_exact = timeit(lambda: exact_log_normalizer(sub, y), repeat=1)["median"] * 10
+    t_all = timeit(lambda: log_normalizer(x, y, num_clusters=k), repeat=5)["median"]
+    rep.add("log_normalizer (k-means incl.) vs exact chunked", t_all, t_exact, peer="exact (10% of rows, x10)")
+    rep.finish()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="smaller problems")
-    ap.add_argument("--part", default="all", choices=("speed", "accuracy", "community", "all"))
+    ap.add_argument("--part", default="all", choices=("speed", "accuracy", "community", "gpu", "all"))
     ap.add_argument("--quiet", action="store_true")
     ap.add_argument("--threads", type=int, default=1,
                     help="torch threads (default 1: on a shared, oversubscribed 2-core machine OpenMP "
@@ -281,6 +320,8 @@ def main() -> None:
         bench_accuracy(args.quick, verbose)
     if args.part in ("community", "all"):
         bench_community(args.quick, verbose)
+    if args.part in ("gpu", "all"):
+        bench_gpu(args.quick, verbose)
 
 
 if __name__ == "__main__":

@@ -24,10 +24,25 @@ def bethe_hessian_embedding(edge_index: torch.Tensor, n: int, q: int, seed: int 
     r = math.sqrt(max((d ** 2).sum() / max(d.sum(), 1) - 1, 1e-3))
     h = sp.identity(n) * (r * r - 1) + sp.diags(d) - r * a
     rng = np.random.default_rng(seed)
-    vals, vecs = eigsh(h.tocsc(), k=q, sigma=-1e-3 - (r * r), which="LM", v0=rng.standard_normal(n))
+    vals, vecs = eigsh(h, k=q, which="SA", v0=rng.standard_normal(n))
     vecs = vecs[:, np.argsort(vals)]
     norm = np.linalg.norm(vecs, axis=1, keepdims=True)
     return vecs / np.maximum(norm, 1e-12)
+
+
+def regularized_spectral_embedding(edge_index: torch.Tensor, n: int, q: int, seed: int = 0) -> np.ndarray:
+    r"""Regularized spectral clustering (Qin & Rohe 2013; Amini et al. 2013), made for DCSBM:
+    top-``q`` eigenvectors of :math:`(D+\tau I)^{-1/2} A (D+\tau I)^{-1/2}`, :math:`\tau` = mean
+    degree, rows normalized."""
+    from scipy.sparse.linalg import eigsh
+
+    ei = edge_index.numpy()
+    a = sp.csr_matrix((np.ones(ei.shape[1]), (ei[0], ei[1])), shape=(n, n))
+    d = np.asarray(a.sum(1)).ravel()
+    s = 1.0 / np.sqrt(d + d.mean())
+    rng = np.random.default_rng(seed)
+    _, vecs = eigsh(sp.diags(s) @ a @ sp.diags(s), k=q, which="LA", v0=rng.standard_normal(n))
+    return vecs / np.maximum(np.linalg.norm(vecs, axis=1, keepdims=True), 1e-12)
 
 
 def deepwalk_node2vec(edge_index: torch.Tensor, n: int, dim: int = 32, *, walk_length: int = 20,
