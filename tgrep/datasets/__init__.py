@@ -1,1 +1,2 @@
 """tgrep.datasets."""
+from .dcsbm import dcsbm, dcsbm_alpha  # noqa: E402,F401

@@ -1,1 +1,2 @@
 """tgrep.models."""
+from .edrep import EDRep  # noqa: E402,F401

@@ -1,1 +1,2 @@
 """tgrep.nn."""
+from .edrep import EDRepLoss, edrep_loss  # noqa: E402,F401
