@@ -263,68 +263,81 @@ def _project_rows_simplex(Y: torch.Tensor, r: torch.Tensor, allowed: torch.Tenso
 
 
 def support_cost_dense(D: torch.Tensor, rho0: torch.Tensor, support: torch.Tensor, lam: float, *,
-                       max_iters: int = 3000, tol: float = 1e-9, check_every: int = 25):
+                       max_iters: int = 3000, tol: float = 1e-9, check_every: int = 20,
+                       pi0: torch.Tensor | None = None, return_plan: bool = False):
     """Exact objective ``min_{rho1 on S} W(rho0, rho1) + lam/2 ||rho1||^2`` of supports.
 
     ``D [P, n, n]`` shortest paths, ``rho0 [P, n]``, ``support [P, n]`` bool. On a graph with
     positive edge costs ``W`` is the transport cost with the shortest-path metric, so the
     problem is the QP ``min_pi <D, pi> + lam/2 ||pi^T 1||^2`` over plans ``pi >= 0`` with row
-    sums ``rho0`` and columns in ``S``. Solved by FISTA (with adaptive restart) on ``pi``; the
-    dual ``g(tau) = sum_u rho0_u min_s (D_us + tau_s) - sum_s (tau_s)_+^2 / (2 lam)`` at
-    ``tau = lam * m`` certifies the gap. Stops when ``f - g <= tol * max(f, 1e-12)``.
+    sums ``rho0`` and columns in ``S``. Solved by FISTA (with adaptive restart) on ``pi``
+    (columns restricted to the support); the dual
+    ``g(tau) = sum_u rho0_u min_s (D_us + tau_s) - sum_s (tau_s)_+^2 / (2 lam)`` at
+    ``tau = lam * m`` certifies the gap. A problem stops when ``f - g <= tol * f``; the
+    iterations then continue on the unfinished problems only.
 
-    Returns ``(cost [P], rho1 [P, n], gap [P])``; ``cost = inf`` where some node with
-    ``rho0 > 0`` cannot reach the support.
+    ``pi0 [P, n, n]`` warm-starts the plan (projected onto the feasible set first).
+    Returns ``(cost [P], rho1 [P, n], gap [P])`` (and the plan ``[P, n, n]`` if
+    ``return_plan``); ``cost`` is the value of a feasible plan, so ``cost - gap`` and ``cost``
+    bracket the optimum; ``cost = inf`` where a node with ``rho0 > 0`` cannot reach the support.
     """
     P, n, _ = D.shape
-    allowed = support.unsqueeze(1) & torch.isfinite(D)
-    feasible = (allowed.any(-1) | (rho0 <= 0)).all(-1)
-    Dm = torch.where(allowed, D, torch.zeros_like(D))
+    kmax = max(int(support.sum(-1).max()) if P else 0, 1)
+    cols = torch.sort((~support).to(torch.int8), dim=-1, stable=True)[1][:, :kmax]  # support columns first
+    colv = support.gather(1, cols)
+    Dc = D.gather(2, cols.unsqueeze(1).expand(P, n, kmax))
+    allowed = colv.unsqueeze(1) & torch.isfinite(Dc)
     r = rho0.clamp(min=0)
-    # start: every node sends its mass to its nearest support node
-    big = torch.where(allowed, D, torch.full_like(D, float("inf")))
+    feasible = (allowed.any(-1) | (r <= 0)).all(-1)
+    Dm = torch.where(allowed, Dc, torch.zeros_like(Dc))
+    big = torch.where(allowed, Dc, torch.full_like(Dc, float("inf")))
     near = big.argmin(-1)
-    pi = torch.zeros_like(D).scatter_(-1, near.unsqueeze(-1), r.unsqueeze(-1))
+    pi = torch.zeros_like(Dc).scatter_(-1, near.unsqueeze(-1), r.unsqueeze(-1))
     pi = torch.where(allowed, pi, torch.zeros_like(pi))
+    if pi0 is not None:
+        warm = _project_rows_simplex(pi0.gather(2, cols.unsqueeze(1).expand(P, n, kmax)).to(D.dtype), r, allowed)
+        pi = torch.where(allowed.any(-1, keepdim=True), warm, pi)
     rows = (r > 0).sum(-1).clamp(min=1).to(D.dtype)
-    step = (1.0 / (lam * rows)).view(P, 1, 1)
 
-    def fval(p):
+    def fval(p, Dm_):
         m = p.sum(1)
-        return (Dm * p).sum((1, 2)) + 0.5 * lam * (m * m).sum(-1), m
+        return (Dm_ * p).sum((1, 2)) + 0.5 * lam * (m * m).sum(-1), m
 
-    def gval(m):
+    def gval(m, Dm_, al, r_):
         tau = lam * m
-        val = torch.where(allowed, Dm + tau.unsqueeze(1), torch.full_like(D, float("inf"))).amin(-1)
-        val = torch.where(r > 0, val, torch.zeros_like(val))
-        return (r * val).sum(-1) - (tau.clamp(min=0) ** 2).sum(-1) / (2 * lam)
+        val = torch.where(al, Dm_ + tau.unsqueeze(1), torch.full_like(Dm_, float("inf"))).amin(-1)
+        val = torch.where(r_ > 0, val, torch.zeros_like(val))
+        return (r_ * val).sum(-1) - (tau.clamp(min=0) ** 2).sum(-1) / (2 * lam)
 
-    z, tk = pi.clone(), torch.ones(P, 1, 1, dtype=D.dtype, device=D.device)
-    f_prev = fval(pi)[0]
-    active = feasible.clone()
-    gap = torch.zeros(P, dtype=D.dtype, device=D.device)
-    for it in range(max_iters):
-        m = z.sum(1)
-        grad = Dm + lam * m.unsqueeze(1)
-        new = _project_rows_simplex(z - step * grad, r, allowed)
-        tk_new = (1 + torch.sqrt(1 + 4 * tk * tk)) / 2
-        f_new = fval(new)[0]
-        restart = (f_new > f_prev).view(P, 1, 1)  # adaptive restart (O'Donoghue & Candes)
-        mom = torch.where(restart, torch.zeros_like(tk), (tk - 1) / tk_new)
-        z_new = new + mom * (new - pi)
-        tk_new = torch.where(restart, torch.ones_like(tk_new), tk_new)
-        a = active.view(P, 1, 1)
-        pi = torch.where(a, new, pi)
-        z = torch.where(a, z_new, z)
-        tk = torch.where(a, tk_new, tk)
-        f_prev = torch.where(active, f_new, f_prev)
-        if (it + 1) % check_every == 0:
-            f, m = fval(pi)
-            gap = f - gval(m)
-            active = active & (gap > tol * f.clamp(min=1e-12))
-            if not bool(active.any()):
-                break
-    f, m = fval(pi)
-    gap = f - gval(m)
+    idx = torch.nonzero(feasible).flatten()
+    it = 0
+    while idx.numel() and it < max_iters:
+        # work on the unfinished problems only
+        p_a, D_a, al_a, r_a = pi[idx], Dm[idx], allowed[idx], r[idx]
+        step = (1.0 / (lam * rows[idx])).view(-1, 1, 1)
+        z, tk = p_a.clone(), torch.ones(idx.numel(), 1, 1, dtype=D.dtype, device=D.device)
+        f_prev = fval(p_a, D_a)[0]
+        for _ in range(check_every):
+            m = z.sum(1)
+            new = _project_rows_simplex(z - step * (D_a + lam * m.unsqueeze(1)), r_a, al_a)
+            tk_new = (1 + torch.sqrt(1 + 4 * tk * tk)) / 2
+            f_new = fval(new, D_a)[0]
+            restart = (f_new > f_prev).view(-1, 1, 1)  # adaptive restart (O'Donoghue & Candes)
+            mom = torch.where(restart, torch.zeros_like(tk), (tk - 1) / tk_new)
+            z = new + mom * (new - p_a)
+            tk = torch.where(restart, torch.ones_like(tk_new), tk_new)
+            p_a, f_prev = new, f_new
+            it += 1
+        pi[idx] = p_a
+        f, m = fval(p_a, D_a)
+        gap = f - gval(m, D_a, al_a, r_a)
+        idx = idx[gap > tol * f.clamp(min=1e-12)]
+    f, mc = fval(pi, Dm)
+    gap = f - gval(mc, Dm, allowed, r)
     cost = torch.where(feasible, f, torch.full_like(f, float("inf")))
+    m = torch.zeros(P, n, dtype=D.dtype, device=D.device).scatter_add_(1, cols, torch.where(colv, mc, torch.zeros_like(mc)))
+    if return_plan:
+        full = torch.zeros(P, n, n, dtype=D.dtype, device=D.device)
+        full.scatter_add_(2, cols.unsqueeze(1).expand(P, n, kmax), torch.where(allowed, pi, torch.zeros_like(pi)))
+        return cost, m, gap, full
     return cost, m, gap
