@@ -395,8 +395,8 @@ def _refine(mask, score, edge_index, cost, rho0, batch, B, kk, lam, width, max_n
         # and ``cost - gap`` a lower bound, so a swap is accepted only when its upper bound
         # beats the current lower bound (a certified improvement)
         cur, m, gap, plan = ref.support_cost_dense(dn.D, dn.rho0, S, lam, tol=1e-5, max_iters=400, return_plan=True)
-        cur_lo = cur - gap
-        can = (kk[gids] < counts[gids]) & torch.isfinite(cur)
+        cur_lo = torch.where(torch.isfinite(cur), cur - gap, cur)
+        can = kk[gids] < counts[gids]  # infinite cost (a component left without a kept node) too
         ar_n = torch.arange(n, device=device)
         for _ in range(rounds if width > 0 else 0):
             if not bool(can.any()):
@@ -445,7 +445,7 @@ def _refine(mask, score, edge_index, cost, rho0, batch, B, kk, lam, width, max_n
             gsel = torch.nonzero(first >= 0).flatten()
             f = first[gsel]
             S[gsel], m[gsel], plan[gsel] = Sc[f], mc[f], pc[f]
-            cur[gsel], cur_lo[gsel] = cst[f], cst[f] - gc[f]
+            cur[gsel], cur_lo[gsel] = cst[f], torch.where(torch.isfinite(cst[f]), cst[f] - gc[f], cst[f])
             can = can & improve
         del ar_n
         nodes = dn.node[dn.valid]
@@ -523,9 +523,10 @@ def ot_compress(edge_index: torch.Tensor, num_nodes: int, k, *, cost: torch.Tens
         ``perm`` (LongTensor ``[M]``: kept nodes, sorted by graph then index), or an
         :class:`OTCompressResult`.
 
-    Graphs where no ``k``-support has finite cost (a component carrying mass, or an isolated
-    node with mass, left without a kept node, e.g. edgeless graphs with ``k < n``) keep the
-    top-``k`` of :math:`\hat\epsilon`; their exact cost is ``inf``.
+    A support that leaves a component carrying mass (or an isolated node with mass) without a
+    kept node has infinite cost; the swaps repair such roundings on refined graphs. Graphs
+    where no ``k``-support has finite cost (more such components than ``k``, e.g. edgeless
+    graphs with ``k < n``) keep the top-``k`` of :math:`\hat\epsilon`; their exact cost is ``inf``.
     """
     check.positive_int("num_nodes", num_nodes, allow_zero=True)
     edge_index = check_edge_index(edge_index, num_nodes)
