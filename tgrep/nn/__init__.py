@@ -1,1 +1,2 @@
 """tgrep.nn."""
+from . import pool  # noqa: F401,E402

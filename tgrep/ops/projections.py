@@ -115,9 +115,9 @@ def check_cost(cost: torch.Tensor, num_edges: int, device) -> torch.Tensor:
     if cost.numel() != num_edges:
         raise ValueError(f"'cost' must have one entry per edge ({num_edges}), got {cost.numel()}")
     if cost.numel():
-        if not bool(torch.isfinite(cost).all()):
+        if not bool(torch.isfinite(cost.detach()).all()):
             raise ValueError("'cost' contains NaN or infinite values")
-        if float(cost.min()) <= 0:
+        if float(cost.detach().min()) <= 0:
             raise ValueError(f"'cost' must be strictly positive (transport cost per unit mass on an edge), "
                              f"got min {float(cost.min())}")
     return cost
