@@ -305,8 +305,8 @@ def _drop_cost(edge_index, cost, rho0, num_nodes):
     return rho0 * torch.where(torch.isfinite(best), best, big)
 
 
-def _topk_mask(score, batch, B, k):
-    order = ref.seg_sort(score, batch, descending=True)
+def _topk_mask(score, batch, B, k, stable=False):
+    order = ref.seg_sort(score, batch, descending=True, stable=stable)
     ptr, _ = ref.seg_ptr(batch[order], B)
     rank = torch.empty_like(batch)
     rank[order] = torch.arange(batch.numel(), device=batch.device) - ptr[batch[order]]
@@ -562,7 +562,10 @@ def ot_compress(edge_index: torch.Tensor, num_nodes: int, k, *, cost: torch.Tens
     drop = _drop_cost(edge_index, cost.detach().to(torch.float64), rho0.detach().to(torch.float64), num_nodes)
     dmax = ref.seg_max(drop, batch, B, 0.0).clamp(min=1e-300)[batch]
     score = eps.detach().to(torch.float64) + 1e-3 * (drop / dmax) + 1e-6 * (r / rmax)
-    mask = _topk_mask(score, batch, B, kk)
+    # quantised + stable: ties (common on symmetric graphs) go to the lower index, the same
+    # whether a graph is compressed alone or in a batch
+    score = torch.round(score * 1e9) / 1e9
+    mask = _topk_mask(score, batch, B, kk, stable=True)
     exact = torch.full((B,), float("nan"), dtype=torch.float64, device=device)
     if refine > 0 and refine_rounds > 0:
         with torch.no_grad():

@@ -29,8 +29,26 @@ def seg_max(x: torch.Tensor, batch: torch.Tensor, num_graphs: int, init: float =
     return out.scatter_reduce_(0, batch, x, reduce="amax", include_self=True)
 
 
-def seg_sort(values: torch.Tensor, batch: torch.Tensor, descending: bool = True) -> torch.Tensor:
-    """Permutation putting graphs contiguous (by id) and ``values`` sorted inside each graph."""
+def seg_sort(values: torch.Tensor, batch: torch.Tensor, descending: bool = True, stable: bool = False) -> torch.Tensor:
+    """Permutation putting graphs contiguous (by id) and ``values`` sorted inside each graph.
+
+    One sort of the composite key ``2 * graph + (value rescaled to [0, 1] within its graph)``
+    in float64 (values closer than ~1e-12 of their graph's range may come out in either
+    order, which none of the callers minds); two stable sorts when the key would lose
+    precision (over 2**20 graphs or non-finite values) or when ``stable`` (ties keep their
+    index order).
+    """
+    if values.numel() == 0:
+        return torch.zeros(0, dtype=torch.long, device=values.device)
+    v = values.detach().to(torch.float64)
+    v = -v if descending else v
+    B = int(batch.max()) + 1
+    if not stable and B < (1 << 20) and bool(torch.isfinite(v).all()):
+        lo = torch.full((B,), float("inf"), dtype=v.dtype, device=v.device).scatter_reduce_(0, batch, v, "amin")
+        hi = torch.full((B,), float("-inf"), dtype=v.dtype, device=v.device).scatter_reduce_(0, batch, v, "amax")
+        span = (hi - lo).clamp(min=1e-300)
+        key = 2.0 * batch.to(v.dtype) + (v - lo[batch]) / span[batch]
+        return torch.sort(key)[1]
     idx = torch.sort(values, descending=descending, stable=True)[1]
     idx2 = torch.sort(batch[idx], stable=True)[1]
     return idx[idx2]
