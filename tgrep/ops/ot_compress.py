@@ -455,7 +455,7 @@ def _refine(mask, score, edge_index, cost, rho0, batch, B, kk, lam, width, max_n
 
 
 def ot_compress(edge_index: torch.Tensor, num_nodes: int, k, *, cost: torch.Tensor | None = None,
-                rho0: torch.Tensor | None = None, lam: float = 1.0, num_iters: int = 50,
+                rho0: torch.Tensor | None = None, lam: float = 1.0, num_iters: int = 30,
                 batch: torch.Tensor | None = None, tol: float = 1e-3, lip_iters: int = 5,
                 step_scale: float = 1.0, refine: int = 2, refine_rounds: int = 3, refine_max_nodes: int = 64,
                 return_info: bool = False, verbose: bool = False):
@@ -506,7 +506,7 @@ def ot_compress(edge_index: torch.Tensor, num_nodes: int, k, *, cost: torch.Tens
         rho0 (Tensor, optional): ``[N]`` non-negative prior, normalised per graph (default:
             :func:`degree_prior`).
         lam (float, optional): :math:`\lambda > 0` (default: ``1.0``, as in the paper).
-        num_iters (int, optional): Mirror Prox iterations at most (default: ``50``).
+        num_iters (int, optional): Mirror Prox iterations at most (default: ``30``).
         batch (LongTensor, optional): ``[N]`` graph ids (default: one graph).
         tol (float, optional): relative gap tolerance (default: ``1e-3``).
         lip_iters (int, optional): FISTA steps per projection onto ``T`` (default: ``5``).
