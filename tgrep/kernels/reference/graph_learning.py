@@ -40,6 +40,9 @@ import torch
 def theta_bounds(zs: torch.Tensor, k: int):
     """Per-node ``(lower, upper)`` bounds of θ giving exactly ``k`` non-zeros (Theorem 3).
 
+    (At ``θ = upper`` the ``k``-th weight is exactly 0, so the interval is really
+    ``[lower, upper)``; the paper writes it ``(lower, upper]``.)
+
     ``zs``: ``[n, m]`` distances of each node to its candidates, sorted ascending, ``inf``
     where missing, ``m >= k``. ``upper = 1/√(k z_k² − b_k z_k)`` (``inf`` when the root is 0:
     the first ``k`` distances are equal); ``lower = 1/√(k z_{k+1}² − b_k z_{k+1})`` (``0`` when
