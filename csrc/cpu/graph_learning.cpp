@@ -10,7 +10,8 @@
 template <typename T>
 static std::vector<double> fbf_impl(const torch::Tensor& row, const torch::Tensor& col, const torch::Tensor& z,
                                     const torch::Tensor& inc_ptr, const torch::Tensor& inc_idx, torch::Tensor& w,
-                                    torch::Tensor& v, torch::Tensor& P, double gamma_d, int64_t steps, double tol) {
+                                    torch::Tensor& v, torch::Tensor& P, double gamma_d, int64_t steps, double tol,
+                                    int64_t nt) {
   const int64_t E = z.numel(), n = v.numel();
   const int64_t* r = row.data_ptr<int64_t>();
   const int64_t* c = col.data_ptr<int64_t>();
@@ -26,7 +27,7 @@ static std::vector<double> fbf_impl(const torch::Tensor& row, const torch::Tenso
   int64_t it = 0;
   for (; it < steps;) {
     // forward step + prox of f1 (positivity + linear term), per edge
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
     for (int64_t e = 0; e < E; ++e) {
       const T y = wp[e] - g * (T(2) * wp[e] + vp[r[e]] + vp[c[e]]);
       Y[e] = y;
@@ -35,7 +36,7 @@ static std::vector<double> fbf_impl(const torch::Tensor& row, const torch::Tenso
     }
     // dual: y = v + g K w, p = prox_{g f2*}(y), q = p + g K P  (per node, no atomics)
     double dn = 0, dd = 0;
-#pragma omp parallel for schedule(static) reduction(+ : dn, dd)
+#pragma omp parallel for schedule(static) reduction(+ : dn, dd) num_threads(nt) if (nt > 1)
     for (int64_t i = 0; i < n; ++i) {
       T sw = 0, sp = 0;
       for (int64_t a = ip[i]; a < ip[i + 1]; ++a) {
@@ -52,7 +53,7 @@ static std::vector<double> fbf_impl(const torch::Tensor& row, const torch::Tenso
     }
     // second forward step on the primal, per edge
     double pn = 0, pd = 0;
-#pragma omp parallel for schedule(static) reduction(+ : pn, pd)
+#pragma omp parallel for schedule(static) reduction(+ : pn, pd) num_threads(nt) if (nt > 1)
     for (int64_t e = 0; e < E; ++e) {
       const T q = Pp[e] - g * (T(2) * Pp[e] + p[r[e]] + p[c[e]]);
       const T dw = q - Y[e];
@@ -70,15 +71,16 @@ static std::vector<double> fbf_impl(const torch::Tensor& row, const torch::Tenso
 
 std::vector<double> fbf_log_steps(torch::Tensor row, torch::Tensor col, torch::Tensor z, torch::Tensor inc_ptr,
                                   torch::Tensor inc_idx, torch::Tensor w, torch::Tensor v, torch::Tensor P,
-                                  double gamma, int64_t steps, double tol) {
+                                  double gamma, int64_t steps, double tol, int64_t num_threads) {
   TORCH_CHECK(row.is_contiguous() && col.is_contiguous() && z.is_contiguous() && w.is_contiguous() &&
               v.is_contiguous() && P.is_contiguous() && inc_ptr.is_contiguous() && inc_idx.is_contiguous(),
               "contiguous inputs expected");
-  if (z.scalar_type() == torch::kFloat64) return fbf_impl<double>(row, col, z, inc_ptr, inc_idx, w, v, P, gamma, steps, tol);
+  if (z.scalar_type() == torch::kFloat64) return fbf_impl<double>(row, col, z, inc_ptr, inc_idx, w, v, P, gamma, steps, tol, num_threads);
   TORCH_CHECK(z.scalar_type() == torch::kFloat32, "float32 or float64 expected");
-  return fbf_impl<float>(row, col, z, inc_ptr, inc_idx, w, v, P, gamma, steps, tol);
+  return fbf_impl<float>(row, col, z, inc_ptr, inc_idx, w, v, P, gamma, steps, tol, num_threads);
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("fbf_log_steps", &fbf_log_steps, "FBF primal-dual iterations of the log graph-learning model");
+  m.def("fbf_log_steps", &fbf_log_steps, "FBF primal-dual iterations of the log graph-learning model",
+        py::call_guard<py::gil_scoped_release>());
 }

@@ -24,7 +24,7 @@ static inline void sift_down(T* d, int64_t* ix, int64_t k) {
 template <typename T>
 static void select_impl(const torch::Tensor& G, const torch::Tensor& qn, const torch::Tensor& yn,
                         int64_t col0, int64_t row0, bool skip_self, const torch::Tensor& bq,
-                        const torch::Tensor& by, torch::Tensor& best_d, torch::Tensor& best_i) {
+                        const torch::Tensor& by, torch::Tensor& best_d, torch::Tensor& best_i, int64_t nt) {
   const int64_t Q = G.size(0), B = G.size(1), k = best_d.size(1);
   const T* g = G.data_ptr<T>();
   const T* qnp = qn.data_ptr<T>();
@@ -34,7 +34,7 @@ static void select_impl(const torch::Tensor& G, const torch::Tensor& qn, const t
   const bool use_batch = bq.numel() > 0;
   const int64_t* bqp = use_batch ? bq.data_ptr<int64_t>() : nullptr;
   const int64_t* byp = use_batch ? by.data_ptr<int64_t>() : nullptr;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
   for (int64_t i = 0; i < Q; ++i) {
     const T* gi = g + i * B;
     T* d = bd + i * k;
@@ -58,17 +58,19 @@ static void select_impl(const torch::Tensor& G, const torch::Tensor& qn, const t
 // best_d/best_i: [Q, k] max-heaps (initialised to +inf / -1), updated in place.
 void knn_select(torch::Tensor G, torch::Tensor qn, torch::Tensor yn, int64_t col0, int64_t row0,
                 bool skip_self, torch::Tensor bq, torch::Tensor by, torch::Tensor best_d,
-                torch::Tensor best_i) {
+                torch::Tensor best_i, int64_t num_threads) {
   TORCH_CHECK(G.is_contiguous() && best_d.is_contiguous() && best_i.is_contiguous(), "contiguous inputs");
   TORCH_CHECK(G.scalar_type() == best_d.scalar_type(), "dtype mismatch");
   if (G.scalar_type() == torch::kFloat64) {
-    select_impl<double>(G, qn, yn, col0, row0, skip_self, bq, by, best_d, best_i);
+    select_impl<double>(G, qn, yn, col0, row0, skip_self, bq, by, best_d, best_i, num_threads);
   } else {
     TORCH_CHECK(G.scalar_type() == torch::kFloat32, "float32 or float64 expected");
-    select_impl<float>(G, qn, yn, col0, row0, skip_self, bq, by, best_d, best_i);
+    select_impl<float>(G, qn, yn, col0, row0, skip_self, bq, by, best_d, best_i, num_threads);
   }
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("knn_select", &knn_select, "update per-row k-smallest heaps from a block of dot products");
+  // the GIL is released: the host code runs one query chunk per Python thread
+  m.def("knn_select", &knn_select, "update per-row k-smallest heaps from a block of dot products",
+        py::call_guard<py::gil_scoped_release>());
 }

@@ -15,6 +15,7 @@ for the derivation). :func:`graph_learning_theta` exposes the automatic θ.
 from __future__ import annotations
 
 import math
+import time
 
 import torch
 
@@ -117,8 +118,8 @@ def _incidence(row, col, n):
 
 
 def solve_log_model(row: torch.Tensor, col: torch.Tensor, z: torch.Tensor, num_nodes: int, *,
-                    max_iter: int = 1000, tol: float = 1e-5, step: float = 0.5,
-                    verbose: bool = False) -> tuple[torch.Tensor, dict]:
+                    max_iter: int = 1000, tol: float = 1e-5, step: float = 0.9,
+                    num_threads: int | None = None, verbose: bool = False) -> tuple[torch.Tensor, dict]:
     r"""Weights ``w`` of the log model ``min_{w≥0} 2zᵀw − 1ᵀlog(Kw) + ‖w‖²`` on a support.
 
     Args:
@@ -128,7 +129,12 @@ def solve_log_model(row: torch.Tensor, col: torch.Tensor, z: torch.Tensor, num_n
         max_iter (int): iteration cap. (default: ``1000``)
         tol (float): stop when the relative primal and dual changes are both below it.
             (default: ``1e-5``)
-        step (float): step as a fraction of the largest safe step ``1/μ``. (default: ``0.5``)
+        step (float): step as a fraction of the largest safe step ``1/μ`` (``γ = step/μ``,
+            ``μ = 2 + ‖K‖``, with the guaranteed bound of ``‖K‖``). (default: ``0.9``)
+        num_threads (int, optional): CPU threads of the C++ kernel. :obj:`None` times the
+            first iterations with ``torch.get_num_threads()`` and with 1 thread and keeps the
+            faster (on a busy machine the per-iteration barriers can make 1 thread faster).
+            (default: :obj:`None`)
         verbose (bool): progress bar. (default: :obj:`False`)
 
     Returns:
@@ -151,12 +157,21 @@ def solve_log_model(row: torch.Tensor, col: torch.Tensor, z: torch.Tensor, num_n
         ptr, inc = _incidence(row, col, n)
     done, rel_p, rel_d = 0, math.inf, math.inf
     chunk = 25
+    candidates = [num_threads] if num_threads else sorted({torch.get_num_threads(), 1}, reverse=True)
+    timing = []
     with progress(total=max_iter, verbose=verbose, desc="graph learning (FBF)") as bar:
         while done < max_iter:
             steps = min(chunk, max_iter - done)
             if mod is not None:
-                it, rel_p, rel_d = mod.fbf_log_steps(row, col, z, ptr, inc, w, v, P, gamma, steps, tol)
+                if len(timing) < len(candidates):  # autotune: one chunk per thread count
+                    nt = candidates[len(timing)]
+                else:
+                    nt = min(timing)[1]
+                t0 = time.perf_counter()
+                it, rel_p, rel_d = mod.fbf_log_steps(row, col, z, ptr, inc, w, v, P, gamma, steps, tol, nt)
                 it = int(it)
+                if len(timing) < len(candidates):
+                    timing.append(((time.perf_counter() - t0) / max(it, 1), nt))
             else:
                 it, rel_p, rel_d = _ref.fbf_log_steps(row, col, z, n, w, v, P, gamma, steps, tol)
             done += it
@@ -165,7 +180,8 @@ def solve_log_model(row: torch.Tensor, col: torch.Tensor, z: torch.Tensor, num_n
             if rel_p < tol and rel_d < tol:
                 break
     info = dict(iterations=done, rel_primal=rel_p, rel_dual=rel_d,
-                converged=bool(rel_p < tol and rel_d < tol), backend=backend)
+                converged=bool(rel_p < tol and rel_d < tol), backend=backend,
+                threads=min(timing)[1] if timing else None)
     return P, info
 
 
@@ -191,7 +207,8 @@ def _check_sizes(batch, n, k, device):
 
 def learn_graph(x: torch.Tensor, k: int = 10, *, r: float = 3, theta: float | None = None,
                 model: str = "log", knn: str = "auto", max_iter: int = 1000, tol: float = 1e-5,
-                batch: torch.Tensor | None = None, scale: str | float = "none", step: float = 0.5,
+                batch: torch.Tensor | None = None, scale: str | float = "none", step: float = 0.9,
+                num_threads: int | None = None,
                 return_theta: bool = False, return_info: bool = False, verbose: bool = False):
     r"""Learn a weighted graph from smooth signals (Kalofolias & Perraudin, ICLR 2019).
 
@@ -219,7 +236,10 @@ def learn_graph(x: torch.Tensor, k: int = 10, *, r: float = 3, theta: float | No
         scale (str or float): ``'none'`` keeps ``W(θZ, 1, 1)`` (all weights ≤ 1, Theorem 1),
             ``'max'`` divides by the largest weight, ``'sum'`` makes the weights sum to ``n``
             (``‖W‖_{1,1} = n``), a float ``δ`` multiplies them (``δ = √(α/β)``). (default: ``'none'``)
-        step (float): FBF step as a fraction of the largest safe one. (default: ``0.5``)
+        step (float): FBF step as a fraction of the largest safe one. (default: ``0.9``)
+        num_threads (int, optional): CPU threads for the kNN search and the solver
+            (default: ``torch.get_num_threads()``; the solver may fall back to 1 thread when
+            that is faster on a busy machine).
         return_theta (bool): also return θ (float, or tensor with ``batch``). (default: :obj:`False`)
         return_info (bool): also return a dict of diagnostics. (default: :obj:`False`)
         verbose (bool): progress bars and the requested vs obtained degree. (default: :obj:`False`)
@@ -260,24 +280,27 @@ def learn_graph(x: torch.Tensor, k: int = 10, *, r: float = 3, theta: float | No
     if m < math.ceil(r * k):
         log(f"learn_graph: graphs have at most {largest} nodes <= r*k = {math.ceil(r * k)}: "
             f"the support is all pairs (exact model)", verbose)
-    _, idx = _knn(x, m, batch=batch, method=knn, verbose=verbose)
+    t0 = time.perf_counter()
+    _, idx = _knn(x, m, batch=batch, method=knn, num_threads=num_threads, verbose=verbose)
+    t_knn = time.perf_counter() - t0
     dist = _exact_dist(x, idx)
     nb = int(batch.max()) + 1 if batch is not None else 1
     bvec = batch if batch is not None else torch.zeros(n, dtype=torch.long, device=dev)
 
-    # support: symmetrised kNN pairs, each undirected edge once (row < col)
+    # support: symmetrised kNN pairs, each undirected edge once (row < col); z from the exact
+    # kNN distances (both directions of a pair hold the same value)
     src = torch.arange(n, device=dev).repeat_interleave(m)
     dst = idx.reshape(-1)
     keep = dst >= 0
-    src, dst = src[keep], dst[keep]
-    lo, hi = torch.minimum(src, dst), torch.maximum(src, dst)
-    key = torch.unique(lo * n + hi)
+    src, dst, dflat = src[keep], dst[keep], dist.reshape(-1)[keep]
+    key, inverse = torch.unique(torch.minimum(src, dst) * n + torch.maximum(src, dst), return_inverse=True)
     row, col = key // n, key % n
-    diff = x[row].double() - x[col].double()
-    z = (diff * diff).sum(1)
+    z = torch.empty(key.numel(), dtype=dist.dtype, device=dev).scatter_(0, inverse, dflat)
+    del src, dst, dflat, inverse, keep
     work = torch.float64 if x.dtype == torch.float64 else torch.float32
 
-    info = {"support_edges": int(row.numel()), "knn_candidates": m}
+    info = {"support_edges": int(row.numel()), "knn_candidates": m, "time_knn": t_knn}
+    t0 = time.perf_counter()
     if model == "log":
         if theta is None:
             th = graph_learning_theta(dist, k, batch=bvec)
@@ -291,7 +314,11 @@ def learn_graph(x: torch.Tensor, k: int = 10, *, r: float = 3, theta: float | No
         zt = (z * th_nodes[bvec[row]]).to(work)
         if bool((zt == 0).all()) and row.numel():
             log("learn_graph: all support distances are 0 (constant features): uniform weights", verbose)
-        w, sinfo = solve_log_model(row, col, zt, n, max_iter=max_iter, tol=tol, step=step, verbose=verbose)
+        info["time_theta_support"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        w, sinfo = solve_log_model(row, col, zt, n, max_iter=max_iter, tol=tol, step=step,
+                                   num_threads=num_threads, verbose=verbose)
+        info["time_solve"] = time.perf_counter() - t0
         info.update(sinfo)
     else:
         if theta is None:
@@ -325,12 +352,14 @@ def learn_graph(x: torch.Tensor, k: int = 10, *, r: float = 3, theta: float | No
     return out
 
 
-def _exact_dist(x, idx, rows=4096):
-    """``‖x_i − x_idx[i, j]‖²`` recomputed exactly (no cancellation), ``inf`` where ``idx = -1``."""
-    out = torch.empty(idx.shape, dtype=torch.float64, device=x.device)
+def _exact_dist(x, idx, rows=2048):
+    """``‖x_i − x_idx[i, j]‖²`` recomputed from differences (no cancellation: duplicates give
+    exactly 0, and the value is symmetric in ``i, j``), ``inf`` where ``idx = -1``."""
+    dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+    out = torch.empty(idx.shape, dtype=dtype, device=x.device)
     for a in range(0, idx.shape[0], rows):
         ii = idx[a:a + rows]
-        diff = x[a:a + rows, None, :].double() - x[ii.clamp_min(0)].double()
+        diff = x[a:a + rows, None, :].to(dtype) - x[ii.clamp_min(0)].to(dtype)
         out[a:a + rows] = (diff * diff).sum(-1)
     return out.masked_fill_(idx < 0, math.inf)
 

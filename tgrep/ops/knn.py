@@ -15,6 +15,7 @@ Methods:
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from .._backend import choose
@@ -87,8 +88,17 @@ def _external(method: str, x: torch.Tensor, k: int, loop: bool):
     return d.to(x.dtype), i
 
 
-def _knn_cpp(x, k, batch, loop, chunk, block, bar):
-    """Blocked search: BLAS dot products per block, heap selection in C++ (csrc/cpu/knn.cpp)."""
+def _knn_cpp(x, k, batch, loop, chunk, block, bar, workers):
+    """Blocked search: BLAS dot products per block, heap selection in C++ (csrc/cpu/knn.cpp).
+
+    Parallelism is coarse: ``workers`` Python threads each own whole query chunks (BLAS and the
+    selection single-threaded inside, the GIL released), so no fine-grained barriers: this
+    stays fast on an oversubscribed CPU, where per-block OpenMP/BLAS thread teams stall.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    from threadpoolctl import threadpool_limits
+
     mod = load_cpp("knn")
     n = x.shape[0]
     dtype = x.dtype if x.dtype in (torch.float32, torch.float64) else torch.float32
@@ -97,6 +107,7 @@ def _knn_cpp(x, k, batch, loop, chunk, block, bar):
     norms = (xc * xc).sum(1).contiguous()
     # numpy's BLAS (OpenBLAS) runs these skinny GEMMs ~1.5x faster than torch's CPU GEMM here
     xs = xc.contiguous().numpy()
+    xsT = xs.T.copy()
     best_d = torch.full((n, k), float("inf"), dtype=dtype)
     best_i = torch.full((n, k), -1, dtype=torch.long)
     empty = torch.empty(0, dtype=torch.long)
@@ -105,17 +116,31 @@ def _knn_cpp(x, k, batch, loop, chunk, block, bar):
         ptr = torch.zeros(nb + 1, dtype=torch.long)
         ptr[1:] = torch.cumsum(torch.bincount(batch, minlength=nb), 0)
         ptr = ptr.tolist()
-    for a in range(0, n, chunk):
-        b = min(n, a + chunk)
-        lo, hi = (ptr[int(batch[a])], ptr[int(batch[b - 1]) + 1]) if batch is not None else (0, n)
-        bd, bi = best_d[a:b], best_i[a:b]  # contiguous row slices: updated in place
-        bq = batch[a:b].contiguous() if batch is not None else empty
-        for c0 in range(lo, hi, block):
-            c1 = min(hi, c0 + block)
-            G = torch.from_numpy(xs[a:b] @ xs[c0:c1].T)
-            by = batch[c0:c1].contiguous() if batch is not None else empty
-            mod.knn_select(G, norms[a:b], norms[c0:c1], c0, a, not loop, bq, by, bd, bi)
-        bar.update(b - a)
+    starts = list(range(0, n, chunk))
+
+    def work(wid):
+        buf = torch.empty(chunk * block, dtype=dtype)  # reused block: no page faults per block
+        bufn = buf.numpy()
+        for a in starts[wid::workers]:
+            b = min(n, a + chunk)
+            lo, hi = (ptr[int(batch[a])], ptr[int(batch[b - 1]) + 1]) if batch is not None else (0, n)
+            bd, bi = best_d[a:b], best_i[a:b]  # contiguous row slices, updated in place
+            bq = batch[a:b].contiguous() if batch is not None else empty
+            for c0 in range(lo, hi, block):
+                c1 = min(hi, c0 + block)
+                size = (b - a) * (c1 - c0)
+                np.matmul(xs[a:b], xsT[:, c0:c1], out=bufn[:size].reshape(b - a, c1 - c0))
+                G = buf[:size].view(b - a, c1 - c0)
+                by = batch[c0:c1].contiguous() if batch is not None else empty
+                mod.knn_select(G, norms[a:b], norms[c0:c1], c0, a, not loop, bq, by, bd, bi, 1)
+            bar.update(b - a)
+
+    with threadpool_limits(limits=1, user_api="blas"):
+        if workers == 1:
+            work(0)
+        else:
+            with ThreadPoolExecutor(workers) as pool:
+                list(pool.map(work, range(workers)))
     best_d, order = torch.sort(best_d, dim=1)
     best_i = torch.gather(best_i, 1, order)
     best_i = torch.where(torch.isinf(best_d), torch.full_like(best_i, -1), best_i)
@@ -123,7 +148,8 @@ def _knn_cpp(x, k, batch, loop, chunk, block, bar):
 
 
 def knn(x: torch.Tensor, k: int, *, batch: torch.Tensor | None = None, loop: bool = False,
-        method: str = "auto", chunk: int | None = None, verbose: bool = False):
+        method: str = "auto", chunk: int | None = None, num_threads: int | None = None,
+        verbose: bool = False):
     r"""The ``k`` nearest neighbours of every row of ``x`` among the rows of ``x``.
 
     Args:
@@ -135,6 +161,7 @@ def knn(x: torch.Tensor, k: int, *, batch: torch.Tensor | None = None, loop: boo
         method (str): ``'auto'``, ``'exact'``, ``'faiss'`` or ``'nndescent'``. (default: ``'auto'``)
         chunk (int, optional): queries per block of the exact search (default: chosen from
             ``n`` to keep each distance block near 16M entries).
+        num_threads (int, optional): CPU worker threads (default: ``torch.get_num_threads()``).
         verbose (bool): progress bar and the chosen method. (default: :obj:`False`)
 
     Returns:
@@ -160,12 +187,13 @@ def knn(x: torch.Tensor, k: int, *, batch: torch.Tensor | None = None, loop: boo
         return x.new_zeros((0, k)), torch.zeros((0, k), dtype=torch.long, device=x.device)
     if concrete in ("faiss", "nndescent"):
         return _external(concrete, x, k, loop)
-    block = 16384 if x.device.type == "cpu" else 65536
+    block = 4096 if x.device.type == "cpu" else 65536
     if chunk is None:
-        chunk = 1024 if x.device.type == "cpu" else 4096
+        chunk = 512 if x.device.type == "cpu" else 4096
     backend = choose(x.device, ("cpp", "reference"), cpp_name="knn", op="knn")
     with progress(total=n, verbose=verbose, desc="knn") as bar:
         if backend == "cpp":
-            return _knn_cpp(x, k, batch, loop, chunk, block, bar)
+            return _knn_cpp(x, k, batch, loop, chunk, block, bar,
+                            max(1, min(num_threads or torch.get_num_threads(), -(-n // chunk))))
         return _ref.knn_blocked(x, x, k, loop=loop, batch_x=batch, batch_y=batch, self_query=True,
                                 chunk=chunk, block=block, progress=bar)

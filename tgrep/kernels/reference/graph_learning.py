@@ -128,7 +128,7 @@ def fbf_log_steps(row, col, z, n, w, v, P, gamma: float, steps: int, tol: float)
     return it, rel_p, rel_d
 
 
-def log_model(row, col, z, n, *, max_iter=1000, tol=1e-5, step=0.5):
+def log_model(row, col, z, n, *, max_iter=1000, tol=1e-5, step=0.9):
     """Solve the log model on the support ``(row, col)`` (each edge once); returns ``w``."""
     gamma = step / (2.0 + operator_norm_bound(row, col, n))
     w = torch.zeros_like(z)
