@@ -11,3 +11,5 @@ __all__ = [
 from .projections import project_capped_simplex, project_diag_simplex, project_lipschitz  # noqa: E402,F401
 from .ot_compress import (ot_compress, ot_compression_cost, psi, psi_grad, label_cost, degree_cost,  # noqa: E402,F401
                           degree_prior, OTCompressResult)
+from .knn import knn  # noqa: E402,F401
+from .graph_learning import graph_learning_theta, learn_graph, solve_log_model  # noqa: E402,F401

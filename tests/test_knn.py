@@ -1,0 +1,74 @@
+import pytest
+import torch
+
+import tgrep
+from tgrep.kernels.reference.knn import knn_blocked, knn_dense
+from tgrep.ops.knn import knn
+
+
+def _check_same(d, i, d2, i2):
+    assert torch.allclose(d, d2, atol=1e-4, rtol=1e-4, equal_nan=True)
+    fin = torch.isfinite(d2)
+    assert torch.equal(torch.isfinite(d), fin)
+    # indices equal up to (rare) exact ties: the distance to the returned index must match
+    assert (i[~fin] == -1).all()
+    assert (i[fin] >= 0).all()
+
+
+@pytest.mark.parametrize("backend", ["reference", "cpp"])
+@pytest.mark.parametrize("use_batch", [False, True])
+def test_knn_matches_dense(seed, backend, use_batch):
+    n, d, k = 257, 5, 7
+    x = torch.randn(n, d)
+    batch = torch.sort(torch.randint(0, 6, (n,)))[0] if use_batch else None
+    with tgrep.use_backend(backend):
+        dist, idx = knn(x, k, batch=batch, chunk=50)
+    d2, i2 = knn_dense(x, x, k, loop=False, self_query=True, batch_x=batch, batch_y=batch)
+    _check_same(dist, idx, d2, i2)
+    assert (idx == i2).float().mean() > 0.99
+    assert (idx != torch.arange(n)[:, None]).all()          # no self
+    if use_batch:
+        ok = idx >= 0
+        assert (batch[idx.clamp_min(0)][ok] == batch[:, None].expand_as(idx)[ok]).all()
+
+
+def test_knn_blocked_small_blocks(seed):
+    x = torch.randn(100, 3, dtype=torch.float64)
+    d1, i1 = knn_blocked(x, x, 9, loop=False, self_query=True, chunk=7, block=11)
+    d2, i2 = knn_dense(x, x, 9, loop=False, self_query=True)
+    assert torch.allclose(d1, d2, atol=1e-9)
+    assert torch.equal(i1, i2)
+
+
+@pytest.mark.parametrize("backend", ["reference", "cpp"])
+def test_knn_padding_and_duplicates(backend):
+    x = torch.tensor([[0.0, 0.0], [0.0, 0.0], [1.0, 0.0], [5.0, 5.0]])
+    batch = torch.tensor([0, 0, 0, 1])
+    with tgrep.use_backend(backend):
+        dist, idx = knn(x, 3, batch=batch)
+    assert dist[0, 0] == 0 and idx[0, 0] == 1          # the duplicate, not itself
+    assert idx[0, 2] == -1 and torch.isinf(dist[0, 2])  # only 2 candidates in example 0
+    assert (idx[3] == -1).all()                          # a lone node has none
+    with tgrep.use_backend(backend):
+        d_loop, i_loop = knn(x, 2, loop=True)
+    assert (d_loop[:, 0] == 0).all()
+
+
+def test_knn_bad_inputs():
+    x = torch.randn(10, 2)
+    with pytest.raises(ValueError, match="'x'"):
+        knn(torch.tensor([[float("nan"), 0.0]] * 3), 1)
+    with pytest.raises(ValueError, match="'k'"):
+        knn(x, 0)
+    with pytest.raises(TypeError, match="'x'"):
+        knn(torch.ones(10, 2, dtype=torch.long), 2)
+    with pytest.raises(ValueError, match="sorted"):
+        knn(x, 2, batch=torch.tensor([1, 0] * 5))
+    with pytest.raises(ValueError, match="'method'"):
+        knn(x, 2, method="annoy")
+    for method, mod in (("faiss", "faiss"), ("nndescent", "pynndescent")):
+        try:
+            __import__(mod)
+        except ImportError:
+            with pytest.raises(ImportError, match=method):
+                knn(x, 2, method=method)
