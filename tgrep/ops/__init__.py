@@ -13,3 +13,7 @@ from .ot_compress import (ot_compress, ot_compression_cost, psi, psi_grad, label
                           degree_prior, OTCompressResult)
 from .knn import knn  # noqa: E402,F401
 from .graph_learning import graph_learning_theta, learn_graph, solve_log_model  # noqa: E402,F401
+__all__ = ["shortest_paths", "edge_presence", "ShortestPaths"]
+from .reinforce import reinforce_coefficients  # noqa: E402
+
+__all__ += ["reinforce_coefficients"]

@@ -1,0 +1,454 @@
+"""PRODIGE benchmarks (Mazur et al., NeurIPS 2019): the paper's sanity check, distance-preserving
+compression of scikit-learn's digits against MDS/PCA, training speed against a scipy
+implementation of the same update, collaborative filtering and classification with
+``ProdigeEmbedding``.
+
+    python benchmarks/bench_prodige.py [--quick] [--only sanity,digits,speed,cf,clf]
+
+Writes ``benchmarks/results/prodige-<device>.json`` (and ``prodige_digits_curve.png``).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.harness import RESULTS, Report, timeit  # noqa: E402
+from tgrep.datasets import weighted_erdos_renyi  # noqa: E402
+from tgrep.models import ProdigeCompression  # noqa: E402
+from tgrep.nn import ProdigeEmbedding, ProdigeGraph  # noqa: E402
+from tgrep.ops import shortest_paths  # noqa: E402
+from tgrep.utils import progress, to_csr  # noqa: E402
+
+
+# ----------------------------------------------------------------------------- data
+def digits():
+    from sklearn.datasets import load_digits
+
+    x = torch.tensor(load_digits().data, dtype=torch.float32)
+    D = torch.cdist(x.double(), x.double())
+    iu = torch.triu_indices(len(x), len(x), 1)
+    mean = D[iu[0], iu[1]].mean()
+    return (x / mean.float()), (D / mean).float()
+
+
+def pair_mse(P, D):
+    return float(((P.double() - D.double()) ** 2).mean())
+
+
+# ----------------------------------------------------------------------------- sanity check
+def essential_edges(ei, w, D):
+    """Edges of the true graph that lie on every shortest path between their endpoints:
+    w_uv == d(u, v) and no other path is as short (removing it changes a distance)."""
+    n = D.size(0)
+    out = []
+    for k in range(ei.size(1)):
+        keep = torch.ones(ei.size(1), dtype=torch.bool)
+        keep[k] = False
+        ip, ix, ww = to_csr(ei[:, keep], n, w[keep].double(), undirected=True)
+        u, v = int(ei[0, k]), int(ei[1, k])
+        d = shortest_paths(ip, ix, ww, torch.tensor([u]), torch.tensor([[v]]))
+        if float(d) > float(D[u, v]) + 1e-9:
+            out.append((min(u, v), max(u, v)))
+    return out
+
+
+def sanity(report, quick, verbose):
+    graphs = 10 if quick else 100
+    gen = torch.Generator().manual_seed(0)
+    rec_all, err_ok, errs = 0, 0, []
+    t0 = time.perf_counter()
+    for i in progress(range(graphs), verbose=verbose, desc="sanity ER graphs"):
+        n = int(torch.randint(10, 26, (1,), generator=gen))
+        ei, w = weighted_erdos_renyi(n, 0.25, generator=gen)
+        D = shortest_paths(*to_csr(ei, n, w.double(), undirected=True), torch.arange(n))
+        m = ProdigeCompression(epochs=SANITY_EPOCHS, lr=0.05, sparsity=SANITY_LAMBDA, init_weight="random",
+                               finetune_epochs=SANITY_FINETUNE, batch_size=n, verbose=False, seed=i)
+        m.fit(distances=D.float())
+        P = m.pairwise_distances().double()
+        err = pair_mse(P, D)
+        errs.append(err)
+        kept_ei, _ = m.graph.prune()
+        kept = {(min(a, b), max(a, b)) for a, b in kept_ei.T.tolist()}
+        need = essential_edges(ei, w, D)
+        rec_all += all(e in kept for e in need)
+        err_ok += err < 1e-3
+    report.add("sanity: ER 10-25 vertices, p=0.25, U(0,1)", time.perf_counter() - t0, peer="paper 91/100, 100/100",
+               graphs=graphs, recovered_all_path_edges=rec_all, error_below_1e_3=err_ok,
+               median_error=float(np.median(errs)), max_error=float(np.max(errs)))
+
+
+SANITY_EPOCHS, SANITY_FINETUNE, SANITY_LAMBDA = 300, 100, 1.0
+
+
+# ----------------------------------------------------------------------------- digits compression
+def digits_compression(report, quick, verbose):
+    from sklearn.decomposition import PCA
+    from sklearn.manifold import MDS
+
+    x, D = digits()
+    t0 = time.perf_counter()
+    z = PCA(4).fit_transform(x.numpy())
+    pca = pair_mse(torch.cdist(torch.tensor(z), torch.tensor(z)), D)
+    t_pca = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    mds = MDS(4, dissimilarity="precomputed", metric=True, n_init=1, max_iter=300, random_state=0,
+              normalized_stress=False).fit_transform(D.double().numpy())
+    mds = pair_mse(torch.cdist(torch.tensor(mds), torch.tensor(mds)), D)
+    t_mds = time.perf_counter() - t0
+    epochs = 5 if quick else DIGITS_EPOCHS
+    t0 = time.perf_counter()
+    m = ProdigeCompression(knn=32, random_edges=32, target_params_per_instance=4.0, epochs=epochs,
+                           batch_size=128, lr=0.05, finetune_epochs=2 if quick else DIGITS_FINETUNE,
+                           verbose=verbose, seed=0).fit(x)
+    t_fit = time.perf_counter() - t0
+    P = m.pairwise_distances()
+    mse = pair_mse(P, D)
+    ppi = m.parameters_per_instance()
+    report.add("digits 1797x64 <= 4 params/item: PRODIGE vs MDS-4", t_fit, t_mds, peer="sklearn MDS(4)",
+               prodige_mse=mse, mds_mse=mds, pca_mse=pca, params_per_instance=ppi,
+               mse_ratio_mds=mds / mse, mse_ratio_pca=pca / mse, pca_s=t_pca, epochs=epochs)
+    (RESULTS / "prodige_digits_history.json").write_text(json.dumps(
+        {"history": m.history_, "mds_mse": mds, "pca_mse": pca, "prodige_mse": mse, "params_per_instance": ppi},
+        indent=1) + "\n")
+    plot_digits_curve(RESULTS / "prodige_digits_history.json")
+
+
+DIGITS_EPOCHS, DIGITS_FINETUNE = 30, 10
+
+
+def plot_digits_curve(path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    h = json.loads(Path(path).read_text())
+    ep = [r["epoch"] for r in h["history"]]
+    fig, ax = plt.subplots(1, 2, figsize=(10, 3.8))
+    ax[0].semilogy(ep, [r["loss"] for r in h["history"]], label="PRODIGE (sampled graph during training)")
+    ax[0].axhline(h["mds_mse"], color="C1", ls="--", label="metric MDS, 4 dims")
+    ax[0].axhline(h["pca_mse"], color="C2", ls=":", label="PCA, 4 dims")
+    ax[0].axhline(h["prodige_mse"], color="C0", ls="-.", label="PRODIGE final (deterministic graph)")
+    ax[0].set_xlabel("epoch")
+    ax[0].set_ylabel("distance MSE")
+    ax[0].legend(fontsize=7)
+    ax[1].plot(ep, [r["params_per_instance"] for r in h["history"]])
+    ax[1].axhline(4, color="k", ls="--", lw=0.8)
+    ax[1].set_xlabel("epoch")
+    ax[1].set_ylabel("parameters per item (N + 2|E|)/N")
+    ax[1].set_yscale("log")
+    fig.suptitle("PRODIGE distance-preserving compression, digits 1797x64")
+    fig.tight_layout()
+    fig.savefig(RESULTS / "prodige_digits_curve.png", dpi=110)
+    plt.close(fig)
+
+
+# ----------------------------------------------------------------------------- speed vs scipy
+class ScipyProdige:
+    """The same training step as ProdigeGraph + reinforce(per_row, baseline='loo') + Adam,
+    written straightforwardly: one scipy Dijkstra per row on that row's sampled graph (all
+    edges sampled with numpy), numpy path gradients and REINFORCE over the out-edges of the
+    vertices with d <= the row's largest target distance (the same edges tgrep's search reads)."""
+
+    def __init__(self, graph: ProdigeGraph):
+        self.g = graph
+        self.indptr = graph.indptr.numpy()
+        self.indices = graph.indices.numpy()
+        self.perm = graph.perm.numpy()
+        self.n = graph.num_nodes
+        self.edge_src = np.repeat(np.arange(self.n), np.diff(self.indptr))
+        self.keys = self.edge_src * self.n + self.indices  # sorted (CSR order), unique
+        self.rng = np.random.default_rng(0)
+
+    def step(self, src, dst, target, lam, opt):
+        from scipy.sparse import csr_matrix
+        from scipy.sparse.csgraph import dijkstra
+
+        g, n = self.g, self.n
+        wl = g.weight_logit.detach().numpy().astype(np.float64)
+        w = np.logaddexp(0, wl)[self.perm]
+        p = (1 / (1 + np.exp(-g.presence_logit.detach().numpy().astype(np.float64))))[self.perm]
+        B, T = dst.shape
+        dd = float(g.default_distance)
+        losses, dists, masks, settled, preds = np.zeros(B), np.zeros((B, T)), [], [], []
+        for b in range(B):
+            mask = self.rng.random(p.size) < p
+            cnt = np.bincount(self.edge_src[mask], minlength=n)
+            ip = np.concatenate([[0], np.cumsum(cnt)])
+            sub = csr_matrix((w[mask] + 1e-300, self.indices[mask], ip), shape=(n, n))
+            dist, pred = dijkstra(sub, directed=True, indices=int(src[b]), return_predecessors=True)
+            d = dist[dst[b]]
+            dmax = d.max()
+            d = np.where(np.isinf(d), dd, d)
+            dists[b] = d
+            losses[b] = ((d - target[b]) ** 2).mean()
+            masks.append(mask)
+            settled.append(dist <= dmax)
+            preds.append(pred)
+        adv = (losses - (losses.sum() - losses) / (B - 1)) / B
+        gw = np.zeros(p.size)
+        gp = np.zeros(p.size)
+        for b in range(B):
+            gd = 2 * (dists[b] - target[b]) / T / B
+            cur, gg = dst[b].copy(), gd.copy()
+            ok = preds[b][cur] >= 0
+            cur, gg = cur[ok], gg[ok]
+            while cur.size:
+                pv = preds[b][cur]
+                e = np.searchsorted(self.keys, pv * n + cur)
+                np.add.at(gw, e, gg)
+                cur = pv
+                ok = preds[b][cur] >= 0
+                cur, gg = cur[ok], gg[ok]
+            insp = settled[b][self.edge_src]
+            gp[insp] += adv[b] * (masks[b][insp] - p[insp])
+        M = g.num_edges
+        sig_w = 1 / (1 + np.exp(-wl))
+        grad_wl = np.bincount(self.perm, gw, minlength=M) * sig_w
+        pm = 1 / (1 + np.exp(-g.presence_logit.detach().numpy().astype(np.float64)))
+        grad_pl = np.bincount(self.perm, gp, minlength=M) + lam * pm * (1 - pm) / M
+        g.weight_logit.grad = torch.tensor(grad_wl, dtype=torch.float32)
+        g.presence_logit.grad = torch.tensor(grad_pl, dtype=torch.float32)
+        opt.step()
+        return losses.mean()
+
+
+def speed(report, quick, verbose):
+    x, D = digits()
+    n = x.size(0)
+    bs, T = 128, 64
+    rows = 256 if quick else n
+    batches = []
+    gen = torch.Generator().manual_seed(1)
+    order = torch.randperm(n, generator=gen)[:rows]
+    for s in range(0, rows, bs):
+        src = order[s:s + bs]
+        batches.append((src, torch.randint(0, n, (src.numel(), T), generator=gen)))
+
+    def make():
+        torch.manual_seed(0)
+        g = ProdigeGraph.from_vectors(x, 32, 32, default_distance=5.0)
+        return g, torch.optim.Adam(g.parameters(), lr=0.05)
+
+    g, opt = make()
+
+    def tgrep_epoch():
+        for src, dst in batches:
+            per = ((g(src, dst) - D[src[:, None], dst]) ** 2).mean(1)
+            loss = per.mean() + 1.0 * g.sparsity() + g.reinforce(per)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+
+    g2, opt2 = make()
+    peer = ScipyProdige(g2)
+
+    def scipy_epoch():
+        for src, dst in batches:
+            peer.step(src.numpy(), dst.numpy(), D[src[:, None], dst].double().numpy(), 1.0, opt2)
+
+    t = timeit(tgrep_epoch, repeat=1 if not quick else 2, warmup=1)
+    s = timeit(scipy_epoch, repeat=1, warmup=0)
+    report.add(f"one training epoch, digits ({rows} rows x {T} targets, |E|={g.num_edges})", t["median"],
+               s["median"], peer="scipy dijkstra per row + numpy", threads=torch.get_num_threads())
+
+
+# ----------------------------------------------------------------------------- collaborative filtering
+def planted_cf(num_users=400, num_items=300, groups=8, per_user=12, noise=0.15, seed=0):
+    """Users and items in ``groups`` latent groups with a hierarchy (pairs of groups are related):
+    a user picks items of its group (most), of its sibling group, or anything (noise)."""
+    g = torch.Generator().manual_seed(seed)
+    ug = torch.randint(0, groups, (num_users,), generator=g)
+    ig = torch.arange(num_items) % groups
+    pairs = []
+    for u in range(num_users):
+        r = torch.rand(per_user, generator=g)
+        grp = torch.where(r < 0.7, ug[u], torch.where(r < 1 - noise, ug[u] ^ 1, torch.randint(0, groups, (1,),
+                                                                                               generator=g)))
+        for k in range(per_user):
+            cand = (ig == grp[k]).nonzero().squeeze(1)
+            pairs.append((u, int(cand[torch.randint(0, cand.numel(), (1,), generator=g)])))
+    inter = torch.tensor(sorted(set(pairs))).T
+    # leave one interaction per user out for testing
+    test = {}
+    keep = torch.ones(inter.size(1), dtype=torch.bool)
+    for j in torch.randperm(inter.size(1), generator=g).tolist():
+        u = int(inter[0, j])
+        if u not in test and (inter[0] == u).sum() > 2:
+            test[u] = int(inter[1, j])
+            keep[j] = False
+    return inter[:, keep], test
+
+
+def hit_rate(score, train, test, k=10):
+    """score [U, I] (higher = better); train items excluded; HR@k over the held-out items."""
+    score = score.clone()
+    score[train[0], train[1]] = -float("inf")
+    top = score.topk(k, dim=1).indices
+    hits = [int(test[u] in top[u].tolist()) for u in test]
+    return sum(hits) / len(hits)
+
+
+def cf_loss(d_pos, d_neg):
+    """eq. 6: -log softmax of the positive among (positive, negatives), per user row."""
+    logits = torch.cat([-d_pos[:, None], -d_neg], 1)
+    return -torch.log_softmax(logits, 1)[:, 0]
+
+
+def cf(report, quick, verbose):
+    U, I = 400, 300
+    train, test = planted_cf(U, I)
+    epochs = 20 if quick else 60
+    neg = 20
+    pos_of = [train[1][train[0] == u] for u in range(U)]
+    # PRODIGE: bipartite + kNN candidate edges; budget ~4 numbers per user/item (lambda tuned)
+    torch.manual_seed(0)
+    g = ProdigeGraph.bipartite(train, U, I, user_knn=8, item_knn=8, default_distance=10.0)
+    opt = torch.optim.Adam(g.parameters(), lr=0.05)
+    lam = 1.0
+    t0 = time.perf_counter()
+    for ep in progress(range(epochs), verbose=verbose, desc="CF PRODIGE"):
+        for users in torch.randperm(U).split(100):
+            pos = torch.stack([pos_of[u][torch.randint(0, pos_of[u].numel(), (1,))][0] for u in users.tolist()])
+            negs = torch.randint(0, I, (users.numel(), neg))
+            d = g(users, torch.cat([pos[:, None], negs], 1) + U)
+            per = cf_loss(d[:, 0], d[:, 1:])
+            loss = per.mean() + lam * g.sparsity() + g.reinforce(per)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            ppi = g.num_stored_parameters() / (U + I)
+            lam *= math.exp(0.05 if ppi > 4 else -0.05)
+    t_prodige = time.perf_counter() - t0
+    g.eval()
+    with torch.no_grad():
+        dist = g(torch.arange(U), torch.arange(U, U + I).expand(U, I))
+    hr_p = hit_rate(-dist, train, test)
+    ppi = g.num_stored_parameters() / (U + I)
+    # Euclidean metric learning with the same objective and ~the same numbers per user/item
+    dim = max(1, int(round(ppi)))
+    torch.manual_seed(0)
+    eu = torch.nn.Parameter(0.1 * torch.randn(U, dim))
+    ei = torch.nn.Parameter(0.1 * torch.randn(I, dim))
+    opt = torch.optim.Adam([eu, ei], lr=0.05)
+    t0 = time.perf_counter()
+    for ep in range(epochs * 3):
+        for users in torch.randperm(U).split(100):
+            pos = torch.stack([pos_of[u][torch.randint(0, pos_of[u].numel(), (1,))][0] for u in users.tolist()])
+            negs = torch.randint(0, I, (users.numel(), neg))
+            d = (eu[users][:, None] - ei[torch.cat([pos[:, None], negs], 1)]).norm(dim=-1)
+            loss = cf_loss(d[:, 0], d[:, 1:]).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    t_ml = time.perf_counter() - t0
+    hr_m = hit_rate(-torch.cdist(eu.detach(), ei.detach()), train, test)
+    pop = torch.bincount(train[1], minlength=I).float().expand(U, I)
+    report.add("collaborative filtering HR@10 (planted groups)", t_prodige, t_ml, peer=f"Euclidean metric learning, dim {dim}",
+               prodige_hr10=hr_p, metric_learning_hr10=hr_m, popularity_hr10=hit_rate(pop, train, test),
+               prodige_params_per_node=ppi, users=U, items=I, epochs=epochs)
+
+
+# ----------------------------------------------------------------------------- classification
+def planted_sequences(num=2000, vocab=200, length=20, seed=0):
+    """Binary task on token sequences: tokens belong to 10 topics; the label is whether the
+    sequence's dominant topic is in the first half of the topics (needs topic-aware embeddings)."""
+    g = torch.Generator().manual_seed(seed)
+    topic = torch.arange(vocab) % 10
+    dom = torch.randint(0, 10, (num,), generator=g)
+    x = torch.randint(0, vocab, (num, length), generator=g)
+    own = torch.rand(num, length, generator=g) < 0.35
+    same = (torch.randint(0, vocab // 10, (num, length), generator=g) * 10 + dom[:, None])
+    x = torch.where(own, same, x)
+    y = (dom < 5).long()
+    return x, y, topic
+
+
+class ConvClassifier(torch.nn.Module):
+    """The paper's Sec. 4.3 model: embedding -> Conv1D(32) -> global max pool -> ReLU -> linear."""
+
+    def __init__(self, emb, dim):
+        super().__init__()
+        self.emb, self.conv, self.lin = emb, torch.nn.Conv1d(dim, 32, 3, padding=1), torch.nn.Linear(32, 2)
+
+    def forward(self, x):
+        return self.lin(self.conv(self.emb(x).transpose(1, 2)).amax(-1).relu())
+
+
+def clf(report, quick, verbose):
+    V, K = 200, 8
+    x, y, _ = planted_sequences(vocab=V)
+    xtr, ytr, xte, yte = x[:1500], y[:1500], x[1500:], y[1500:]
+    epochs = 5 if quick else 15
+    res = {}
+    for name in ("prodige", "embedding"):
+        torch.manual_seed(0)
+        if name == "prodige":
+            emb = ProdigeEmbedding(V, K, item_edges=4, anchor_edges=2, default_distance=10.0)
+        else:
+            emb = torch.nn.Embedding(V, K)
+        model = ConvClassifier(emb, K)
+        opt = torch.optim.Adam(model.parameters(), lr=0.01)
+        t0 = time.perf_counter()
+        for ep in progress(range(epochs), verbose=verbose, desc=f"classifier {name}"):
+            for idx in torch.randperm(1500).split(50):
+                loss = torch.nn.functional.cross_entropy(model(xtr[idx]), ytr[idx])
+                if name == "prodige":
+                    loss = loss + 0.5 * emb.sparsity() + emb.reinforce(loss)
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+        model.eval()
+        with torch.no_grad():
+            acc = float((model(xte).argmax(1) == yte).float().mean())
+        size = emb.num_stored_parameters() if name == "prodige" else V * K
+        res[name] = (acc, size, time.perf_counter() - t0)
+    # nn.Embedding at the PRODIGE graph's size (numbers per token)
+    dim_eq = max(1, round(res["prodige"][1] / V))
+    torch.manual_seed(0)
+    model = ConvClassifier(torch.nn.Embedding(V, dim_eq), dim_eq)
+    opt = torch.optim.Adam(model.parameters(), lr=0.01)
+    for ep in range(epochs):
+        for idx in torch.randperm(1500).split(50):
+            loss = torch.nn.functional.cross_entropy(model(xtr[idx]), ytr[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    model.eval()
+    with torch.no_grad():
+        acc_eq = float((model(xte).argmax(1) == yte).float().mean())
+    report.add("classification: ProdigeEmbedding -> Conv1D -> max pool -> linear", res["prodige"][2],
+               res["embedding"][2], peer=f"nn.Embedding({V}, {K})", prodige_acc=res["prodige"][0],
+               prodige_stored_numbers=res["prodige"][1], embedding_acc=res["embedding"][0],
+               embedding_numbers=V * K, equal_size_embedding_dim=dim_eq, equal_size_embedding_acc=acc_eq)
+
+
+SECTIONS = {"sanity": sanity, "digits": digits_compression, "speed": speed, "cf": cf, "clf": clf}
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--only", default=",".join(SECTIONS))
+    ap.add_argument("--quiet", action="store_true")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch threads (default 1: the shared 2-core machine thrashes with more; scipy uses 1)")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    report = Report("prodige", "cpu", quick=args.quick)
+    for name in args.only.split(","):
+        SECTIONS[name](report, args.quick, not args.quiet)
+    suffix = "" if args.only == ",".join(SECTIONS) else "-" + args.only.replace(",", "-")
+    report.finish(RESULTS / f"prodige{suffix}-{report.meta['device']}{'-quick' if args.quick else ''}.json")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,89 @@
+// REINFORCE coefficients of a stochastic shortest-path search (PRODIGE, eq. 3-4) on CPU.
+// Spec: tgrep/kernels/reference/reinforce.py
+//
+//   coef[e] = sum over rows b that settled src(e) of adv[b] * (present(seed, b, e) - p[e])
+//
+// Work is split by source vertex u (so every thread owns the out-edges of its vertices and no
+// two threads write the same coef[e]); the settled flags are first transposed to [N, B] bytes
+// so the inner loops read contiguous memory. present() is the counter-based hash shared by every
+// backend: u = (mix(e ^ mix(b ^ mix(seed ^ GOLDEN))) >> 8) * 2^-24 < p_e.
+#include <torch/extension.h>
+#include <ATen/Parallel.h>
+
+#include <cstdint>
+#include <vector>
+
+namespace {
+
+constexpr uint32_t kGolden = 0x9E3779B9u;
+
+inline uint32_t mix32(uint32_t x) {
+  x ^= x >> 16;
+  x *= 0x7FEB352Du;
+  x ^= x >> 15;
+  x *= 0x846CA68Bu;
+  x ^= x >> 16;
+  return x;
+}
+
+}  // namespace
+
+at::Tensor reinforce_coefficients(at::Tensor indptr, at::Tensor pred, at::Tensor sources, int64_t seed,
+                                  at::Tensor edge_prob, at::Tensor advantage) {
+  indptr = indptr.to(at::kLong).contiguous();
+  pred = pred.to(at::kLong).contiguous();
+  sources = sources.to(at::kLong).contiguous();
+  // u < p  <=>  k < ceil(p * 2^24) for u = k * 2^-24 (exact in float64)
+  at::Tensor thr = at::ceil(edge_prob.detach().to(at::kDouble) * 16777216.0).to(at::kLong).contiguous();
+  at::Tensor p = edge_prob.detach().to(at::kDouble).contiguous();
+  at::Tensor adv = advantage.detach().to(at::kDouble).contiguous();
+  const int64_t B = pred.size(0), n = pred.size(1), E = p.numel();
+  at::Tensor coef = at::zeros({E}, p.options());
+  if (B == 0 || n == 0 || E == 0) return coef;
+  const int64_t* ip = indptr.data_ptr<int64_t>();
+  const int64_t* pr = pred.data_ptr<int64_t>();
+  const int64_t* src = sources.data_ptr<int64_t>();
+  const int64_t* th = thr.data_ptr<int64_t>();
+  const double* pp = p.data_ptr<double>();
+  const double* ad = adv.data_ptr<double>();
+  double* out = coef.data_ptr<double>();
+  const uint32_t s = mix32(static_cast<uint32_t>(seed & 0xFFFFFFFFll) ^ kGolden);
+  {
+    pybind11::gil_scoped_release no_gil;
+    std::vector<uint8_t> settled(static_cast<size_t>(n) * B, 0);  // [N, B]
+    at::parallel_for(0, B, 64, [&](int64_t b0, int64_t b1) {
+      for (int64_t b = b0; b < b1; ++b) {
+        const int64_t* row = pr + b * n;
+        for (int64_t v = 0; v < n; ++v)
+          if (row[v] >= 0) settled[static_cast<size_t>(v) * B + b] = 1;
+        settled[static_cast<size_t>(src[b]) * B + b] = 1;
+      }
+    });
+    std::vector<uint32_t> rowmix(B);
+    for (int64_t b = 0; b < B; ++b) rowmix[b] = mix32(static_cast<uint32_t>(b) ^ s);
+    at::parallel_for(0, n, 16, [&](int64_t u0, int64_t u1) {
+      for (int64_t u = u0; u < u1; ++u) {
+        const int64_t e0 = ip[u], e1 = ip[u + 1];
+        if (e0 == e1) continue;
+        const uint8_t* st = settled.data() + static_cast<size_t>(u) * B;
+        for (int64_t b = 0; b < B; ++b) {
+          if (!st[b]) continue;
+          const double a = ad[b];
+          const uint32_t rm = rowmix[b];
+          for (int64_t e = e0; e < e1; ++e) {
+            const int64_t k = static_cast<int64_t>(mix32(static_cast<uint32_t>(e) ^ rm) >> 8);
+            out[e] += a * ((k < th[e] ? 1.0 : 0.0) - pp[e]);
+          }
+        }
+      }
+    });
+  }
+  return coef;
+}
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("reinforce_coefficients", &reinforce_coefficients,
+        "PRODIGE REINFORCE coefficients over the edges each row's search read (see tgrep.ops.reinforce_coefficients)",
+        pybind11::arg("indptr"), pybind11::arg("pred"), pybind11::arg("sources"), pybind11::arg("seed"),
+        pybind11::arg("edge_prob"), pybind11::arg("advantage"));
+}

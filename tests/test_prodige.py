@@ -1,0 +1,397 @@
+"""PRODIGE: ProdigeGraph (REINFORCE unbiasedness by exact enumeration, path gradients, eval mode,
+prune, SparseAdam), ProdigeEmbedding, ProdigeCompression, the weighted Erdős–Rényi generator."""
+import itertools
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy.sparse import csr_matrix
+from scipy.sparse.csgraph import dijkstra
+
+import tgrep
+from tgrep.kernels.reference import rng
+from tgrep.nn import ProdigeGraph
+
+
+@pytest.fixture(autouse=True)
+def reference_backend():
+    # tiny graphs: the pure reference spec is exact and fast enough; it also lets the
+    # enumeration tests replace the random draws
+    with tgrep.use_backend("reference"):
+        yield
+
+
+def force_samples(monkeypatch, table, num_edges):
+    """Row r of every search sees exactly the CSR edges whose bit is set in table[r]."""
+    table = torch.as_tensor(table, dtype=torch.long)
+
+    def uniform(seed, row, edge):
+        bits = (table[row.long()] >> edge.long()) & 1
+        return torch.where(bits.bool(), 0.0, 1.0 - 2.0**-24).to(torch.float64)
+
+    monkeypatch.setattr(rng, "uniform", uniform)
+
+
+def subset_prob(graph, patterns):
+    """P(row sample == pattern) as a differentiable function of the presence logits: [R]."""
+    p = torch.sigmoid(graph.presence_logit)[graph.perm]  # [E]
+    E = p.numel()
+    bits = ((patterns[:, None] >> torch.arange(E)) & 1).to(p.dtype)
+    return torch.where(bits.bool(), p, 1 - p).prod(1)
+
+
+def tiny_graph(directed=False):
+    if directed:
+        ei = torch.tensor([[0, 0, 1, 2], [1, 2, 2, 3]])
+        n = 4
+    else:
+        ei = torch.tensor([[0, 1, 0, 2], [1, 2, 2, 3]])
+        n = 4
+    g = ProdigeGraph(ei, n, directed=directed, init_weight=1.0, default_distance=5.0).double()
+    with torch.no_grad():
+        g.weight_logit.uniform_(-1, 2)
+        g.presence_logit.uniform_(-1.5, 1.5)
+    return g
+
+
+def row_loss(d, target):
+    return ((d - target) ** 2).sum(-1)
+
+
+@pytest.mark.parametrize("directed", [False, True])
+def test_reinforce_unbiased_by_enumeration(monkeypatch, seed, directed):
+    g = tiny_graph(directed)
+    E = g.indices.numel()
+    patterns = torch.arange(2**E)
+    force_samples(monkeypatch, patterns, E)
+    R = patterns.numel()
+    src = torch.zeros(R, dtype=torch.long)
+    dst = torch.tensor([3, 1]).expand(R, 2)
+    target = torch.rand(2, dtype=torch.float64) * 3
+    d = g(src, dst)
+    L = row_loss(d, target).detach()
+    P = subset_prob(g, patterns)
+    # exact gradient of E[L] w.r.t. the presence logits
+    exact = torch.autograd.grad((P * L).sum(), g.presence_logit)[0]
+    # expected REINFORCE estimate: weight row r by R * P(r) so the batch mean is the expectation
+    g.zero_grad()
+    g.reinforce(R * P.detach() * L, baseline="none").backward()
+    est = g.presence_logit.grad.clone()
+    assert torch.allclose(est, exact, atol=1e-10), (est, exact)
+    assert exact.abs().max() > 1e-3  # the test is not vacuous
+    # the restriction matters: summing (b - p) over *all* edges gives the same expectation too,
+    # but the inspected set must be right for each sample: the baseline term vanishes exactly
+    d = g(src, dst)
+    g.zero_grad()
+    g.reinforce(R * P.detach(), baseline="none").backward()
+    assert g.presence_logit.grad.abs().max() < 1e-10
+
+
+def test_reinforce_leave_one_out_unbiased(monkeypatch, seed):
+    g = tiny_graph(directed=True)
+    E = g.indices.numel()
+    S = 2**E
+    target = torch.rand(1, dtype=torch.float64) * 3
+    P = subset_prob(g, torch.arange(S)).detach()
+    # exact gradient of E[(L_0 + L_1) / 2] = E[L]
+    force_samples(monkeypatch, torch.arange(S), E)
+    d = g(torch.zeros(S, dtype=torch.long), torch.full((S, 1), 3))
+    L = row_loss(d, target).detach()
+    exact = torch.autograd.grad((subset_prob(g, torch.arange(S)) * L).sum(), g.presence_logit)[0]
+    total = torch.zeros_like(exact)
+    for i, j in itertools.product(range(S), repeat=2):
+        force_samples(monkeypatch, torch.tensor([i, j]), E)
+        d = g(torch.zeros(2, dtype=torch.long), torch.full((2, 1), 3))
+        g.zero_grad()
+        g.reinforce(row_loss(d, target), baseline="loo").backward()
+        total += P[i] * P[j] * g.presence_logit.grad
+    assert torch.allclose(total, exact, atol=1e-10)
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_path_gradient_matches_finite_differences(seed, training):
+    torch.manual_seed(seed)
+    x = torch.randn(12, 3, dtype=torch.float64)
+    g = ProdigeGraph.from_vectors(x, knn=3, random_edges=2, init_prob=0.7).double()
+    g.train(training)
+    src = torch.randint(0, 12, (5,))
+    dst = torch.randint(0, 12, (5, 3))
+    c = torch.rand(5, 3, dtype=torch.float64) * 2
+
+    def loss():
+        return ((g(src, dst, seed=123) - c) ** 2).sum()
+
+    g.zero_grad()
+    loss().backward()
+    grad = g.weight_logit.grad.clone()
+    eps = 1e-6
+    fd = torch.zeros_like(grad)
+    with torch.no_grad():
+        for m in range(g.num_edges):
+            g.weight_logit[m] += eps
+            up = loss()
+            g.weight_logit[m] -= 2 * eps
+            down = loss()
+            g.weight_logit[m] += eps
+            fd[m] = (up - down) / (2 * eps)
+    assert torch.allclose(grad, fd, atol=1e-5), (grad - fd).abs().max()
+    assert grad.abs().sum() > 0
+
+
+def scipy_dist(edge_index, weight, n, default):
+    dense = np.zeros((n, n))
+    for (u, v), w in zip(edge_index.T.tolist(), weight.tolist()):
+        dense[u, v] = dense[v, u] = w
+    d = dijkstra(csr_matrix(dense), directed=False)
+    d[np.isinf(d)] = default
+    return d
+
+
+def test_eval_mode_deterministic_and_prune_consistent(seed):
+    torch.manual_seed(seed)
+    x = torch.randn(15, 4)
+    g = ProdigeGraph.from_vectors(x, knn=3, random_edges=1, default_distance=7.0)
+    with torch.no_grad():
+        g.presence_logit.normal_(0, 2)
+    g.eval()
+    src = torch.arange(15)
+    d1, d2 = g(src).detach(), g(src).detach()
+    assert torch.equal(d1, d2)
+    ei, w = g.prune()
+    assert ei.size(1) == int((g.edge_prob >= 0.5).sum())
+    assert g.num_stored_parameters() == 15 + 2 * ei.size(1)
+    ref = scipy_dist(ei, w.double(), 15, 7.0)
+    assert np.allclose(d1.double().numpy(), ref, atol=1e-5)
+    # a graph rebuilt from the pruned edges gives the same distances
+    h = ProdigeGraph(ei, 15, init_weight=w, default_distance=7.0).eval()
+    assert torch.allclose(h(src), d1, atol=1e-5)
+    # training mode samples: different seeds give different distances (p in (0, 1))
+    g.train()
+    with torch.no_grad():
+        g.presence_logit.fill_(0.0)
+    assert not torch.equal(g(src, seed=1), g(src, seed=2))
+    assert torch.equal(g(src, seed=3), g(src, seed=3))
+
+
+def test_sparse_adam_step(seed):
+    torch.manual_seed(seed)
+    x = torch.randn(20, 3)
+    g = ProdigeGraph.from_vectors(x, knn=2, random_edges=1, sparse=True)
+    opt = torch.optim.SparseAdam(list(g.parameters()), lr=0.1)
+    before_w, before_b = g.weight_logit.detach().clone(), g.presence_logit.detach().clone()
+    src, dst = torch.arange(4), torch.randint(0, 20, (4, 2))
+    per = ((g(src, dst) - 1.0) ** 2).sum(1)
+    (per.mean() + g.reinforce(per)).backward()
+    assert g.weight_logit.grad.is_sparse and g.presence_logit.grad.is_sparse
+    touched = g.weight_logit.grad.coalesce().indices()[0]
+    opt.step()
+    changed = (g.weight_logit.detach() != before_w).nonzero().squeeze(1)
+    assert set(changed.tolist()) == set(touched.tolist()) and changed.numel() > 0
+    assert not torch.equal(g.presence_logit.detach(), before_b)
+    # with the sparsity term every presence logit moves
+    opt.zero_grad()
+    g.sparsity().backward()
+    assert g.presence_logit.grad.is_sparse
+    opt.step()
+
+
+def test_learnable_default_distance_gets_gradient():
+    ei = torch.tensor([[0], [1]])
+    g = ProdigeGraph(ei, 3, learn_default_distance=True, default_distance=4.0).eval()
+    d = g(torch.tensor([0, 0]), torch.tensor([1, 2]))
+    assert d[1].item() == 4.0
+    d.sum().backward()
+    assert g.default_distance.grad.item() == 1.0
+
+
+def test_bad_inputs():
+    with pytest.raises(ValueError, match="edge_index"):
+        ProdigeGraph(torch.tensor([[0, 5], [1, 2]]), 4)
+    with pytest.raises(ValueError, match="empty"):
+        ProdigeGraph(torch.empty(2, 0, dtype=torch.long), 4)
+    with pytest.raises(ValueError, match="num_nodes"):
+        ProdigeGraph(torch.tensor([[0], [1]]), 0)
+    with pytest.raises(ValueError, match="x"):
+        ProdigeGraph.from_vectors(torch.tensor([[0.0, float("nan")], [1.0, 2.0]]))
+    with pytest.raises(ValueError, match="x"):
+        ProdigeGraph.from_vectors(torch.zeros(1, 3))
+    g = ProdigeGraph(torch.tensor([[0, 1], [1, 2]]), 3)
+    with pytest.raises(ValueError, match="src"):
+        g(torch.tensor([3]), torch.tensor([0]))
+    with pytest.raises(ValueError, match="dst"):
+        g(torch.tensor([0]), torch.tensor([0, 1]))
+    with pytest.raises(RuntimeError, match="forward"):
+        g.reinforce(torch.zeros(1))
+    g(torch.tensor([0, 1]), torch.tensor([2, 2]))
+    with pytest.raises(ValueError, match="loss"):
+        g.reinforce(torch.zeros(3))
+    with pytest.raises(ValueError, match="loss"):
+        g.reinforce(torch.tensor([float("nan"), 0.0]))
+    with pytest.raises(ValueError, match="init_prob"):
+        ProdigeGraph(torch.tensor([[0], [1]]), 2, init_prob=1.0)
+
+
+# ---------------------------------------------------------------- ProdigeEmbedding
+def test_embedding_shapes_directions_and_gradients(seed):
+    from tgrep.nn import ProdigeEmbedding
+
+    torch.manual_seed(seed)
+    emb = ProdigeEmbedding(20, 3, item_edges=3, anchor_edges=2, default_distance=6.0)
+    assert "20, 3" in repr(emb)
+    idx = torch.randint(0, 20, (4, 5))
+    emb.eval()
+    out_items = emb.graph(torch.arange(20), torch.arange(20, 23).expand(20, 3))
+    emb.direction = "anchors"
+    a = emb(idx)
+    emb.direction = "items"
+    b = emb(idx)
+    assert a.shape == (4, 5, 3)
+    assert torch.allclose(a, b) and torch.allclose(a, out_items[idx])
+    emb.direction = "auto"
+    assert emb.choose_direction(2) == "items" and emb.choose_direction(10) == "anchors"
+    # training: an ordinary loop reaches the lengths; reinforce reaches the presence logits
+    emb.train()
+    opt = torch.optim.Adam(emb.parameters(), lr=0.05)
+    y = emb(idx).sum(-1).mean()
+    (y + 0.1 * emb.sparsity() + emb.reinforce(y)).backward()
+    assert emb.graph.weight_logit.grad.abs().sum() > 0
+    assert emb.graph.presence_logit.grad.abs().sum() > 0
+    opt.step()
+    emb.reset_parameters()
+    assert torch.allclose(emb.graph.edge_prob, torch.full_like(emb.graph.edge_prob, 0.9))
+    assert emb(torch.empty(0, dtype=torch.long)).shape == (0, 3)
+    with pytest.raises(ValueError, match="index"):
+        emb(torch.tensor([20]))
+    with pytest.raises(ValueError, match="graph"):
+        ProdigeEmbedding(5, 2, graph=ProdigeGraph(torch.tensor([[0], [1]]), 3))
+
+
+def test_embedding_in_conv_classifier_trains(seed):
+    """The paper's Sec. 4.3 architecture learns a token-presence task (gradients flow end to end)."""
+    from tgrep.nn import ProdigeEmbedding
+
+    torch.manual_seed(seed)
+    V, K, L = 12, 4, 6
+    emb = ProdigeEmbedding(V, K, item_edges=3, anchor_edges=2)
+    conv, lin = torch.nn.Conv1d(K, 32, 3, padding=1), torch.nn.Linear(32, 2)
+    params = list(emb.parameters()) + list(conv.parameters()) + list(lin.parameters())
+    opt = torch.optim.Adam(params, lr=0.05)
+    x = torch.randint(1, V, (64, L))  # class 1 iff token 0 occurs (half the sequences)
+    x[torch.arange(32), torch.randint(0, L, (32,))] = 0
+    y = (x == 0).any(1).long()
+
+    def logits():
+        h = conv(emb(x).transpose(1, 2)).amax(-1)  # (no ReLU: tiny nets die too often)
+        return lin(h)
+
+    for _ in range(80):
+        loss = torch.nn.functional.cross_entropy(logits(), y)
+        opt.zero_grad()
+        (loss + emb.reinforce(loss)).backward()
+        opt.step()
+    emb.eval()
+    acc = (logits().argmax(1) == y).float().mean()
+    assert acc > 0.85
+
+
+# ---------------------------------------------------------------- ProdigeCompression / data
+def test_weighted_erdos_renyi(seed):
+    from tgrep.datasets import weighted_erdos_renyi
+    from tgrep.datasets.erdos_renyi import _connected
+
+    gen = torch.Generator().manual_seed(seed)
+    ei, w = weighted_erdos_renyi(15, 0.25, generator=gen)
+    assert ei.size(0) == 2 and bool((ei[0] < ei[1]).all()) and _connected(15, ei)
+    assert bool((w >= 0).all() and (w < 1).all())
+    assert not _connected(3, torch.tensor([[0], [1]]))
+    with pytest.raises(ValueError, match="p"):
+        weighted_erdos_renyi(5, 1.5)
+
+
+def test_compression_recovers_small_graph_distances(seed):
+    from tgrep.datasets import weighted_erdos_renyi
+    from tgrep.models import ProdigeCompression
+    from tgrep.ops import shortest_paths
+    from tgrep.utils import to_csr
+
+    gen = torch.Generator().manual_seed(seed)
+    ei, w = weighted_erdos_renyi(8, 0.3, generator=gen)
+    D = shortest_paths(*to_csr(ei, 8, w, undirected=True), torch.arange(8))
+    m = ProdigeCompression(epochs=30, lr=0.05, verbose=False, seed=seed, finetune_epochs=20)
+    m.fit(distances=D)
+    P = m.pairwise_distances()
+    assert P.shape == (8, 8)
+    assert float(((P - D) ** 2).mean()) < 1e-3
+    assert m.parameters_per_instance() == m.graph.num_stored_parameters() / 8
+    assert len(m.history_) == 50 and "ProdigeCompression" in repr(m)
+
+
+def test_compression_vectors_budget(seed):
+    from tgrep.models import ProdigeCompression
+
+    torch.manual_seed(seed)
+    x = torch.randn(40, 5)
+    m = ProdigeCompression(knn=4, random_edges=2, target_params_per_instance=3.0, epochs=3, batch_size=20,
+                           targets_per_row=8, finetune_epochs=1, verbose=False, seed=seed).fit(x)
+    assert m.parameters_per_instance() <= 3.0
+    assert m.pairwise_distances().shape == (40, 40)
+
+
+def test_compression_bad_inputs():
+    from tgrep.models import ProdigeCompression
+
+    m = ProdigeCompression(verbose=False, epochs=1)
+    with pytest.raises(ValueError, match="distances"):
+        m.fit(distances=torch.tensor([[0.0, -1.0], [-1.0, 0.0]]))
+    with pytest.raises(ValueError, match="distances"):
+        m.fit(distances=torch.tensor([[0.0, float("nan")], [1.0, 0.0]]))
+    with pytest.raises(ValueError, match="distances"):
+        m.fit(distances=torch.zeros(2, 3))
+    with pytest.raises(ValueError, match="x"):
+        m.fit(torch.tensor([[float("nan"), 1.0], [0.0, 1.0]]))
+    with pytest.raises(ValueError, match="exactly one"):
+        m.fit()
+    with pytest.raises(ValueError, match="target_params_per_instance"):
+        ProdigeCompression(target_params_per_instance=0.5)
+    with pytest.raises(RuntimeError, match="fit"):
+        m.pairwise_distances()
+
+
+# ---------------------------------------------------------------- reinforce_coefficients op
+def _cpp_available(name):
+    from tgrep import _backend
+
+    return _backend.cpp_status(name)[0]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_reinforce_coefficients_cpp_matches_reference(seed, dtype):
+    from tgrep.ops import reinforce_coefficients, shortest_paths
+    from tgrep.utils import to_csr
+
+    if not _cpp_available("prodige_reinforce"):
+        pytest.skip("C++ kernel prodige_reinforce not available")
+    n = 40
+    ei = torch.randint(0, n, (2, 150))
+    indptr, indices, w = to_csr(ei, n, torch.rand(150, dtype=dtype), undirected=True)
+    p = torch.rand(indices.numel(), dtype=dtype)
+    src = torch.randint(0, n, (9,))
+    tg = torch.randint(0, n, (9, 3))
+    _, pred = shortest_paths(indptr, indices, w, src, tg, edge_prob=p, seed=seed, return_predecessors=True)
+    adv = torch.randn(9, dtype=dtype)
+    ref = reinforce_coefficients(indptr, pred, src, seed, p, adv)
+    with tgrep.use_backend("cpp"):
+        fast = reinforce_coefficients(indptr, pred, src, seed, p, adv)
+    assert fast.dtype == torch.float64 and torch.allclose(fast, ref, atol=1e-12)
+    assert ref.abs().sum() > 0
+    # direct definition for one row
+    settled = (pred[0] >= 0).clone()
+    settled[src[0]] = True
+    e_src = torch.repeat_interleave(torch.arange(n), indptr.diff())
+    mask = settled[e_src]
+    one = reinforce_coefficients(indptr, pred[:1], src[:1], seed, p, torch.ones(1, dtype=dtype))
+    b = tgrep.ops.edge_presence(seed, torch.zeros(1, dtype=torch.long), torch.arange(p.numel()), p)
+    assert torch.allclose(one, torch.where(mask, b.double() - p.double(), 0.0), atol=1e-12)
+    with pytest.raises(ValueError, match="advantage"):
+        reinforce_coefficients(indptr, pred, src, seed, p, adv[:3])
