@@ -189,3 +189,12 @@ def test_ddp_two_processes_match_one(tmp_path, seed):
         torch.testing.assert_close(ddp["loss"], loss.detach())
         torch.testing.assert_close(ddp["gx"], gx)
         torch.testing.assert_close(ddp["gy"], gy)
+
+
+def test_demo_section_contract():
+    import inspect
+
+    from tgrep.demos import edrep as demo
+
+    assert isinstance(demo.TITLE, str) and isinstance(demo.ORDER, int)
+    assert inspect.isgeneratorfunction(demo.run)

@@ -154,7 +154,9 @@ class EDRepLoss(torch.nn.Module):
     group, each process passes its rows of ``x`` (and their ``target`` rows) together with
     the full ``y``; every process summarizes ``y[rank::world]`` and the sufficient
     statistics (and k-means sums) are all-reduced. Summing the ``'sum'`` losses (or the
-    gradients) over processes gives the single-process values.
+    gradients) over processes gives the single-process values of the call with the same
+    ``x``/``y`` tensors (there a row shard of ``x`` is never ``y`` itself, so the centering
+    term includes the ``y`` part).
 
     Args:
         num_clusters (int): :math:`\kappa`, k-means clusters of the rows of ``y``. (default: ``1``)
