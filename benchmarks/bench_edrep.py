@@ -4,7 +4,8 @@
 
 * speed:     n = m = 50,000, d = 64: ``log_normalizer`` (k-means included) vs
              ``exact_log_normalizer``; ``EDRepLoss`` forward+backward vs the exact softmax
-             cross-entropy (chunked, the only way 50k x 50k fits in memory); peak memory.
+             cross-entropy (chunked, the only way 50k x 50k fits in memory).
+* memory:    peak resident memory one call adds (fresh process per measurement), n = 12.5k..50k.
 * accuracy:  |log Z_hat - log Z| on scikit-learn digits (rows rescaled to mean norm 1) and on
              skewed heavy-tailed synthetic clusters, EDRep (k = 1, k > 1) vs positive random
              features, Nystrom and uniform sampling at equal time (the paper's Fig. 1).
@@ -16,7 +17,6 @@ Writes benchmarks/results/edrep_<part>-cpu.json and PNG figures next to it.
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import math
 import os
@@ -45,19 +45,6 @@ def _rss_kib(field: str) -> int:
             if line.startswith(field):
                 return int(line.split()[1])
     return -1
-
-
-def peak_memory_mib(fn) -> float:
-    """Peak resident memory added while ``fn`` runs (Linux: VmHWM after resetting it)."""
-    gc.collect()
-    try:
-        with open("/proc/self/clear_refs", "w") as fh:
-            fh.write("5")
-    except OSError:
-        return float("nan")
-    base = _rss_kib("VmRSS:")
-    fn()
-    return (_rss_kib("VmHWM:") - base) / 1024
 
 
 def clustered(n: int, d: int, k: int = 8, seed: int = 0, spread: float = 0.5) -> torch.Tensor:
@@ -112,19 +99,59 @@ def bench_speed(quick: bool, verbose: bool) -> None:
         t = timeit(step(EDRepLoss(num_clusters=k)), repeat=5, warmup=1)["median"]
         rep.add(f"EDRepLoss k={k} fwd+bwd (clustering every call)", t, t_exact_loss,
                 peer="exact softmax CE (chunked) fwd+bwd")
-    # memory: peak RSS added by one call, against the sizes it must never reach
-    for k in (1, 8):
-        mib = peak_memory_mib(lambda: log_normalizer(x, y, num_clusters=k))
-        rep.add(f"peak memory log_normalizer k={k}", peak_mib=round(mib, 1),
-                n_kd_mib=round(n * k * d * 4 / 2**20, 1), n_m_mib=round(n * n * 4 / 2**20, 1),
-                inputs_mib=round(2 * n * d * 4 / 2**20, 1))
-    mib = peak_memory_mib(step(EDRepLoss(num_clusters=4)))
-    rep.add("peak memory EDRepLoss k=4 fwd+bwd", peak_mib=round(mib, 1))
-    scaling = []
-    for nn_ in (n // 4, n // 2, n):
-        xs, ys = x[:nn_].clone(), y[:nn_].clone()
-        scaling.append((nn_, peak_memory_mib(lambda: log_normalizer(xs, ys, num_clusters=8))))
-    rep.meta["memory_scaling_k8"] = scaling
+    rep.finish()
+
+
+_MEM_CHILD = r"""
+import sys, torch
+sys.path.insert(0, {bench!r})
+torch.set_num_threads(1)
+from bench_edrep import clustered, _rss_kib
+from tgrep.nn import EDRepLoss
+from tgrep.ops import log_normalizer, exact_log_normalizer
+n, k, what = {n}, {k}, {what!r}
+x, y = clustered(n, 64, seed=0), clustered(n, 64, seed=1)
+if what == "loss":
+    x.requires_grad_(); y.requires_grad_()
+    idx = torch.stack([torch.arange(n).repeat_interleave(10), torch.randint(0, n, (10 * n,))])
+    target = (idx, torch.rand(10 * n))
+    fn = lambda: EDRepLoss(num_clusters=k)(x, y, target).backward()
+elif what == "exact":
+    fn = lambda: exact_log_normalizer(x, y)
+else:
+    fn = lambda: log_normalizer(x, y, num_clusters=k)
+with open("/proc/self/clear_refs", "w") as fh:
+    fh.write("5")
+base = _rss_kib("VmRSS:")
+fn()
+print((_rss_kib("VmHWM:") - base) / 1024)
+"""
+
+
+def _peak_in_child(n: int, k: int, what: str) -> float:
+    """Peak resident memory (MiB) one call adds, measured in a fresh process (no allocator
+    cache from earlier work)."""
+    import subprocess
+
+    code = _MEM_CHILD.format(bench=str(Path(__file__).resolve().parent), n=n, k=k, what=what)
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+def bench_memory(quick: bool, verbose: bool) -> None:
+    d = 64
+    sizes = (5000, 10_000) if quick else (12_500, 25_000, 50_000)
+    rep = Report("edrep_memory", "cpu", d=d, method="VmHWM - VmRSS around one call, fresh process each")
+    for n in progress(sizes, verbose=verbose, desc="memory"):
+        row = {"n_d_inputs_mib": round(2 * n * d * 4 / 2**20, 1)}
+        for k in (1, 8):
+            row[f"log_normalizer_k{k}_mib"] = round(_peak_in_child(n, k, "lognorm"), 1)
+        row["loss_k4_fwd_bwd_mib"] = round(_peak_in_child(n, 4, "loss"), 1)
+        row["exact_mib"] = round(_peak_in_child(n, 1, "exact"), 1)
+        row["n_k8_d_tensor_mib"] = round(n * 8 * d * 4 / 2**20, 1)
+        row["n_m_tensor_mib"] = round(n * n * 4 / 2**20, 1)
+        rep.add(f"n = m = {n}", **row)
     rep.finish()
 
 
@@ -321,7 +348,7 @@ def bench_gpu(quick: bool, verbose: bool) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="smaller problems")
-    ap.add_argument("--part", default="all", choices=("speed", "accuracy", "community", "gpu", "all"))
+    ap.add_argument("--part", default="all", choices=("speed", "memory", "accuracy", "community", "gpu", "all"))
     ap.add_argument("--quiet", action="store_true")
     ap.add_argument("--threads", type=int, default=1,
                     help="torch threads (default 1: on a shared, oversubscribed 2-core machine OpenMP "
@@ -331,6 +358,8 @@ def main() -> None:
     verbose = not args.quiet
     if args.part in ("speed", "all"):
         bench_speed(args.quick, verbose)
+    if args.part in ("memory", "all"):
+        bench_memory(args.quick, verbose)
     if args.part in ("accuracy", "all"):
         bench_accuracy(args.quick, verbose)
     if args.part in ("community", "all"):
