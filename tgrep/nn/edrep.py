@@ -213,7 +213,8 @@ class EDRepLoss(torch.nn.Module):
                 if self.num_clusters > ys.shape[0] and not dist:
                     raise ValueError(f"'num_clusters' ({self.num_clusters}) must not exceed the number of "
                                      f"rows of 'y' ({ys.shape[0]})")
-                self.labels = ops.kmeans(ys.detach(), self.num_clusters, seed=self.seed, distributed=dist)
+                self.labels = ops.kmeans(ys.detach(), self.num_clusters, seed=self.seed, distributed=dist,
+                                         iters=10, sample=8192)
             labels = self.labels
             if dist:  # edrep_loss slices y and labels alike; hand it full-length labels
                 full = torch.zeros(y.shape[0], dtype=torch.long, device=y.device)
