@@ -4,7 +4,8 @@
 
 * speed:     n = m = 50,000, d = 64: ``log_normalizer`` (k-means included) vs
              ``exact_log_normalizer``; ``EDRepLoss`` forward+backward vs the exact softmax
-             cross-entropy (chunked, the only way 50k x 50k fits in memory); peak memory.
+             cross-entropy (chunked, the only way 50k x 50k fits in memory).
+* memory:    peak resident memory one call adds (fresh process per measurement), n = 12.5k..50k.
 * accuracy:  |log Z_hat - log Z| on scikit-learn digits (rows rescaled to mean norm 1) and on
              skewed heavy-tailed synthetic clusters, EDRep (k = 1, k > 1) vs positive random
              features, Nystrom and uniform sampling at equal time (the paper's Fig. 1).
@@ -16,7 +17,6 @@ Writes benchmarks/results/edrep_<part>-cpu.json and PNG figures next to it.
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import math
 import os
@@ -45,19 +45,6 @@ def _rss_kib(field: str) -> int:
             if line.startswith(field):
                 return int(line.split()[1])
     return -1
-
-
-def peak_memory_mib(fn) -> float:
-    """Peak resident memory added while ``fn`` runs (Linux: VmHWM after resetting it)."""
-    gc.collect()
-    try:
-        with open("/proc/self/clear_refs", "w") as fh:
-            fh.write("5")
-    except OSError:
-        return float("nan")
-    base = _rss_kib("VmRSS:")
-    fn()
-    return (_rss_kib("VmHWM:") - base) / 1024
 
 
 def clustered(n: int, d: int, k: int = 8, seed: int = 0, spread: float = 0.5) -> torch.Tensor:
@@ -112,19 +99,59 @@ def bench_speed(quick: bool, verbose: bool) -> None:
         t = timeit(step(EDRepLoss(num_clusters=k)), repeat=5, warmup=1)["median"]
         rep.add(f"EDRepLoss k={k} fwd+bwd (clustering every call)", t, t_exact_loss,
                 peer="exact softmax CE (chunked) fwd+bwd")
-    # memory: peak RSS added by one call, against the sizes it must never reach
-    for k in (1, 8):
-        mib = peak_memory_mib(lambda: log_normalizer(x, y, num_clusters=k))
-        rep.add(f"peak memory log_normalizer k={k}", peak_mib=round(mib, 1),
-                n_kd_mib=round(n * k * d * 4 / 2**20, 1), n_m_mib=round(n * n * 4 / 2**20, 1),
-                inputs_mib=round(2 * n * d * 4 / 2**20, 1))
-    mib = peak_memory_mib(step(EDRepLoss(num_clusters=4)))
-    rep.add("peak memory EDRepLoss k=4 fwd+bwd", peak_mib=round(mib, 1))
-    scaling = []
-    for nn_ in (n // 4, n // 2, n):
-        xs, ys = x[:nn_].clone(), y[:nn_].clone()
-        scaling.append((nn_, peak_memory_mib(lambda: log_normalizer(xs, ys, num_clusters=8))))
-    rep.meta["memory_scaling_k8"] = scaling
+    rep.finish()
+
+
+_MEM_CHILD = r"""
+import sys, torch
+sys.path.insert(0, {bench!r})
+torch.set_num_threads(1)
+from bench_edrep import clustered, _rss_kib
+from tgrep.nn import EDRepLoss
+from tgrep.ops import log_normalizer, exact_log_normalizer
+n, k, what = {n}, {k}, {what!r}
+x, y = clustered(n, 64, seed=0), clustered(n, 64, seed=1)
+if what == "loss":
+    x.requires_grad_(); y.requires_grad_()
+    idx = torch.stack([torch.arange(n).repeat_interleave(10), torch.randint(0, n, (10 * n,))])
+    target = (idx, torch.rand(10 * n))
+    fn = lambda: EDRepLoss(num_clusters=k)(x, y, target).backward()
+elif what == "exact":
+    fn = lambda: exact_log_normalizer(x, y)
+else:
+    fn = lambda: log_normalizer(x, y, num_clusters=k)
+with open("/proc/self/clear_refs", "w") as fh:
+    fh.write("5")
+base = _rss_kib("VmRSS:")
+fn()
+print((_rss_kib("VmHWM:") - base) / 1024)
+"""
+
+
+def _peak_in_child(n: int, k: int, what: str) -> float:
+    """Peak resident memory (MiB) one call adds, measured in a fresh process (no allocator
+    cache from earlier work)."""
+    import subprocess
+
+    code = _MEM_CHILD.format(bench=str(Path(__file__).resolve().parent), n=n, k=k, what=what)
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+def bench_memory(quick: bool, verbose: bool) -> None:
+    d = 64
+    sizes = (5000, 10_000) if quick else (12_500, 25_000, 50_000)
+    rep = Report("edrep_memory", "cpu", d=d, method="VmHWM - VmRSS around one call, fresh process each")
+    for n in progress(sizes, verbose=verbose, desc="memory"):
+        row = {"n_d_inputs_mib": round(2 * n * d * 4 / 2**20, 1)}
+        for k in (1, 8):
+            row[f"log_normalizer_k{k}_mib"] = round(_peak_in_child(n, k, "lognorm"), 1)
+        row["loss_k4_fwd_bwd_mib"] = round(_peak_in_child(n, 4, "loss"), 1)
+        row["exact_mib"] = round(_peak_in_child(n, 1, "exact"), 1)
+        row["n_k8_d_tensor_mib"] = round(n * 8 * d * 4 / 2**20, 1)
+        row["n_m_tensor_mib"] = round(n * n * 4 / 2**20, 1)
+        rep.add(f"n = m = {n}", **row)
     rep.finish()
 
 
@@ -200,6 +227,14 @@ def plot_accuracy(path: Path) -> None:
 
 
 # ----------------------------------------------------------------------------- community detection
+def _communities(emb: torch.Tensor, active: torch.Tensor, q: int) -> np.ndarray:
+    """k-means (5 restarts) on the nodes with at least one edge; isolated nodes carry no
+    information for any method and all go to community 0 (same rule for every method)."""
+    labels = torch.zeros(emb.shape[0], dtype=torch.long)
+    labels[active] = kmeans(emb[active].float(), q, seed=0, n_init=5)
+    return labels.numpy()
+
+
 def bench_community(quick: bool, verbose: bool) -> None:
     from sklearn.metrics import normalized_mutual_info_score as nmi
 
@@ -208,35 +243,42 @@ def bench_community(quick: bool, verbose: bool) -> None:
 
     n = 5000 if quick else 20_000
     c_outs = (1.0, 4.0) if quick else (1.0, 3.0, 5.0, 6.5)
-    rep = Report("edrep_community", "cpu", n=n, q=4, c=10)
-    for c_out in c_outs:
+    n2v_epochs = 1
+    rep = Report("edrep_community", "cpu", n=n, q=4, c=10, edrep="d=32, k=1, w=3, 30 epochs, eta=0.8",
+                 node2vec=f"d=32, walk 20, context 10, 10 walks/node, {n2v_epochs} epoch, batch 32, SparseAdam lr 0.05",
+                 isolated_nodes="all methods: k-means on non-isolated nodes, isolated nodes -> community 0")
+    for c_out in progress(c_outs, verbose=verbose, desc="c_out"):
         data = dcsbm(n, 4, 10.0, c_out, seed=0)
         truth = data.y.numpy()
-        t0 = time.perf_counter()  # EDRep time includes its k-means
-        emb = EDRep(32, epochs=30, eta=0.8, walk_length=3, seed=0, verbose=verbose).fit_transform(
-            data.edge_index, n)
-        s_edrep = nmi(truth, kmeans(emb, 4, seed=0, n_init=5).numpy())
+        active = torch.bincount(data.edge_index[0], minlength=n) > 0
+        act = active.numpy()
+        score = lambda lab: (nmi(truth, lab), nmi(truth[act], lab[act]))  # noqa: E731
+        t0 = time.perf_counter()  # every time includes its k-means
+        emb = EDRep(32, epochs=30, eta=0.8, walk_length=3, seed=0, verbose=False).fit_transform(data.edge_index, n)
+        s_edrep = score(_communities(emb, active, 4))
         t_edrep = time.perf_counter() - t0
         best = None
-        for name, fn in (("Bethe-Hessian", bethe_hessian_embedding), ("regularized spectral",
-                                                                       regularized_spectral_embedding)):
+        for name, fn in (("Bethe-Hessian", bethe_hessian_embedding),
+                         ("regularized spectral", regularized_spectral_embedding)):
             t0 = time.perf_counter()
             spec = torch.tensor(fn(data.edge_index, n, 4), dtype=torch.float32)
-            score = nmi(truth, kmeans(spec, 4, seed=0, n_init=5).numpy())
+            sc = score(_communities(spec, active, 4))
             t = time.perf_counter() - t0
-            if best is None or score > best[1]:
-                best = (name, score, t)
+            if best is None or sc[0] > best[1][0]:
+                best = (name, sc, t)
         spec_name, s_spec, t_spec = best
         t0 = time.perf_counter()
-        n2v = deepwalk_node2vec(data.edge_index, n, 32, walk_length=20, context_size=10, walks_per_node=2,
-                                epochs=1, seed=0, lr=0.025)
-        s_n2v = nmi(truth, kmeans(n2v, 4, seed=0, n_init=5).numpy())
+        n2v = deepwalk_node2vec(data.edge_index, n, 32, walk_length=20, context_size=10, walks_per_node=10,
+                                epochs=n2v_epochs, seed=0, lr=0.05, batch_size=32)
+        s_n2v = score(_communities(n2v, active, 4))
         t_n2v = time.perf_counter() - t0
         a = round(data.alpha, 2)
-        rep.add(f"c_out={c_out} alpha={a}: EDRep vs spectral", t_edrep, t_spec, peer=f"{spec_name} (best spectral)",
-                nmi_edrep=round(s_edrep, 4), nmi_peer=round(s_spec, 4), nmi_gap=round(s_spec - s_edrep, 4))
-        rep.add(f"c_out={c_out} alpha={a}: EDRep vs Node2Vec", t_edrep, t_n2v, peer="PyG Node2Vec (DeepWalk)",
-                nmi_edrep=round(s_edrep, 4), nmi_peer=round(s_n2v, 4), nmi_gap=round(s_n2v - s_edrep, 4))
+        for peer, (sp_, tp_) in ((f"{spec_name} (best spectral)", (s_spec, t_spec)),
+                                 ("PyG Node2Vec (DeepWalk)", (s_n2v, t_n2v))):
+            rep.add(f"c_out={c_out} alpha={a}: EDRep vs {'spectral' if 'spectral' in peer else 'Node2Vec'}",
+                    t_edrep, tp_, peer=peer, nmi_edrep=round(s_edrep[0], 4), nmi_peer=round(sp_[0], 4),
+                    nmi_gap=round(sp_[0] - s_edrep[0], 4), nmi_edrep_nonisolated=round(s_edrep[1], 4),
+                    nmi_peer_nonisolated=round(sp_[1], 4), isolated_frac=round(1 - float(active.float().mean()), 3))
     path = rep.finish()
     plot_community(path)
 
@@ -306,7 +348,7 @@ def bench_gpu(quick: bool, verbose: bool) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="smaller problems")
-    ap.add_argument("--part", default="all", choices=("speed", "accuracy", "community", "gpu", "all"))
+    ap.add_argument("--part", default="all", choices=("speed", "memory", "accuracy", "community", "gpu", "all"))
     ap.add_argument("--quiet", action="store_true")
     ap.add_argument("--threads", type=int, default=1,
                     help="torch threads (default 1: on a shared, oversubscribed 2-core machine OpenMP "
@@ -316,6 +358,8 @@ def main() -> None:
     verbose = not args.quiet
     if args.part in ("speed", "all"):
         bench_speed(args.quick, verbose)
+    if args.part in ("memory", "all"):
+        bench_memory(args.quick, verbose)
     if args.part in ("accuracy", "all"):
         bench_accuracy(args.quick, verbose)
     if args.part in ("community", "all"):

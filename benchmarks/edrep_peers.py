@@ -4,7 +4,6 @@ estimators of log Z used in the paper's Fig. 1."""
 from __future__ import annotations
 
 import math
-import time
 
 import numpy as np
 import scipy.sparse as sp

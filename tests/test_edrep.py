@@ -127,23 +127,32 @@ def test_model_gradient_is_loss_gradient(seed):
     torch.testing.assert_close(g, want)
 
 
-def test_model_recovers_communities(seed):
+@pytest.fixture
+def one_thread():
+    """Many small ops per epoch: OpenMP barriers dominate on a loaded 2-core machine."""
+    prev = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(prev)
+
+
+def test_model_recovers_communities(seed, one_thread):
     from sklearn.metrics import normalized_mutual_info_score as nmi
 
-    data = dcsbm(1200, 3, mean_degree=12, c_out=1.0, theta=torch.ones(1200), seed=seed)
+    data = dcsbm(900, 3, mean_degree=12, c_out=1.0, theta=torch.ones(900), seed=seed)
     model = EDRep(16, epochs=20, walk_length=3, seed=seed, verbose=False)
     emb = model.fit_transform(data.edge_index, data.num_nodes)
-    assert emb.shape == (1200, 16)
-    torch.testing.assert_close(emb.norm(dim=1), torch.ones(1200))
+    assert emb.shape == (900, 16)
+    torch.testing.assert_close(emb.norm(dim=1), torch.ones(900))
     score = nmi(data.y.numpy(), kmeans(emb, 3, seed=seed, n_init=3).numpy())
     assert score > 0.8, score
     # k > 1 path and a sparse P input
-    a = torch.sparse_coo_tensor(data.edge_index, torch.ones(data.edge_index.shape[1]), (1200, 1200))
-    model2 = EDRep(16, num_clusters=2, epochs=10, seed=seed, verbose=False)
+    a = torch.sparse_coo_tensor(data.edge_index, torch.ones(data.edge_index.shape[1]), (900, 900))
+    model2 = EDRep(16, num_clusters=2, epochs=5, seed=seed, verbose=False)
     emb2 = model2.fit_transform(a)
-    assert torch.isfinite(emb2).all() and model2.labels.shape == (1200,)
-    assert torch.equal(EDRep(16, epochs=3, seed=1, verbose=False).fit_transform(a),
-                       EDRep(16, epochs=3, seed=1, verbose=False).fit_transform(a))
+    assert torch.isfinite(emb2).all() and model2.labels.shape == (900,)
+    assert torch.equal(EDRep(16, epochs=2, seed=1, verbose=False).fit_transform(a),
+                       EDRep(16, epochs=2, seed=1, verbose=False).fit_transform(a))
     with pytest.raises(TypeError, match="edge_index"):
         model.fit_transform(torch.randn(3, 3))
 
@@ -189,3 +198,12 @@ def test_ddp_two_processes_match_one(tmp_path, seed):
         torch.testing.assert_close(ddp["loss"], loss.detach())
         torch.testing.assert_close(ddp["gx"], gx)
         torch.testing.assert_close(ddp["gy"], gy)
+
+
+def test_demo_section_contract():
+    import inspect
+
+    from tgrep.demos import edrep as demo
+
+    assert isinstance(demo.TITLE, str) and isinstance(demo.ORDER, int)
+    assert inspect.isgeneratorfunction(demo.run)

@@ -2,6 +2,7 @@ r"""The EDRep embedding algorithm (Dall'Amico & Belliardo, 2025, Algorithm 1).""
 from __future__ import annotations
 
 import math
+import warnings
 
 import torch
 from torch import Tensor
@@ -114,15 +115,21 @@ class EDRep(torch.nn.Module):
                 p = p.to(self.device)
             r, c = p.indices()
             p = _row_normalized(r, c, p.values().float(), p.shape[0], p.shape[1])
-            return [p.to_sparse_csr()], [p.t().coalesce().to_sparse_csr()], 1, p.shape[0]
+            return [self._csr(p)], [self._csr(p.t().coalesce())], 1, p.shape[0]
         if isinstance(source, Tensor) and source.layout == torch.strided and source.dim() == 2 \
                 and source.shape[0] == 2 and not source.is_floating_point():
             if num_nodes is None:
                 num_nodes = int(source.max()) + 1 if source.numel() else 0
             ei = source if self.device is None else source.to(self.device)
             t = random_walk_operator(ei, num_nodes)
-            return [t.to_sparse_csr()], [t.t().coalesce().to_sparse_csr()], self.walk_length, num_nodes
+            return [self._csr(t)], [self._csr(t.t().coalesce())], self.walk_length, num_nodes
         raise TypeError("fit_transform expects an edge_index [2, E] (integer) or a sparse [n, n] matrix P")
+
+    @staticmethod
+    def _csr(p: Tensor) -> Tensor:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+            return p.to_sparse_csr()
 
     @staticmethod
     def _power_mean(ops_list, power: int, x: Tensor) -> Tensor:

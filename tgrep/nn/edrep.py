@@ -9,6 +9,7 @@ import torch
 from torch import Tensor
 
 from .. import ops
+from ..ops.softmax_norm import _check_float
 from ..utils import check
 
 __all__ = ["EDRepLoss", "edrep_loss", "normalize_target"]
@@ -74,18 +75,27 @@ def normalize_target(target, n: int, m: int, device: torch.device) -> tuple[Tens
 
 
 def _linear_term(x: Tensor, y: Tensor, row: Tensor, col: Tensor, value: Tensor) -> Tensor:
-    """``[n]``: ``sum_j P_ij x_i . y_j`` via one sparse-dense product (``P y``)."""
-    p = torch.sparse_coo_tensor(torch.stack([row, col]), value.to(y.dtype), (x.shape[0], y.shape[0]),
-                                check_invariants=False)
-    return (x * torch.sparse.mm(p, y)).sum(1)
+    """``[n]``: ``sum_j P_ij x_i . y_j`` via one CSR sparse-dense product (``P y``)."""
+    import warnings
+
+    n = x.shape[0]
+    if row.numel() > 1 and not bool((row[1:] >= row[:-1]).all()):
+        order = torch.argsort(row, stable=True)
+        row, col, value = row[order], col[order], value[order]
+    crow = torch.zeros(n + 1, dtype=torch.long, device=x.device)
+    crow[1:] = torch.bincount(row, minlength=n).cumsum(0)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+        p = torch.sparse_csr_tensor(crow, col, value.to(y.dtype), (n, y.shape[0]), check_invariants=False)
+    return (x * (p @ y)).sum(1)
 
 
 def edrep_loss(x: Tensor, y: Tensor, target, *, num_clusters: int = 1, labels: Tensor | None = None,
                centering: bool = True, reduction: str = "mean", detach_stats: bool = True,
                mode: str = "estimate", seed: int = 0, distributed: bool = False) -> Tensor:
     r"""Functional :class:`EDRepLoss` (stateless: k-means runs on every call unless ``labels``)."""
-    check.tensor("x", x, dtypes=check.FLOAT_DTYPES, dim=2, finite=True)
-    check.tensor("y", y, dtypes=check.FLOAT_DTYPES, dim=2, device=x.device, finite=True)
+    _check_float("x", x)
+    _check_float("y", y, device=x.device)
     if x.shape[1] != y.shape[1]:
         raise ValueError(f"'x' and 'y' must have the same number of columns, got {x.shape[1]} and {y.shape[1]}")
     check.one_of("reduction", reduction, ("mean", "sum", "none"))
@@ -154,7 +164,9 @@ class EDRepLoss(torch.nn.Module):
     group, each process passes its rows of ``x`` (and their ``target`` rows) together with
     the full ``y``; every process summarizes ``y[rank::world]`` and the sufficient
     statistics (and k-means sums) are all-reduced. Summing the ``'sum'`` losses (or the
-    gradients) over processes gives the single-process values.
+    gradients) over processes gives the single-process values of the call with the same
+    ``x``/``y`` tensors (there a row shard of ``x`` is never ``y`` itself, so the centering
+    term includes the ``y`` part).
 
     Args:
         num_clusters (int): :math:`\kappa`, k-means clusters of the rows of ``y``. (default: ``1``)
@@ -201,7 +213,8 @@ class EDRepLoss(torch.nn.Module):
                 if self.num_clusters > ys.shape[0] and not dist:
                     raise ValueError(f"'num_clusters' ({self.num_clusters}) must not exceed the number of "
                                      f"rows of 'y' ({ys.shape[0]})")
-                self.labels = ops.kmeans(ys.detach(), self.num_clusters, seed=self.seed, distributed=dist)
+                self.labels = ops.kmeans(ys.detach(), self.num_clusters, seed=self.seed, distributed=dist,
+                                         iters=10, sample=8192)
             labels = self.labels
             if dist:  # edrep_loss slices y and labels alike; hand it full-length labels
                 full = torch.zeros(y.shape[0], dtype=torch.long, device=y.device)

@@ -29,7 +29,7 @@ def cluster_lse_formula(x: Tensor, log_pi: Tensor, mu: Tensor, omega: Tensor) ->
     return torch.logsumexp(log_pi[None, :] + x @ mu.t() + 0.5 * quad, dim=1)
 
 
-def _block_rows(n: int, k: int, d: int, budget: int = 1 << 22) -> int:
+def _block_rows(n: int, k: int, d: int, budget: int = 1 << 20) -> int:
     """Rows per block so that a ``[block, k*d]`` temporary holds ~``budget`` elements."""
     return max(1, min(n, budget // max(1, k * d)))
 
