@@ -37,17 +37,12 @@ inline uint32_t mix32(uint32_t x) {
   return x;
 }
 
-// Edges are repacked once per call into one array of {target, weight[, threshold]} so a
-// relaxation streams a single cache-friendly record (8 bytes for float32 deterministic).
+// Edges are repacked once per call into one array of {target, weight} so a relaxation streams
+// a single record (8 bytes for float32). The sampling thresholds stay in their own array:
+// they are only read for the few edges that would improve a distance.
 template <typename D>
 struct EdgeW {
   int32_t v;
-  D w;
-};
-template <typename D>
-struct EdgeP {
-  int32_t v;
-  int32_t thr;  // keep iff (hash >> 8) < thr
   D w;
 };
 
@@ -112,6 +107,7 @@ struct Problem {
   int64_t n, B, T;  // T < 0: no targets
   const IP* indptr;
   const Edge* edges;
+  const int32_t* thr;  // keep edge e iff (hash >> 8) < thr[e]; nullptr: every edge present
   const int64_t* sources;
   const int64_t* targets;
   uint32_t seed_mix;
@@ -173,6 +169,7 @@ void run_row(const Problem<D, IP, Edge>& P, Worker<D>& W, int64_t b) {
   const uint32_t rh = mix32(static_cast<uint32_t>(b) ^ P.seed_mix);
   const IP* __restrict__ ip = P.indptr;
   const Edge* __restrict__ edges = P.edges;
+  const int32_t* __restrict__ thr = P.thr;
 
   const int32_t s = static_cast<int32_t>(P.sources[b]);
   d[s] = D(0);
@@ -194,6 +191,11 @@ void run_row(const Problem<D, IP, Edge>& P, Worker<D>& W, int64_t b) {
       const char* a = reinterpret_cast<const char*>(edges + ip[nx]);
       const char* z = reinterpret_cast<const char*>(edges + ip[nx + 1]);
       for (; a < z; a += 64) __builtin_prefetch(a);
+      if constexpr (kProb) {
+        const char* ta = reinterpret_cast<const char*>(thr + ip[nx]);
+        const char* tz = reinterpret_cast<const char*>(thr + ip[nx + 1]);
+        for (; ta < tz; ta += 64) __builtin_prefetch(ta);
+      }
     }
     const int64_t e1 = static_cast<int64_t>(ip[u + 1]);
     for (int64_t e = static_cast<int64_t>(ip[u]); e < e1; ++e) {
@@ -202,7 +204,7 @@ void run_row(const Problem<D, IP, Edge>& P, Worker<D>& W, int64_t b) {
       const D nd = du + ed.w;
       if (!(nd < d[v])) continue;
       if constexpr (kProb) {
-        if ((mix32(static_cast<uint32_t>(e) ^ rh) >> 8) >= static_cast<uint32_t>(ed.thr)) continue;
+        if ((mix32(static_cast<uint32_t>(e) ^ rh) >> 8) >= static_cast<uint32_t>(thr[e])) continue;
       }
       if (pos[v] < 0) {
         if (with_targets) W.touched.push_back(v);
@@ -242,21 +244,20 @@ void run_all(const Problem<D, IP, Edge>& P) {
   });
 }
 
-template <typename D, typename IP, typename IX, typename Edge, bool kProb>
+template <typename D, typename IP, typename IX, bool kProb>
 void launch_packed(const at::Tensor& indptr, const at::Tensor& indices, const at::Tensor& weight,
                    const at::Tensor& thr, const at::Tensor& sources, const at::Tensor& targets, uint32_t seed_mix,
                    at::Tensor& dist, at::Tensor& pred, int64_t n, int64_t T) {
   const int64_t E = indices.numel();
+  using Edge = EdgeW<D>;
   std::vector<Edge> packed(E);
   const IX* ix = indices.data_ptr<IX>();
   const D* wt = weight.data_ptr<D>();
-  const int32_t* th = kProb ? thr.data_ptr<int32_t>() : nullptr;
   Edge* pk = packed.data();
   at::parallel_for(0, E, 1 << 16, [&](int64_t a, int64_t z) {
     for (int64_t e = a; e < z; ++e) {
       pk[e].v = static_cast<int32_t>(ix[e]);
       pk[e].w = wt[e];
-      if constexpr (kProb) pk[e].thr = th[e];
     }
   });
   Problem<D, IP, Edge> P;
@@ -265,6 +266,7 @@ void launch_packed(const at::Tensor& indptr, const at::Tensor& indices, const at
   P.T = T;
   P.indptr = indptr.data_ptr<IP>();
   P.edges = pk;
+  P.thr = kProb ? thr.data_ptr<int32_t>() : nullptr;
   P.sources = sources.data_ptr<int64_t>();
   P.targets = targets.defined() ? targets.data_ptr<int64_t>() : nullptr;
   P.seed_mix = seed_mix;
@@ -278,9 +280,9 @@ void launch(const at::Tensor& indptr, const at::Tensor& indices, const at::Tenso
             const at::Tensor& thr, const at::Tensor& sources, const at::Tensor& targets, uint32_t seed_mix,
             at::Tensor& dist, at::Tensor& pred, int64_t n, int64_t T) {
   if (thr.defined())
-    launch_packed<D, IP, IX, EdgeP<D>, true>(indptr, indices, weight, thr, sources, targets, seed_mix, dist, pred, n, T);
+    launch_packed<D, IP, IX, true>(indptr, indices, weight, thr, sources, targets, seed_mix, dist, pred, n, T);
   else
-    launch_packed<D, IP, IX, EdgeW<D>, false>(indptr, indices, weight, thr, sources, targets, seed_mix, dist, pred, n, T);
+    launch_packed<D, IP, IX, false>(indptr, indices, weight, thr, sources, targets, seed_mix, dist, pred, n, T);
 }
 
 template <typename D, typename IP>
