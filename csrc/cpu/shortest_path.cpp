@@ -21,6 +21,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cstdint>
+#include <cstring>
 #include <limits>
 #include <vector>
 
@@ -46,16 +47,39 @@ struct EdgeW {
   D w;
 };
 
+// Heap entries ordered by (distance, vertex), like the reference's heapq of tuples. For
+// float32 both fit one uint64 (non-negative floats order like their bit patterns), so a
+// comparison is one integer compare.
 template <typename D>
-struct Node {
-  D key;
-  int32_t v;
+struct Node;
+
+template <>
+struct Node<float> {
+  uint64_t k;
+  static inline Node make(float key, int32_t v) {
+    uint32_t b;
+    std::memcpy(&b, &key, 4);
+    return Node{(static_cast<uint64_t>(b) << 32) | static_cast<uint32_t>(v)};
+  }
+  inline float key() const {
+    uint32_t b = static_cast<uint32_t>(k >> 32);
+    float f;
+    std::memcpy(&f, &b, 4);
+    return f;
+  }
+  inline int32_t v() const { return static_cast<int32_t>(static_cast<uint32_t>(k)); }
+  inline bool operator<(const Node& o) const { return k < o.k; }
 };
 
-template <typename D>
-inline bool node_less(const Node<D>& a, const Node<D>& b) {
-  return a.key < b.key || (a.key == b.key && a.v < b.v);
-}
+template <>
+struct Node<double> {
+  double key_;
+  int32_t v_;
+  static inline Node make(double key, int32_t v) { return Node{key, v}; }
+  inline double key() const { return key_; }
+  inline int32_t v() const { return v_; }
+  inline bool operator<(const Node& o) const { return key_ < o.key_ || (key_ == o.key_ && v_ < o.v_); }
+};
 
 // Indexed 4-ary min-heap over (key, vertex); pos[v] = slot of v, -1 when not in the heap.
 template <typename D>
@@ -67,13 +91,13 @@ struct Heap {
   inline void sift_up(int32_t i, Node<D> x) {
     while (i > 0) {
       int32_t p = (i - 1) >> 2;
-      if (!node_less(x, h[p])) break;
+      if (!(x < h[p])) break;
       h[i] = h[p];
-      pos[h[i].v] = i;
+      pos[h[i].v()] = i;
       i = p;
     }
     h[i] = x;
-    pos[x.v] = i;
+    pos[x.v()] = i;
   }
   inline void sift_down(int32_t i, Node<D> x) {
     for (;;) {
@@ -82,20 +106,20 @@ struct Heap {
       int32_t best = c;
       int32_t end = std::min(c + 4, size);
       for (int32_t j = c + 1; j < end; ++j)
-        if (node_less(h[j], h[best])) best = j;
-      if (!node_less(h[best], x)) break;
+        if (h[j] < h[best]) best = j;
+      if (!(h[best] < x)) break;
       h[i] = h[best];
-      pos[h[i].v] = i;
+      pos[h[i].v()] = i;
       i = best;
     }
     h[i] = x;
-    pos[x.v] = i;
+    pos[x.v()] = i;
   }
-  inline void push(D key, int32_t v) { sift_up(size++, Node<D>{key, v}); }
-  inline void decrease(D key, int32_t v) { sift_up(pos[v], Node<D>{key, v}); }
+  inline void push(D key, int32_t v) { sift_up(size++, Node<D>::make(key, v)); }
+  inline void decrease(D key, int32_t v) { sift_up(pos[v], Node<D>::make(key, v)); }
   inline Node<D> pop() {
     Node<D> top = h[0];
-    pos[top.v] = -1;
+    pos[top.v()] = -1;
     --size;
     if (size > 0) sift_down(0, h[size]);
     return top;
@@ -178,16 +202,16 @@ void run_row(const Problem<D, IP, Edge>& P, Worker<D>& W, int64_t b) {
   D bound = inf;  // D_b once every target is settled
 
   while (heap.size > 0) {
-    if (heap.h[0].key > bound) break;  // early exit: everything with d <= D_b is settled
+    if (heap.h[0].key() > bound) break;  // early exit: everything with d <= D_b is settled
     Node<D> top = heap.pop();
-    const int32_t u = top.v;
-    const D du = top.key;
+    const int32_t u = top.v();
+    const D du = top.key();
     if (with_targets && W.tmark[u] == gen) {
       W.tmark[u] = gen - 1;  // any value != gen
       if (--remaining == 0) bound = du;
     }
     if (heap.size > 0) {  // the next vertex to settle is probably the new top: fetch its edges now
-      const int32_t nx = heap.h[0].v;
+      const int32_t nx = heap.h[0].v();
       const char* a = reinterpret_cast<const char*>(edges + ip[nx]);
       const char* z = reinterpret_cast<const char*>(edges + ip[nx + 1]);
       for (; a < z; a += 64) __builtin_prefetch(a);
@@ -219,7 +243,7 @@ void run_row(const Problem<D, IP, Edge>& P, Worker<D>& W, int64_t b) {
   }
   // vertices left in the heap were reached but not settled: no distance, no predecessor
   for (int32_t i = 0; i < heap.size; ++i) {
-    const int32_t v = heap.h[i].v;
+    const int32_t v = heap.h[i].v();
     pos[v] = -1;
     if (pr) pr[v] = -1;
     if (!with_targets) d[v] = inf;
