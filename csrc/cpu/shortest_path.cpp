@@ -81,11 +81,19 @@ struct Node<double> {
   inline bool operator<(const Node& o) const { return key_ < o.key_ || (key_ == o.key_ && v_ < o.v_); }
 };
 
-// Indexed 4-ary min-heap over (key, vertex); pos[v] = slot of v, -1 when not in the heap.
+// Per-vertex search state of a worker: tentative distance and heap slot, side by side so a
+// successful relaxation touches one cache line. Between rows: d = inf, pos = -1 everywhere.
+template <typename D>
+struct VState {
+  D d;
+  int32_t pos;
+};
+
+// Indexed 4-ary min-heap over (key, vertex); st[v].pos = slot of v, -1 when not in the heap.
 template <typename D>
 struct Heap {
   Node<D>* h = nullptr;
-  int32_t* pos = nullptr;
+  VState<D>* st = nullptr;
   int32_t size = 0;
 
   inline void sift_up(int32_t i, Node<D> x) {
@@ -93,33 +101,39 @@ struct Heap {
       int32_t p = (i - 1) >> 2;
       if (!(x < h[p])) break;
       h[i] = h[p];
-      pos[h[i].v()] = i;
+      st[h[i].v()].pos = i;
       i = p;
     }
     h[i] = x;
-    pos[x.v()] = i;
+    st[x.v()].pos = i;
   }
   inline void sift_down(int32_t i, Node<D> x) {
     for (;;) {
       int32_t c = 4 * i + 1;
       if (c >= size) break;
-      int32_t best = c;
-      int32_t end = std::min(c + 4, size);
-      for (int32_t j = c + 1; j < end; ++j)
-        if (h[j] < h[best]) best = j;
+      int32_t best;
+      if (c + 3 < size) {  // all four children: branch-free tournament
+        const int32_t b01 = h[c + 1] < h[c] ? c + 1 : c;
+        const int32_t b23 = h[c + 3] < h[c + 2] ? c + 3 : c + 2;
+        best = h[b23] < h[b01] ? b23 : b01;
+      } else {
+        best = c;
+        for (int32_t j = c + 1; j < size; ++j)
+          if (h[j] < h[best]) best = j;
+      }
       if (!(h[best] < x)) break;
       h[i] = h[best];
-      pos[h[i].v()] = i;
+      st[h[i].v()].pos = i;
       i = best;
     }
     h[i] = x;
-    pos[x.v()] = i;
+    st[x.v()].pos = i;
   }
   inline void push(D key, int32_t v) { sift_up(size++, Node<D>::make(key, v)); }
-  inline void decrease(D key, int32_t v) { sift_up(pos[v], Node<D>::make(key, v)); }
+  inline void decrease(D key, int32_t v) { sift_up(st[v].pos, Node<D>::make(key, v)); }
   inline Node<D> pop() {
     Node<D> top = h[0];
-    pos[top.v()] = -1;
+    st[top.v()].pos = -1;
     --size;
     if (size > 0) sift_down(0, h[size]);
     return top;
@@ -142,19 +156,15 @@ struct Problem {
 template <typename D>
 struct Worker {
   std::vector<Node<D>> heap_store;
-  std::vector<int32_t> pos;      // -1 everywhere between rows
-  std::vector<D> dist;           // inf everywhere between rows (targets mode only)
+  std::vector<VState<D>> st;     // {inf, -1} everywhere between rows
   std::vector<uint32_t> tmark;   // generation stamps of the current row's targets
-  std::vector<int32_t> touched;  // vertices whose distance left inf (targets mode only)
+  std::vector<int32_t> touched;  // vertices whose distance left inf in the current row
   uint32_t gen = 0;
 
   Worker(int64_t n, bool with_targets)
-      : heap_store(std::max<int64_t>(n, 1)), pos(n, -1) {
-    if (with_targets) {
-      dist.assign(n, std::numeric_limits<D>::infinity());
-      tmark.assign(n, 0);
-      touched.reserve(1024);
-    }
+      : heap_store(std::max<int64_t>(n, 1)), st(n, VState<D>{std::numeric_limits<D>::infinity(), -1}) {
+    if (with_targets) tmark.assign(n, 0);
+    touched.reserve(std::min<int64_t>(n, 1 << 16));
   }
 };
 
@@ -166,12 +176,12 @@ void run_row(const Problem<D, IP, Edge>& P, Worker<D>& W, int64_t b) {
   const int64_t* tg = with_targets ? P.targets + b * P.T : nullptr;
   if (with_targets && P.T == 0) return;  // nothing asked: nothing searched
 
-  D* d = with_targets ? W.dist.data() : P.out_dist + b * n;
-  int64_t* pr = P.out_pred ? P.out_pred + b * n : nullptr;
+  D* out_full = with_targets ? nullptr : P.out_dist + b * n;  // starts at inf
+  int64_t* pr = P.out_pred ? P.out_pred + b * n : nullptr;   // starts at -1
+  VState<D>* __restrict__ st = W.st.data();
   Heap<D> heap;
   heap.h = W.heap_store.data();
-  heap.pos = W.pos.data();
-  int32_t* pos = heap.pos;
+  heap.st = st;
 
   int64_t remaining = 0;
   uint32_t gen = 0;
@@ -188,17 +198,17 @@ void run_row(const Problem<D, IP, Edge>& P, Worker<D>& W, int64_t b) {
         ++remaining;
       }
     }
-    W.touched.clear();
   }
+  W.touched.clear();
   const uint32_t rh = mix32(static_cast<uint32_t>(b) ^ P.seed_mix);
   const IP* __restrict__ ip = P.indptr;
   const Edge* __restrict__ edges = P.edges;
   const int32_t* __restrict__ thr = P.thr;
 
   const int32_t s = static_cast<int32_t>(P.sources[b]);
-  d[s] = D(0);
+  st[s].d = D(0);
   heap.push(D(0), s);
-  if (with_targets) W.touched.push_back(s);
+  W.touched.push_back(s);
   D bound = inf;  // D_b once every target is settled
 
   while (heap.size > 0) {
@@ -206,9 +216,13 @@ void run_row(const Problem<D, IP, Edge>& P, Worker<D>& W, int64_t b) {
     Node<D> top = heap.pop();
     const int32_t u = top.v();
     const D du = top.key();
-    if (with_targets && W.tmark[u] == gen) {
-      W.tmark[u] = gen - 1;  // any value != gen
-      if (--remaining == 0) bound = du;
+    if (with_targets) {
+      if (W.tmark[u] == gen) {
+        W.tmark[u] = gen - 1;  // any value != gen
+        if (--remaining == 0) bound = du;
+      }
+    } else {
+      out_full[u] = du;
     }
     if (heap.size > 0) {  // the next vertex to settle is probably the new top: fetch its edges now
       const int32_t nx = heap.h[0].v();
@@ -226,16 +240,16 @@ void run_row(const Problem<D, IP, Edge>& P, Worker<D>& W, int64_t b) {
       const Edge ed = edges[e];
       const int32_t v = ed.v;
       const D nd = du + ed.w;
-      if (!(nd < d[v])) continue;
+      VState<D>& sv = st[v];
+      if (!(nd < sv.d)) continue;
       if constexpr (kProb) {
         if ((mix32(static_cast<uint32_t>(e) ^ rh) >> 8) >= static_cast<uint32_t>(thr[e])) continue;
       }
-      if (pos[v] < 0) {
-        if (with_targets) W.touched.push_back(v);
-        d[v] = nd;
+      sv.d = nd;
+      if (sv.pos < 0) {
+        W.touched.push_back(v);
         heap.push(nd, v);
       } else {
-        d[v] = nd;
         heap.decrease(nd, v);
       }
       if (pr) pr[v] = e;
@@ -244,16 +258,15 @@ void run_row(const Problem<D, IP, Edge>& P, Worker<D>& W, int64_t b) {
   // vertices left in the heap were reached but not settled: no distance, no predecessor
   for (int32_t i = 0; i < heap.size; ++i) {
     const int32_t v = heap.h[i].v();
-    pos[v] = -1;
+    st[v].pos = -1;
     if (pr) pr[v] = -1;
-    if (!with_targets) d[v] = inf;
   }
   heap.size = 0;
   if (with_targets) {
     D* out = P.out_dist + b * P.T;
-    for (int64_t t = 0; t < P.T; ++t) out[t] = d[tg[t]];  // targets are settled or unreachable
-    for (int32_t v : W.touched) d[v] = inf;
+    for (int64_t t = 0; t < P.T; ++t) out[t] = st[tg[t]].d;  // targets are settled or unreachable
   }
+  for (int32_t v : W.touched) st[v].d = inf;
 }
 
 template <typename D, typename IP, typename Edge, bool kProb>
