@@ -414,3 +414,23 @@ def test_triton_cuda_gradient_matches_cpp(seed):
         torch.where(torch.isfinite(d), d, 0).sum().backward()
         grads.append(w.grad.cpu())
     torch.testing.assert_close(grads[0], grads[1])
+
+
+@pytest.mark.parametrize("ix_dtype, dtype", [(torch.int32, torch.float64), (torch.int64, torch.float32)])
+def test_ties_and_zero_weights_give_a_valid_tree(backend, seed, ix_dtype, dtype):
+    # integer weights in {0, 1, 2}: many equal-length paths and zero-length cycles
+    n = 16
+    ei = torch.randint(0, n, (2, 70))
+    indptr, indices, weight = to_csr(ei, n, torch.randint(0, 3, (70,)).to(dtype))
+    indptr, indices = indptr.to(ix_dtype), indices.to(ix_dtype)
+    sources = torch.randint(0, n, (3,)).to(ix_dtype)
+    targets = torch.randint(0, n, (3, 2))
+    prob = torch.rand(weight.numel())
+    full = shortest_paths(indptr, indices, weight, sources, edge_prob=prob, seed=seed)
+    got = shortest_paths(indptr, indices, weight, sources, targets, edge_prob=prob, seed=seed,
+                         return_predecessors=True)
+    exp = ref.shortest_paths(indptr, indices, weight, sources, targets, prob, seed, True)
+    assert torch.equal(got.dist, exp[0])
+    settled = _settled(got.pred, sources.long())
+    assert torch.equal(settled, _settled(exp[1], sources.long()))
+    _tree_ok(torch.where(settled, full, torch.inf), got.pred, indptr, indices, weight, sources.long(), prob, seed)
