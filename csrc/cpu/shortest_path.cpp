@@ -21,6 +21,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cstdint>
+#include <cmath>
 #include <cstring>
 #include <limits>
 #include <vector>
@@ -375,7 +376,17 @@ std::tuple<at::Tensor, c10::optional<at::Tensor>> shortest_paths(
   at::Tensor thr;
   if (edge_prob.has_value() && edge_prob->defined()) {
     // u < p  <=>  k < ceil(p * 2^24) for u = k * 2^-24 (exact in float64)
-    thr = at::ceil(edge_prob->detach().to(at::kDouble) * 16777216.0).to(at::kInt).contiguous();
+    at::Tensor p = edge_prob->detach();
+    if (p.scalar_type() != at::kFloat && p.scalar_type() != at::kDouble) p = p.to(at::kFloat);  // exact
+    p = p.contiguous();
+    thr = at::empty({E}, p.options().dtype(at::kInt));
+    int32_t* t = thr.data_ptr<int32_t>();
+    AT_DISPATCH_FLOATING_TYPES(p.scalar_type(), "edge_thresholds", [&] {
+      const scalar_t* pp = p.data_ptr<scalar_t>();
+      at::parallel_for(0, E, 1 << 16, [&](int64_t a, int64_t z) {
+        for (int64_t e = a; e < z; ++e) t[e] = static_cast<int32_t>(std::ceil(static_cast<double>(pp[e]) * 16777216.0));
+      });
+    });
   }
   const auto fopts = weight.options();
   at::Tensor dist = T >= 0 ? at::empty({B, T}, fopts) : at::full({B, n}, std::numeric_limits<double>::infinity(), fopts);
