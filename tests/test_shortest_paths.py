@@ -434,3 +434,14 @@ def test_ties_and_zero_weights_give_a_valid_tree(backend, seed, ix_dtype, dtype)
     settled = _settled(got.pred, sources.long())
     assert torch.equal(settled, _settled(exp[1], sources.long()))
     _tree_ok(torch.where(settled, full, torch.inf), got.pred, indptr, indices, weight, sources.long(), prob, seed)
+
+
+def test_graph_without_edges(backend):
+    indptr = torch.zeros(4, dtype=torch.long)
+    empty = torch.zeros(0, dtype=torch.long)
+    d, p = shortest_paths(indptr, empty, torch.zeros(0), torch.tensor([2, 0]), return_predecessors=True)
+    inf = float("inf")
+    assert d.tolist() == [[inf, inf, 0.0], [0.0, inf, inf]] and bool((p == -1).all())
+    dt = shortest_paths(indptr, empty, torch.zeros(0), torch.tensor([1]), torch.tensor([[1, 2]]),
+                        edge_prob=torch.zeros(0), seed=3)
+    assert dt.tolist() == [[0.0, inf]]

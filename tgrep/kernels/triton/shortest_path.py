@@ -174,6 +174,10 @@ def shortest_paths(indptr: torch.Tensor, indices: torch.Tensor, weight: torch.Te
     if B == 0 or n == 0 or T == 0:
         shape = (B, n) if T is None else (B, T)
         return torch.full(shape, math.inf, dtype=dtype, device=device), pred
+    if E == 0:  # no edges: each source reaches itself only (and no kernel sees an empty tensor)
+        dist = torch.full((B, n), math.inf, dtype=dtype, device=device)
+        dist[torch.arange(B, device=device), sources.long()] = 0
+        return (dist if targets is None else dist.gather(1, targets.long())), pred
 
     itype = torch.int32 if dtype == torch.float32 else torch.int64
     weight = weight.detach().contiguous()
