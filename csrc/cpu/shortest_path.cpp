@@ -29,6 +29,9 @@
 namespace {
 
 constexpr uint32_t kGolden = 0x9E3779B9u;
+// Per-call O(E) passes (packing, thresholds) run on one thread below this many edges: they
+// take ~1 ms per million edges, less than waking a thread team on a busy machine.
+constexpr int64_t kSerialEdges = int64_t(1) << 22;
 
 inline uint32_t mix32(uint32_t x) {
   x ^= x >> 16;
@@ -292,7 +295,7 @@ void launch_packed(const at::Tensor& indptr, const at::Tensor& indices, const at
   const IX* ix = indices.data_ptr<IX>();
   const D* wt = weight.data_ptr<D>();
   Edge* pk = packed.data();
-  at::parallel_for(0, E, 1 << 16, [&](int64_t a, int64_t z) {
+  at::parallel_for(0, E, kSerialEdges, [&](int64_t a, int64_t z) {
     for (int64_t e = a; e < z; ++e) {
       pk[e].v = static_cast<int32_t>(ix[e]);
       pk[e].w = wt[e];
@@ -383,7 +386,7 @@ std::tuple<at::Tensor, c10::optional<at::Tensor>> shortest_paths(
     int32_t* t = thr.data_ptr<int32_t>();
     AT_DISPATCH_FLOATING_TYPES(p.scalar_type(), "edge_thresholds", [&] {
       const scalar_t* pp = p.data_ptr<scalar_t>();
-      at::parallel_for(0, E, 1 << 16, [&](int64_t a, int64_t z) {
+      at::parallel_for(0, E, kSerialEdges, [&](int64_t a, int64_t z) {
         for (int64_t e = a; e < z; ++e) t[e] = static_cast<int32_t>(std::ceil(static_cast<double>(pp[e]) * 16777216.0));
       });
     });
