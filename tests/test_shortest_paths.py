@@ -445,3 +445,13 @@ def test_graph_without_edges(backend):
     dt = shortest_paths(indptr, empty, torch.zeros(0), torch.tensor([1]), torch.tensor([[1, 2]]),
                         edge_prob=torch.zeros(0), seed=3)
     assert dt.tolist() == [[0.0, inf]]
+
+
+@pytest.mark.slow
+def test_demo_section_runs():
+    from tgrep.demos import shortest_paths as demo
+
+    rows = list(demo.run(quick=True, verbose=False))
+    assert len(rows) == 5 and all({"what", "tgrep", "peer", "ratio"} <= set(r) for r in rows)
+    err = float(rows[-1]["ratio"].split()[-1])
+    assert err < 1e-5  # the sampled row equals scipy on the same sample
