@@ -455,3 +455,23 @@ def test_demo_section_runs():
     assert len(rows) == 5 and all({"what", "tgrep", "peer", "ratio"} <= set(r) for r in rows)
     err = float(rows[-1]["ratio"].split()[-1])
     assert err < 1e-5  # the sampled row equals scipy on the same sample
+
+
+@pytest.mark.parametrize("delta", [float("inf"), 0.0, 0.05, None])
+def test_triton_near_far_width_does_not_change_results(seed, delta):
+    if not usable("triton"):
+        pytest.skip("backend triton not available here")
+    from tgrep.kernels.triton import shortest_path as tri
+
+    n = 60
+    indptr, indices, weight = random_graph(n, 400, dtype=torch.float32, zero_frac=0.1)
+    sources = torch.randint(0, n, (3,))
+    targets = torch.randint(0, n, (3, 2))
+    prob = torch.rand(weight.numel())
+    for tg in (None, targets):
+        stats = {}
+        got = tri.shortest_paths(indptr, indices, weight, sources, tg, prob, seed, True, stats, delta=delta)
+        exp = ref.shortest_paths(indptr, indices, weight, sources, tg, prob, seed, True)
+        assert torch.equal(got[0], exp[0])
+        assert torch.equal(_settled(got[1], sources), _settled(exp[1], sources))
+        assert stats["launches"] >= 1 and stats["edges_scanned"] > 0
