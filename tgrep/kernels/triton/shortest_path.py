@@ -203,7 +203,8 @@ def shortest_paths(indptr: torch.Tensor, indices: torch.Tensor, weight: torch.Te
                    need_pred: bool = True, stats: dict | None = None, delta: float | None = None):
     """Returns ``(dist [B, T] or [B, N], pred [B, N] int64 or None)`` like the reference.
 
-    ``stats`` (optional dict) receives ``launches``, ``edges_scanned`` and ``updates``.
+    ``stats`` (optional dict) receives ``launches``, ``edges_scanned`` and ``updates``
+    (distance improvements plus frontier entries carried over by near-far).
     ``delta``: near-far width (``None``: :func:`default_delta`; ``inf``: plain Bellman-Ford).
     """
     device, dtype = weight.device, weight.dtype
