@@ -96,15 +96,15 @@ def cpu_section(args, report: Report) -> None:
     report.meta["settled_fraction_with_16_targets"] = settled
 
 
-def gpu_section(args, report: Report) -> None:
+def gpu_section(args, report: Report, device: str = "cuda", sizes: tuple | None = None) -> None:
     from tgrep.kernels.triton import shortest_path as tri
 
-    n, deg, B = (200_000, 32, 256) if args.quick else (1_000_000, 32, 1024)
+    n, deg, B = sizes or ((200_000, 32, 256) if args.quick else (1_000_000, 32, 1024))
     indptr, indices, weight = random_csr(n, deg)
     g = torch.Generator().manual_seed(1)
     sources = torch.randint(0, n, (B,), generator=g)
     targets = torch.randint(0, n, (B, 16), generator=g)
-    dev = torch.device("cuda")
+    dev = torch.device(device)
     ip_c, ix_c, w_c, s_c, t_c = (x.to(dev) for x in (indptr, indices.int(), weight, sources, targets))
     prob_c = torch.full((weight.numel(),), 0.9, device=dev)
     st: dict = {}
@@ -122,7 +122,7 @@ def gpu_section(args, report: Report) -> None:
                    bandwidth_fraction=bytes_moved / sec / 4.8e12)
         if name == "full":
             # C++ on every CPU core of this machine, timed on a slice of the rows and scaled to B
-            k = max(torch.get_num_threads() * 2, 32)
+            k = min(B, max((os.cpu_count() or 1) * 2, 32))
             old = torch.get_num_threads()
             torch.set_num_threads(os.cpu_count() or 1)
             with use_backend("cpp"):
