@@ -475,3 +475,21 @@ def test_triton_near_far_width_does_not_change_results(seed, delta):
         assert torch.equal(got[0], exp[0])
         assert torch.equal(_settled(got[1], sources), _settled(exp[1], sources))
         assert stats["launches"] >= 1 and stats["edges_scanned"] > 0
+
+
+@pytest.mark.parametrize("with_targets", [False, True])
+def test_triton_path_gradient_equals_reference(seed, with_targets):
+    if not usable("triton"):
+        pytest.skip("backend triton not available here")
+    from tgrep.kernels.triton import shortest_path as tri
+
+    n = 30
+    indptr, indices, weight = random_graph(n, 120)
+    sources = torch.randint(0, n, (4,))
+    targets = torch.randint(0, n, (4, 3)) if with_targets else None
+    dist, pred = ref.shortest_paths(indptr, indices, weight, sources, targets, None, 0, True)
+    grad = torch.randn_like(dist)
+    edge_src = torch.repeat_interleave(torch.arange(n), indptr.diff())
+    exp = ref.path_gradient(grad, dist, pred, sources, targets, edge_src, weight.numel())
+    got = tri.path_gradient(grad, dist, pred, sources, targets, edge_src, weight.numel())
+    torch.testing.assert_close(got, exp)

@@ -300,3 +300,46 @@ def shortest_paths(indptr: torch.Tensor, indices: torch.Tensor, weight: torch.Te
     if tg is not None:
         return dist.gather(1, tg), pred
     return dist, pred
+
+
+@triton.jit
+def _path_grad_kernel(pred_ptr, edge_src_ptr, tgt_ptr, g_ptr, out_ptr, N, T, total,
+                      HAS_TARGETS: tl.constexpr, BLOCK: tl.constexpr):
+    # one lane per (row, target) pair: walk the predecessor edges back to the source, adding
+    # the pair's incoming gradient to every edge on the way (no host sync per hop)
+    pid = tl.program_id(0)
+    offs = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    m = offs < total
+    row = offs // T
+    if HAS_TARGETS:
+        cur = tl.load(tgt_ptr + offs, mask=m, other=0).to(tl.int64)
+    else:
+        cur = offs - row * T
+    g = tl.load(g_ptr + offs, mask=m, other=0)
+    live = m & (g != 0)
+    n_live = tl.sum(live.to(tl.int32), axis=0)
+    hops = 0
+    while (n_live > 0) & (hops <= N):  # predecessor walks are acyclic: at most N - 1 hops
+        e = tl.load(pred_ptr + row * N + cur, mask=live, other=-1)
+        live = live & (e >= 0)
+        tl.atomic_add(out_ptr + e, g, mask=live)
+        cur = tl.load(edge_src_ptr + e, mask=live, other=0).to(tl.int64)
+        n_live = tl.sum(live.to(tl.int32), axis=0)
+        hops += 1
+
+
+def path_gradient(grad_dist: torch.Tensor, dist: torch.Tensor, pred: torch.Tensor, sources: torch.Tensor,
+                  targets: torch.Tensor | None, edge_src: torch.Tensor, num_edges: int) -> torch.Tensor:
+    """Triton twin of :func:`tgrep.kernels.reference.shortest_path.path_gradient`."""
+    B, n = pred.shape
+    out = torch.zeros(num_edges, dtype=grad_dist.dtype, device=grad_dist.device)
+    g = torch.where(torch.isfinite(dist), grad_dist, torch.zeros_like(grad_dist)).contiguous()
+    if g.numel() == 0 or num_edges == 0:
+        return out
+    T = n if targets is None else targets.size(1)
+    tgt = g if targets is None else targets.long().contiguous()  # placeholder when unused
+    total = B * T
+    BLOCK = max(16, min(triton.next_power_of_2(total), 1024)) if triton_interpret() else 128
+    _path_grad_kernel[(triton.cdiv(total, BLOCK),)](pred.contiguous(), edge_src.contiguous(), tgt, g, out, n, T,
+                                                    total, HAS_TARGETS=targets is not None, BLOCK=BLOCK)
+    return out
