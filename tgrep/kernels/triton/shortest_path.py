@@ -35,6 +35,9 @@ equal-distance edges, so the predecessor graph is a tree; pass 0 settles every v
 has a strictly shorter tight in-neighbour (all of them unless zero-length edges tie), so one
 pass is the common case. Edge ids must fit in 32 bits.
 
+Backward: :func:`path_gradient` walks the predecessor edges of every (row, target) pair in
+one kernel (``atomic_add`` of the pair's gradient on each edge), without a host sync per hop.
+
 Sampling: edge ``e`` is present in row ``r`` iff ``(mix(e ^ rowhash[r]) >> 8) <
 ceil(p_e 2^24)`` with ``rowhash[r] = mix(r ^ mix(seed ^ GOLDEN))`` -- the same lowbias32
 hash as :mod:`tgrep.kernels.reference.rng`, in uint32 arithmetic.
