@@ -392,8 +392,8 @@ std::tuple<at::Tensor, c10::optional<at::Tensor>> shortest_paths(
     });
   }
   const auto fopts = weight.options();
-  at::Tensor dist = T >= 0 ? at::empty({B, T}, fopts) : at::full({B, n}, std::numeric_limits<double>::infinity(), fopts);
-  if (T >= 0 && T > 0) dist.fill_(std::numeric_limits<double>::infinity());
+  const double inf = std::numeric_limits<double>::infinity();
+  at::Tensor dist = T >= 0 ? at::full({B, T}, inf, fopts) : at::full({B, n}, inf, fopts);
   at::Tensor pred;
   if (need_pred) pred = at::full({B, n}, -1, weight.options().dtype(at::kLong));
   const uint32_t seed_mix = mix32(static_cast<uint32_t>(seed & 0xFFFFFFFFll) ^ kGolden);
