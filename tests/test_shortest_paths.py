@@ -414,3 +414,82 @@ def test_triton_cuda_gradient_matches_cpp(seed):
         torch.where(torch.isfinite(d), d, 0).sum().backward()
         grads.append(w.grad.cpu())
     torch.testing.assert_close(grads[0], grads[1])
+
+
+@pytest.mark.parametrize("ix_dtype, dtype", [(torch.int32, torch.float64), (torch.int64, torch.float32)])
+def test_ties_and_zero_weights_give_a_valid_tree(backend, seed, ix_dtype, dtype):
+    # integer weights in {0, 1, 2}: many equal-length paths and zero-length cycles
+    n = 16
+    ei = torch.randint(0, n, (2, 70))
+    indptr, indices, weight = to_csr(ei, n, torch.randint(0, 3, (70,)).to(dtype))
+    indptr, indices = indptr.to(ix_dtype), indices.to(ix_dtype)
+    sources = torch.randint(0, n, (3,)).to(ix_dtype)
+    targets = torch.randint(0, n, (3, 2))
+    prob = torch.rand(weight.numel())
+    full = shortest_paths(indptr, indices, weight, sources, edge_prob=prob, seed=seed)
+    got = shortest_paths(indptr, indices, weight, sources, targets, edge_prob=prob, seed=seed,
+                         return_predecessors=True)
+    exp = ref.shortest_paths(indptr, indices, weight, sources, targets, prob, seed, True)
+    assert torch.equal(got.dist, exp[0])
+    settled = _settled(got.pred, sources.long())
+    assert torch.equal(settled, _settled(exp[1], sources.long()))
+    _tree_ok(torch.where(settled, full, torch.inf), got.pred, indptr, indices, weight, sources.long(), prob, seed)
+
+
+def test_graph_without_edges(backend):
+    indptr = torch.zeros(4, dtype=torch.long)
+    empty = torch.zeros(0, dtype=torch.long)
+    d, p = shortest_paths(indptr, empty, torch.zeros(0), torch.tensor([2, 0]), return_predecessors=True)
+    inf = float("inf")
+    assert d.tolist() == [[inf, inf, 0.0], [0.0, inf, inf]] and bool((p == -1).all())
+    dt = shortest_paths(indptr, empty, torch.zeros(0), torch.tensor([1]), torch.tensor([[1, 2]]),
+                        edge_prob=torch.zeros(0), seed=3)
+    assert dt.tolist() == [[0.0, inf]]
+
+
+@pytest.mark.slow
+def test_demo_section_runs():
+    from tgrep.demos import shortest_paths as demo
+
+    rows = list(demo.run(quick=True, verbose=False))
+    assert len(rows) == 5 and all({"what", "tgrep", "peer", "ratio"} <= set(r) for r in rows)
+    err = float(rows[-1]["ratio"].split()[-1])
+    assert err < 1e-5  # the sampled row equals scipy on the same sample
+
+
+@pytest.mark.parametrize("delta", [float("inf"), 0.0, 0.05, None])
+def test_triton_near_far_width_does_not_change_results(seed, delta):
+    if not usable("triton"):
+        pytest.skip("backend triton not available here")
+    from tgrep.kernels.triton import shortest_path as tri
+
+    n = 60
+    indptr, indices, weight = random_graph(n, 400, dtype=torch.float32, zero_frac=0.1)
+    sources = torch.randint(0, n, (3,))
+    targets = torch.randint(0, n, (3, 2))
+    prob = torch.rand(weight.numel())
+    for tg in (None, targets):
+        stats = {}
+        got = tri.shortest_paths(indptr, indices, weight, sources, tg, prob, seed, True, stats, delta=delta)
+        exp = ref.shortest_paths(indptr, indices, weight, sources, tg, prob, seed, True)
+        assert torch.equal(got[0], exp[0])
+        assert torch.equal(_settled(got[1], sources), _settled(exp[1], sources))
+        assert stats["launches"] >= 1 and stats["edges_scanned"] > 0
+
+
+@pytest.mark.parametrize("with_targets", [False, True])
+def test_triton_path_gradient_equals_reference(seed, with_targets):
+    if not usable("triton"):
+        pytest.skip("backend triton not available here")
+    from tgrep.kernels.triton import shortest_path as tri
+
+    n = 30
+    indptr, indices, weight = random_graph(n, 120)
+    sources = torch.randint(0, n, (4,))
+    targets = torch.randint(0, n, (4, 3)) if with_targets else None
+    dist, pred = ref.shortest_paths(indptr, indices, weight, sources, targets, None, 0, True)
+    grad = torch.randn_like(dist)
+    edge_src = torch.repeat_interleave(torch.arange(n), indptr.diff())
+    exp = ref.path_gradient(grad, dist, pred, sources, targets, edge_src, weight.numel())
+    got = tri.path_gradient(grad, dist, pred, sources, targets, edge_src, weight.numel())
+    torch.testing.assert_close(got, exp)

@@ -77,6 +77,7 @@ class _ShortestPathsFn(torch.autograd.Function):
         dist, pred = _kernel(backend)(indptr, indices, weight, sources, targets, edge_prob, seed, need)
         ctx.save_for_backward(dist, pred if need else None, sources, targets, indptr)
         ctx.num_edges = weight.numel()
+        ctx.backend = backend
         if pred is not None:
             ctx.mark_non_differentiable(pred)
         return dist, pred
@@ -88,7 +89,12 @@ class _ShortestPathsFn(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             n = indptr.numel() - 1
             edge_src = torch.repeat_interleave(torch.arange(n, device=indptr.device), indptr.diff())
-            grad_w = ref.path_gradient(grad_dist, dist, pred, sources, targets, edge_src, ctx.num_edges)
+            path_gradient = ref.path_gradient
+            if ctx.backend == "triton":
+                from ..kernels.triton import shortest_path as tri
+
+                path_gradient = tri.path_gradient
+            grad_w = path_gradient(grad_dist, dist, pred, sources, targets, edge_src, ctx.num_edges)
         return grad_w, None, None, None, None, None, None, None, None
 
 
