@@ -493,3 +493,12 @@ def test_triton_path_gradient_equals_reference(seed, with_targets):
     exp = ref.path_gradient(grad, dist, pred, sources, targets, edge_src, weight.numel())
     got = tri.path_gradient(grad, dist, pred, sources, targets, edge_src, weight.numel())
     torch.testing.assert_close(got, exp)
+
+
+def test_graph_validation_cache_sees_in_place_edits():
+    indptr, indices = torch.tensor([0, 1, 2, 2]), torch.tensor([1, 2])
+    w = torch.tensor([1.0, 1.0])
+    shortest_paths(indptr, indices, w, torch.tensor([0]))  # validated and remembered
+    indices[1] = 9  # in-place edit bumps the version: must be re-checked
+    with pytest.raises(ValueError, match="indices"):
+        shortest_paths(indptr, indices, w, torch.tensor([0]))
