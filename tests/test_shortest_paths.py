@@ -221,6 +221,7 @@ def test_edge_cases(backend):
     (dict(targets=torch.tensor([[0], [1]])), ValueError, "targets"),
     (dict(edge_prob=torch.tensor([0.5, 1.5])), ValueError, "edge_prob"),
     (dict(edge_prob=torch.tensor([0.5])), ValueError, "edge_prob"),
+    (dict(edge_prob=torch.tensor([float("nan"), 0.5])), ValueError, "edge_prob"),
     (dict(seed=1.5), TypeError, "seed"),
 ])
 def test_bad_input(kwargs, exc, match):
