@@ -378,6 +378,30 @@ def _mirror_prox(edge_index, cost, rho0, batch, B, kk, lam, num_iters, tol, lip_
     return e_bar, rho1, it, gap
 
 
+def _mirror_prox_cpp(mod, edge_index, cost, rho0, batch, B, kk, lam, num_iters, tol, lip_iters, step_scale):
+    """The C++ kernel (one graph per OpenMP task; each graph stops on its own gap)."""
+    N = rho0.numel()
+    sorted_batch = bool((batch[1:] >= batch[:-1]).all()) if N > 1 else True
+    if sorted_batch:
+        order, inv = None, None
+        b, ei = batch, edge_index
+    else:
+        order = torch.sort(batch, stable=True)[1]
+        inv = torch.empty_like(order)
+        inv[order] = torch.arange(N, device=order.device)
+        b, ei = batch[order], inv[edge_index]
+    ptr, _ = ref.seg_ptr(b, B)
+    eorder = torch.sort(b[ei[0]], stable=True)[1] if ei.numel() else torch.zeros(0, dtype=torch.long)
+    eptr, _ = ref.seg_ptr(b[ei[0, eorder]], B) if ei.numel() else (torch.zeros(B + 1, dtype=torch.long), None)
+    r0 = rho0 if order is None else rho0[order]
+    eps, rho1, gap, iters = mod.mirror_prox(ptr, eptr, ei[0, eorder], ei[1, eorder], cost[eorder].to(torch.float64),
+                                            r0.to(torch.float64), kk, float(lam), int(num_iters), float(tol),
+                                            int(lip_iters), float(step_scale))
+    if order is not None:
+        eps, rho1 = eps[inv], rho1[inv]
+    return eps.to(rho0.dtype), rho1.to(rho0.dtype), int(iters.max()) if B else 0, gap.to(rho0.dtype)
+
+
 def _refine(mask, score, edge_index, cost, rho0, batch, B, kk, lam, width, max_nodes, rounds, counts):
     """Local search on the rounded support: swap a kept node for a dropped one while the exact
     objective improves (graphs with ``<= max_nodes`` nodes). Returns (mask, exact cost)."""
@@ -546,16 +570,21 @@ def ot_compress(edge_index: torch.Tensor, num_nodes: int, k, *, cost: torch.Tens
     check.positive_int("refine", refine, allow_zero=True)
     check.positive_int("refine_rounds", refine_rounds, allow_zero=True)
     check.in_range("step_scale", step_scale, 0, math.inf, lo_open=True)
-    _backend.choose(device, ("reference",), op="ot_compress")
     if num_nodes == 0:
         z = torch.zeros(0, dtype=dtype, device=device)
         res = OTCompressResult(torch.zeros(0, dtype=torch.long, device=device), torch.zeros(0, dtype=torch.bool,
                                device=device), z, z, torch.zeros(B, dtype=torch.float64, device=device), kk, 0,
                                torch.zeros(B, dtype=dtype, device=device))
         return res if return_info else res.perm
-    with torch.set_grad_enabled(grad and torch.is_grad_enabled()):
-        eps, rho1, iters, gap = _mirror_prox(edge_index, cost, rho0, batch, B, kk, lam, num_iters, tol,
-                                             lip_iters, step_scale, verbose)
+    backend = _backend.choose(device, ("reference", "cpp"), cpp_name="ot_compress", op="ot_compress")
+    if backend == "cpp" and not grad:
+        from .._ext import load_cpp
+        eps, rho1, iters, gap = _mirror_prox_cpp(load_cpp("ot_compress"), edge_index, cost, rho0, batch, B, kk, lam,
+                                                 num_iters, tol, lip_iters, step_scale)
+    else:
+        with torch.set_grad_enabled(grad and torch.is_grad_enabled()):
+            eps, rho1, iters, gap = _mirror_prox(edge_index, cost, rho0, batch, B, kk, lam, num_iters, tol,
+                                                 lip_iters, step_scale, verbose)
     r = rho1.detach().to(torch.float64)
     rmax = ref.seg_max(r, batch, B, 0.0).clamp(min=1e-300)[batch]
     # tie-break: the cost of moving a node's own mass to its cheapest neighbour (dropping it)
