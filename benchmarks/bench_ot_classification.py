@@ -200,5 +200,7 @@ def plot(allres):
 
 
 if __name__ == "__main__":
+    import warnings
+    warnings.filterwarnings("ignore", message="The least populated class")
     os.environ.setdefault("TGREP_QUIET", "1")
     main()
