@@ -455,7 +455,8 @@ def _refine(mask, score, edge_index, cost, rho0, batch, B, kk, lam, width, max_n
             moved = p0[ar, :, o_n]
             p0[ar, :, o_n] = 0
             p0[ar, :, i_n] += moved
-            cst, mc, gc, pc = ref.support_cost_dense(dn.D[rr], dn.rho0[rr], Sc, lam, tol=1e-5, max_iters=400,
+            # candidates: a short warm-started solve gives a certified upper bound
+            cst, mc, gc, pc = ref.support_cost_dense(dn.D[rr], dn.rho0[rr], Sc, lam, tol=1e-4, max_iters=60,
                                                      pi0=p0, return_plan=True)
             best = torch.full((R,), float("inf"), dtype=torch.float64, device=device)
             best = best.scatter_reduce(0, rr, cst, reduce="amin", include_self=True)
@@ -468,8 +469,12 @@ def _refine(mask, score, edge_index, cost, rho0, batch, B, kk, lam, width, max_n
             first.scatter_(0, rr[cand].flip(0), cand.flip(0))
             gsel = torch.nonzero(first >= 0).flatten()
             f = first[gsel]
-            S[gsel], m[gsel], plan[gsel] = Sc[f], mc[f], pc[f]
-            cur[gsel], cur_lo[gsel] = cst[f], torch.where(torch.isfinite(cst[f]), cst[f] - gc[f], cst[f])
+            S[gsel] = Sc[f]
+            # the accepted supports: solved tightly again (warm start) for the next round's bounds
+            c2, m2, g2, p2 = ref.support_cost_dense(dn.D[gsel], dn.rho0[gsel], S[gsel], lam, tol=1e-5,
+                                                    max_iters=400, pi0=pc[f], return_plan=True)
+            m[gsel], plan[gsel] = m2, p2
+            cur[gsel], cur_lo[gsel] = c2, torch.where(torch.isfinite(c2), c2 - g2, c2)
             can = can & improve
         del ar_n
         nodes = dn.node[dn.valid]
