@@ -517,9 +517,15 @@ def ot_compress(edge_index: torch.Tensor, num_nodes: int, k, *, cost: torch.Tens
       :math:`(\bar t + \bar\zeta)_+`), then, on graphs with ``<= refine_max_nodes`` nodes, a
       local search with the *exact* objective (:func:`ot_compression_cost`): each round tries
       swapping each of the ``refine`` kept nodes that receive the least mass with each of the
-      ``refine`` dropped nodes of highest score, all graphs and swaps in one batched solve,
-      and keeps the best strict improvement; up to ``refine_rounds`` rounds. The relaxation
-      is not always tight (a 21-node tree already shows it), and this fixes most of it.
+      ``refine`` dropped nodes that pay the most transport, all graphs and swaps in one
+      batched solve, and keeps the best *certified* improvement (the candidate's upper bound,
+      the value of a feasible plan, below the current support's lower bound, from the dual);
+      up to ``refine_rounds`` rounds. The relaxation is not always tight (a 21-node tree
+      already shows it), and this fixes most of it: on random graphs small enough to
+      enumerate, the mean excess over the best k-subset drops from ~0.8% to ~0.06%. It is
+      the expensive part (dense per-graph solves, 10-100x the Mirror Prox time on
+      molecule-sized batches): pass ``refine=0`` when speed matters more than the last
+      percent of the objective.
 
     Args:
         edge_index (LongTensor): ``[2, E]`` edges ``u -> v`` (mass may move from ``u`` to
