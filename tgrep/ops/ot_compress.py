@@ -569,7 +569,7 @@ def ot_compress(edge_index: torch.Tensor, num_nodes: int, k, *, cost: torch.Tens
     batch, B = _batch(batch, num_nodes, device)
     counts = torch.bincount(batch, minlength=B)
     kk = _budgets(k, counts)
-    grad = cost is not None and cost.requires_grad
+    grad = cost is not None and cost.requires_grad and torch.is_grad_enabled()
     dtype = cost.dtype if grad else torch.float64
     if cost is None:
         cost = torch.ones(edge_index.size(1), dtype=dtype, device=device)
