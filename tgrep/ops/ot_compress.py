@@ -132,6 +132,20 @@ def psi_grad(eps, t, zeta, rho0, batch=None, lam: float = 1.0):
 
 
 # ----------------------------------------------------------------------------- dense per-graph problems
+def _support_cost(D, rho0, S, lam, *, tol=1e-9, max_iters=3000, pi0=None, return_plan=False, check_every=20):
+    """Exact support cost of dense problems: C++ kernel on CPU when built, else the reference."""
+    backend = _backend.choose(D.device, ("reference", "cpp"), cpp_name="ot_compress", op="ot_compression_cost")
+    if backend == "cpp":
+        from .._ext import load_cpp
+        empty = torch.zeros(0, dtype=torch.float64)
+        c, m, g, plan = load_cpp("ot_compress").support_cost(D, rho0, S, float(lam), int(max_iters), float(tol),
+                                                            int(check_every), empty if pi0 is None else pi0,
+                                                            bool(return_plan))
+        return (c, m, g, plan) if return_plan else (c, m, g)
+    return ref.support_cost_dense(D, rho0, S, lam, tol=tol, max_iters=max_iters, pi0=pi0, return_plan=return_plan,
+                                  check_every=check_every)
+
+
 class _Dense:
     """Graphs ``gids`` as padded dense blocks: shortest paths, priors, node ids (-1 = pad)."""
 
@@ -228,14 +242,13 @@ def ot_compression_cost(edge_index: torch.Tensor, num_nodes: int, support: torch
         mask = torch.zeros(num_nodes, dtype=torch.bool, device=device)
         mask[support.long()] = True
     rho0 = _check_rho0(rho0, edge_index, num_nodes, batch, B, torch.float64, device)
-    _backend.choose(device, ("reference",), op="ot_compression_cost")
     _, counts, pos, _ = ref.to_dense_blocks(batch, B)
     out = torch.zeros(B, dtype=torch.float64, device=device)
     rho1 = torch.zeros(num_nodes, dtype=torch.float64, device=device)
     for gids in _dense_buckets(torch.nonzero(counts > 0).flatten(), counts):
         dn = _Dense(gids, edge_index, cost, rho0, batch, pos, counts, torch.float64)
         S = dn.gather(mask, False) & dn.valid
-        c, m, _ = ref.support_cost_dense(dn.D, dn.rho0, S, lam, tol=tol, max_iters=max_iters)
+        c, m, _ = _support_cost(dn.D, dn.rho0, S, lam, tol=tol, max_iters=max_iters)
         out[gids] = c
         rho1[dn.node[dn.valid]] = m[dn.valid]
     return (out, rho1) if return_rho1 else out
@@ -418,7 +431,7 @@ def _refine(mask, score, edge_index, cost, rho0, batch, B, kk, lam, width, max_n
         # loose solves are enough: ``cost`` is the value of a feasible plan (an upper bound)
         # and ``cost - gap`` a lower bound, so a swap is accepted only when its upper bound
         # beats the current lower bound (a certified improvement)
-        cur, m, gap, plan = ref.support_cost_dense(dn.D, dn.rho0, S, lam, tol=1e-5, max_iters=400, return_plan=True)
+        cur, m, gap, plan = _support_cost(dn.D, dn.rho0, S, lam, tol=1e-5, max_iters=400, return_plan=True)
         cur_lo = torch.where(torch.isfinite(cur), cur - gap, cur)
         can = kk[gids] < counts[gids]  # infinite cost (a component left without a kept node) too
         ar_n = torch.arange(n, device=device)
@@ -456,7 +469,7 @@ def _refine(mask, score, edge_index, cost, rho0, batch, B, kk, lam, width, max_n
             p0[ar, :, o_n] = 0
             p0[ar, :, i_n] += moved
             # candidates: a short warm-started solve gives a certified upper bound
-            cst, mc, gc, pc = ref.support_cost_dense(dn.D[rr], dn.rho0[rr], Sc, lam, tol=1e-4, max_iters=60,
+            cst, mc, gc, pc = _support_cost(dn.D[rr], dn.rho0[rr], Sc, lam, tol=1e-4, max_iters=60,
                                                      pi0=p0, return_plan=True)
             best = torch.full((R,), float("inf"), dtype=torch.float64, device=device)
             best = best.scatter_reduce(0, rr, cst, reduce="amin", include_self=True)
@@ -471,7 +484,7 @@ def _refine(mask, score, edge_index, cost, rho0, batch, B, kk, lam, width, max_n
             f = first[gsel]
             S[gsel] = Sc[f]
             # the accepted supports: solved tightly again (warm start) for the next round's bounds
-            c2, m2, g2, p2 = ref.support_cost_dense(dn.D[gsel], dn.rho0[gsel], S[gsel], lam, tol=1e-5,
+            c2, m2, g2, p2 = _support_cost(dn.D[gsel], dn.rho0[gsel], S[gsel], lam, tol=1e-5,
                                                     max_iters=400, pi0=pc[f], return_plan=True)
             m[gsel], plan[gsel] = m2, p2
             cur[gsel], cur_lo[gsel] = c2, torch.where(torch.isfinite(c2), c2 - g2, c2)
