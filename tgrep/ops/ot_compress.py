@@ -434,7 +434,6 @@ def _refine(mask, score, edge_index, cost, rho0, batch, B, kk, lam, width, max_n
         cur, m, gap, plan = _support_cost(dn.D, dn.rho0, S, lam, tol=1e-5, max_iters=400, return_plan=True)
         cur_lo = torch.where(torch.isfinite(cur), cur - gap, cur)
         can = kk[gids] < counts[gids]  # infinite cost (a component left without a kept node) too
-        ar_n = torch.arange(n, device=device)
         for _ in range(rounds if width > 0 else 0):
             if not bool(can.any()):
                 break
@@ -489,7 +488,6 @@ def _refine(mask, score, edge_index, cost, rho0, batch, B, kk, lam, width, max_n
             m[gsel], plan[gsel] = m2, p2
             cur[gsel], cur_lo[gsel] = c2, torch.where(torch.isfinite(c2), c2 - g2, c2)
             can = can & improve
-        del ar_n
         nodes = dn.node[dn.valid]
         mask[nodes] = S[dn.valid]
         exact[gids] = cur
