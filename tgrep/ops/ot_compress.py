@@ -534,9 +534,13 @@ def ot_compress(edge_index: torch.Tensor, num_nodes: int, k, *, cost: torch.Tens
       up to ``refine_rounds`` rounds. The relaxation is not always tight (a 21-node tree
       already shows it), and this fixes most of it: on random graphs small enough to
       enumerate, the mean excess over the best k-subset drops from ~0.8% to ~0.06%. It is
-      the expensive part (dense per-graph solves, 10-100x the Mirror Prox time on
+      the expensive part (dense per-graph solves, 10-40x the Mirror Prox time on
       molecule-sized batches): pass ``refine=0`` when speed matters more than the last
       percent of the objective.
+
+    On CPU both the Mirror Prox loop (one graph per OpenMP task, each graph stopping on its
+    own gap) and the exact support solves run in C++ (``csrc/cpu/ot_compress.cpp``), unless
+    ``cost`` needs gradients (then the plain-torch reference runs, recorded by autograd).
 
     Args:
         edge_index (LongTensor): ``[2, E]`` edges ``u -> v`` (mass may move from ``u`` to
