@@ -13,7 +13,7 @@ output size), one compressed collection per method (the paper: 5 REC runs), and 
 larger datasets fewer fractions / splits (printed, and stored in the JSON) to fit 2 shared
 CPU cores.
 
-    python benchmarks/bench_ot_classification.py [--quick] [--datasets MUTAG MSRC_9 ...]
+    python benchmarks/bench_ot_classification.py [--quick] [--datasets MUTAG MSRC_9 ...] | [--plot-only]
 """
 from __future__ import annotations
 
@@ -182,12 +182,13 @@ def plot(allres):
     import matplotlib.pyplot as plt
     names = list(allres)
     fig, axes = plt.subplots(1, len(names), figsize=(4 * len(names), 3.4), squeeze=False)
+    colors = {"OTC": "C0", "OTC (top-k)": "C1", "OTC (paper)": "C2", "Random": "C3", "Heavy": "C4", "REC": "C5"}
     for ax, name in zip(axes[0], names):
         e = allres[name]
         for m, r in e["methods"].items():
             ps = sorted(float(p) for p in r["acc"])
             ax.errorbar(ps, [r["acc"][str(p)][0] for p in ps], yerr=[r["acc"][str(p)][1] for p in ps],
-                        label=m, marker="o", capsize=2, lw=2 if m == "OTC" else 1)
+                        label=m, marker="o", capsize=2, lw=2 if m == "OTC" else 1, color=colors.get(m))
         if "paper" in e:
             ax.plot(FRACTIONS, e["paper"]["OTC"], "k--", label="paper OTC")
         ax.set_title(name)
@@ -200,5 +201,10 @@ def plot(allres):
 
 
 if __name__ == "__main__":
+    if sys.argv[1:] == ["--plot-only"]:
+        plot(json.loads((RESULTS / "ot_classification-cpu.json").read_text()))
+        sys.exit(0)
+    import warnings
+    warnings.filterwarnings("ignore", message="The least populated class")
     os.environ.setdefault("TGREP_QUIET", "1")
     main()

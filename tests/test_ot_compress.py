@@ -220,3 +220,53 @@ def test_gradient_reaches_learned_cost(seed):
     info = ot_compress(ei, 8, 4, cost=c, num_iters=20, return_info=True)
     (info.rho1 * torch.arange(8, dtype=D)).sum().backward()
     assert c.grad is not None and torch.isfinite(c.grad).all() and c.grad.abs().sum() > 0
+
+
+def test_cpp_kernel_matches_reference(seed):
+    from tgrep._ext import load_cpp
+    if load_cpp("ot_compress") is None:
+        pytest.skip("C++ kernel unavailable here")
+    graphs = [rand_connected(n) for n in (5, 9, 7, 12)]
+    sizes = [int(g.max()) + 1 for g in graphs]
+    off = np.cumsum([0] + sizes)
+    ei = torch.cat([g + int(o) for g, o in zip(graphs, off)], 1)
+    N = sum(sizes)
+    batch = torch.arange(4).repeat_interleave(torch.tensor(sizes))
+    p = torch.randperm(N)  # unsorted node order
+    inv = torch.empty_like(p)
+    inv[p] = torch.arange(N)
+    ei, batch = inv[ei], batch[p]
+    c = label_cost(ei, torch.randint(0, 3, (N,)))
+    kw = dict(cost=c, batch=batch, tol=0.0, refine=0, return_info=True)   # tol=0: same iteration count
+    with tgrep.use_backend("cpp"):
+        a = ot_compress(ei, N, 0.5, **kw)
+    with tgrep.use_backend("reference"):
+        b = ot_compress(ei, N, 0.5, **kw)
+    assert torch.allclose(a.eps, b.eps, atol=1e-9) and torch.allclose(a.rho1, b.rho1, atol=1e-9)
+    assert torch.equal(a.perm, b.perm)
+
+
+def test_cpp_support_cost_matches_reference(seed):
+    from tgrep._ext import load_cpp
+    from tgrep.ops.ot_compress import _support_cost
+    if load_cpp("ot_compress") is None:
+        pytest.skip("C++ kernel unavailable here")
+    n, P = 7, 12
+    ei = rand_connected(n)
+    c = torch.rand(ei.size(1), dtype=D) + 0.05
+    from tgrep.kernels.reference import ot as R
+    b = torch.zeros(n, dtype=torch.long)
+    _, _, pos, nm = R.to_dense_blocks(b, 1)
+    Dm = R.shortest_paths_dense(ei, c, b, pos, 1, nm).expand(P, n, n).contiguous()
+    rho0 = torch.rand(P, n, dtype=D)
+    rho0 /= rho0.sum(1, keepdim=True)
+    S = torch.rand(P, n).argsort(1) < 3
+    S[0] = False                                       # empty support: infinite cost
+    out = {}
+    for be in ("cpp", "reference"):
+        with tgrep.use_backend(be):
+            out[be] = _support_cost(Dm, rho0, S, 0.8, tol=1e-10, return_plan=True)
+    a, r = out["cpp"], out["reference"]
+    assert torch.isinf(a[0][0]) and torch.isinf(r[0][0])
+    assert torch.allclose(a[0][1:], r[0][1:], rtol=1e-8) and torch.allclose(a[1], r[1], atol=1e-6)
+    assert torch.allclose(a[3].sum(-1)[1:], rho0[1:])  # plans carry each node's mass

@@ -141,3 +141,13 @@ def test_lipschitz_directed_batched_edgeless(seed):
         project_lipschitz(y[:4], e1, torch.ones(3, dtype=D))
     with pytest.raises(ValueError, match="'edge_index'"):
         project_lipschitz(y[:2], e1, torch.ones(e1.size(1), dtype=D))
+
+
+def test_projection_gradients(seed):
+    # piecewise linear maps: gradcheck at random (almost surely smooth) points
+    y, batch = _rand_batch([3, 5])
+    y.requires_grad_()
+    assert torch.autograd.gradcheck(lambda v: project_capped_simplex(v, torch.tensor([1.5, 2.0], dtype=D), batch),
+                                    (y,))
+    e = torch.rand(8, dtype=D) * 0.9 + 0.1
+    assert torch.autograd.gradcheck(lambda v: project_diag_simplex(v, e, batch), (y,))

@@ -73,7 +73,6 @@ def ot_pool(x: Tensor, edge_index: Tensor, ratio: Union[int, float] = 0.5, *, co
     info = ot_compress(edge_index, N, ratio, cost=cost, rho0=rho0, lam=lam, num_iters=num_iters, batch=batch,
                        refine=refine, return_info=True)
     perm = info.perm
-    B = int(batch.max()) + 1 if N else 0
     kg = info.k.to(info.rho1.dtype)
     # gate: tanh(k_g * rho1_v) -- rho1_v = 1/k_g on an even split gives tanh(1); differentiable
     # in a learned cost through the unrolled Mirror Prox iterations
