@@ -266,6 +266,7 @@ def part_cost(quick, sizes):
     rep = Report("learn_graph_cost", "cpu", d=64, k=k, r=3, threads=torch.get_num_threads(),
                  target="total <= 3x sklearn brute (3k+1)-NN at n = 60,000")
     rows = []
+    learn_graph(big_mixture(2000), k)        # warm-up: loads (and if needed builds) the C++ kernels
     for n in progress(sizes, desc="cost over n"):
         x = big_mixture(n)
         t0 = time.perf_counter()

@@ -189,7 +189,7 @@ def knn(x: torch.Tensor, k: int, *, batch: torch.Tensor | None = None, loop: boo
         return _external(concrete, x, k, loop)
     block = 4096 if x.device.type == "cpu" else 65536
     if chunk is None:
-        chunk = 512 if x.device.type == "cpu" else 4096
+        chunk = 512 if x.device.type == "cpu" else 1024
     backend = choose(x.device, ("cpp", "reference"), cpp_name="knn", op="knn")
     with progress(total=n, verbose=verbose, desc="knn") as bar:
         if backend == "cpp":
