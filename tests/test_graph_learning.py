@@ -249,3 +249,11 @@ def test_transform_on_batch(seed):
     _check_graph(single.edge_index, single.edge_weight, 15)
     with pytest.raises(ValueError, match="data.feat"):
         LearnedGraphTransform(k=3, attr="feat")(data[0].clone())
+
+
+def test_verbose_reports_requested_and_obtained_degree(monkeypatch, capsys):
+    monkeypatch.delenv("TGREP_QUIET", raising=False)
+    learn_graph(torch.randn(80, 3), 4, verbose=True)
+    err = capsys.readouterr().err
+    assert "requested degree k=4" in err and "obtained mean degree" in err
+    assert "knn: method='exact'" in err

@@ -72,3 +72,34 @@ def test_knn_bad_inputs():
         except ImportError:
             with pytest.raises(ImportError, match=method):
                 knn(x, 2, method=method)
+
+
+def test_external_method_wrapper_with_a_stand_in(monkeypatch, seed):
+    """The faiss path (self removal among ties, padding) with a tiny stand-in module."""
+    import sys
+    import types
+
+    import numpy as np
+
+    class IndexFlatL2:
+        def __init__(self, d):
+            self.x = None
+
+        def add(self, x):
+            self.x = x
+
+        def search(self, q, k):
+            d = ((q[:, None, :] - self.x[None, :, :]) ** 2).sum(-1)
+            i = np.argsort(d, axis=1, kind="stable")[:, :k]
+            return np.take_along_axis(d, i, 1), i
+
+    monkeypatch.setitem(sys.modules, "faiss", types.SimpleNamespace(IndexFlatL2=IndexFlatL2))
+    x = torch.randn(50, 3)
+    x[1] = x[0]                                  # a duplicate: self may not come first
+    dist, idx = knn(x, 4, method="faiss")
+    d2, _ = knn_dense(x, x, 4, loop=False, self_query=True)
+    assert torch.allclose(dist, d2, atol=1e-5)
+    assert (idx != torch.arange(50)[:, None]).all()
+    assert idx[0, 0] == 1 and idx[1, 0] == 0
+    dist, idx = knn(x[:3], 4, method="faiss")   # only 2 candidates: padded
+    assert (idx[:, 2:] == -1).all() and torch.isinf(dist[:, 2:]).all()
