@@ -103,3 +103,27 @@ def test_external_method_wrapper_with_a_stand_in(monkeypatch, seed):
     assert idx[0, 0] == 1 and idx[1, 0] == 0
     dist, idx = knn(x[:3], 4, method="faiss")   # only 2 candidates: padded
     assert (idx[:, 2:] == -1).all() and torch.isinf(dist[:, 2:]).all()
+
+
+@pytest.mark.parametrize("use_batch", [False, True])
+def test_knn_triton_matches_dense(seed, use_batch):
+    pytest.importorskip("triton")
+    n, d, k = 70, 5, 5
+    x = torch.randn(n, d)
+    batch = torch.sort(torch.randint(0, 4, (n,)))[0] if use_batch else None
+    with tgrep.use_backend("triton"):
+        dist, idx = knn(x, k, batch=batch)
+    d2, i2 = knn_dense(x, x, k, loop=False, self_query=True, batch_x=batch, batch_y=batch)
+    _check_same(dist, idx, d2, i2)
+    assert (idx == i2).float().mean() > 0.99
+
+
+@pytest.mark.cuda
+def test_knn_cuda_larger(seed):
+    x = torch.randn(5000, 64, device="cuda")
+    dist, idx = knn(x, 31)
+    d2, i2 = knn_dense(x.cpu(), x.cpu(), 31, loop=False, self_query=True)
+    assert torch.allclose(dist.cpu(), d2, atol=1e-3, rtol=1e-4)
+    assert (idx.cpu() == i2).float().mean() > 0.999
+    ei, ew = tgrep.learn_graph(x, 10)
+    assert ei.is_cuda and (ew > 0).all()
