@@ -257,3 +257,12 @@ def test_verbose_reports_requested_and_obtained_degree(monkeypatch, capsys):
     err = capsys.readouterr().err
     assert "requested degree k=4" in err and "obtained mean degree" in err
     assert "knn: method='exact'" in err
+
+
+def test_batch_with_an_empty_example_id(seed):
+    x = torch.randn(50, 3)
+    batch = torch.cat([torch.zeros(20, dtype=torch.long), torch.full((30,), 2)])   # example 1 is empty
+    ei, ew, theta = learn_graph(x, 3, batch=batch, return_theta=True)
+    _check_graph(ei, ew, 50)
+    assert (batch[ei[0]] == batch[ei[1]]).all()
+    assert torch.isfinite(theta[[0, 2]]).all()

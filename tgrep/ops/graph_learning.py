@@ -97,7 +97,8 @@ def _masked_mean(val, mask, batch, nb):
 def _aggregate(lower, upper, batch, nb):
     t_lo, c_lo = _masked_mean(lower, torch.isfinite(lower), batch, nb)
     t_up, c_up = _masked_mean(upper, torch.isfinite(upper), batch, nb)
-    if bool((c_lo == 0).any()):
+    present = torch.bincount(batch, minlength=nb) > 0       # examples without nodes are skipped
+    if bool(((c_lo == 0) & present).any()):
         raise ValueError("no node has a valid θ interval: for every node the distances to its k+1 "
                          "nearest candidates are all equal (constant features, or k+1 duplicates of "
                          "each point); use a larger 'k', remove duplicates, or pass 'theta'")
