@@ -258,7 +258,7 @@ def part_labelprop(quick):
 
 
 # --------------------------------------------------------------------------- 4. cost
-def part_cost(quick, sizes):
+def part_cost(quick, sizes, repeat=2):
     from sklearn.neighbors import NearestNeighbors
     from threadpoolctl import threadpool_limits
 
@@ -266,20 +266,25 @@ def part_cost(quick, sizes):
     k = 10
     threads = torch.get_num_threads()
     suffix = "" if threads == 2 else f"_{threads}thread"
-    rep = Report(f"learn_graph_cost{suffix}", "cpu", d=64, k=k, r=3, threads=threads,
+    rep = Report(f"learn_graph_cost{suffix}", "cpu", d=64, k=k, r=3, threads=threads, repeat=repeat,
                  target="total <= 3x sklearn brute (3k+1)-NN at n = 60,000")
     rows = []
     learn_graph(big_mixture(2000), k)        # warm-up: loads (and if needed builds) the C++ kernels
     for n in progress(sizes, desc="cost over n"):
         x = big_mixture(n)
-        t0 = time.perf_counter()
-        _, _, info = learn_graph(x, k, return_info=True)
-        total = time.perf_counter() - t0
         xs = x.numpy()
-        t0 = time.perf_counter()
-        with threadpool_limits(limits=threads):   # the peer gets the same thread budget
-            NearestNeighbors(n_neighbors=3 * k + 1, algorithm="brute", n_jobs=threads).fit(xs).kneighbors(xs)
-        sk = time.perf_counter() - t0
+        best, sk = None, math.inf
+        for _ in range(repeat):   # interleaved, best of `repeat`: the shared box has load spikes
+            t0 = time.perf_counter()
+            _, _, inf_ = learn_graph(x, k, return_info=True)
+            t = time.perf_counter() - t0
+            if best is None or t < best[0]:
+                best = (t, inf_)
+            t0 = time.perf_counter()
+            with threadpool_limits(limits=threads):   # the peer gets the same thread budget
+                NearestNeighbors(n_neighbors=3 * k + 1, algorithm="brute", n_jobs=threads).fit(xs).kneighbors(xs)
+            sk = min(sk, time.perf_counter() - t0)
+        total, info = best
         rest = total - info["time_knn"]
         rows.append((n, total, info["time_knn"], info["time_solve"], rest, sk))
         rep.add(f"n={n}", total, sk, peer="sklearn brute (3k+1)-NN", ratio=round(total / sk, 2),
