@@ -161,8 +161,9 @@ def knn(x: torch.Tensor, k: int, *, batch: torch.Tensor | None = None, loop: boo
             within each example only. (default: :obj:`None`)
         loop (bool): whether a point may be its own neighbour. (default: :obj:`False`)
         method (str): ``'auto'``, ``'exact'``, ``'faiss'`` or ``'nndescent'``. (default: ``'auto'``)
-        chunk (int, optional): queries per block of the exact search (default: chosen from
-            ``n`` to keep each distance block near 16M entries).
+        chunk (int, optional): queries per block of the exact torch / C++ search; each
+            distance block is ``chunk × 4096`` on CPU, ``chunk × 65536`` on CUDA.
+            (default: ``512`` on CPU, ``1024`` on CUDA)
         num_threads (int, optional): CPU worker threads (default: ``torch.get_num_threads()``).
         verbose (bool): progress bar and the chosen method. (default: :obj:`False`)
 
