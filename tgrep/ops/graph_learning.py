@@ -179,9 +179,10 @@ def solve_log_model(row: torch.Tensor, col: torch.Tensor, z: torch.Tensor, num_n
     timing = []
     with progress(total=max_iter, verbose=verbose, desc="graph learning (FBF)") as bar:
         while done < max_iter:
-            steps = min(chunk, max_iter - done)
+            probing = mod is not None and len(timing) < len(candidates)
+            steps = min(5 if probing else chunk, max_iter - done)
             if mod is not None:
-                if len(timing) < len(candidates):  # autotune: one chunk per thread count
+                if probing:  # autotune: 5 iterations per thread count, then keep the fastest
                     nt = candidates[len(timing)]
                 else:
                     nt = min(timing)[1]
