@@ -245,7 +245,10 @@ def learn_graph(x: torch.Tensor, k: int = 10, *, r: float = 3, theta: float | No
         theta (float, optional): sparsity parameter θ; chosen from ``k`` by eq. 17 of the paper
             when :obj:`None` (per example with ``batch``). For ``model='l2'`` it is the model's
             ``α`` (chosen by bisection on the mean degree when :obj:`None`). (default: :obj:`None`)
-        model (str): ``'log'`` (eq. 3) or ``'l2'`` (eq. 4). (default: ``'log'``)
+        model (str): ``'log'`` (eq. 3) or ``'l2'`` (eq. 4; plain-torch FISTA with an exact
+            simplex projection per iteration: for comparisons and small graphs; with ``batch``
+            it uses one ``α`` and one ``‖W‖_{1,1} = n`` constraint for the whole batch).
+            (default: ``'log'``)
         knn (str): ``'auto'``, ``'exact'``, ``'faiss'`` or ``'nndescent'`` (see
             :func:`tgrep.ops.knn`). (default: ``'auto'``)
         max_iter (int): solver iteration cap. (default: ``1000``)
