@@ -100,6 +100,8 @@ def test_solver_kkt_on_all_pairs(seed):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_cpp_solver_matches_reference(seed, dtype):
+    if not tgrep._backend.cpp_status("graph_learning")[0]:
+        pytest.skip("C++ kernels unavailable here")
     n = 200
     x = torch.randn(n, 4)
     _, idx = tgrep.ops.knn(x, 8)
@@ -249,3 +251,20 @@ def test_transform_on_batch(seed):
     _check_graph(single.edge_index, single.edge_weight, 15)
     with pytest.raises(ValueError, match="data.feat"):
         LearnedGraphTransform(k=3, attr="feat")(data[0].clone())
+
+
+def test_verbose_reports_requested_and_obtained_degree(monkeypatch, capsys):
+    monkeypatch.delenv("TGREP_QUIET", raising=False)
+    learn_graph(torch.randn(80, 3), 4, verbose=True)
+    err = capsys.readouterr().err
+    assert "requested degree k=4" in err and "obtained mean degree" in err
+    assert "knn: method='exact'" in err
+
+
+def test_batch_with_an_empty_example_id(seed):
+    x = torch.randn(50, 3)
+    batch = torch.cat([torch.zeros(20, dtype=torch.long), torch.full((30,), 2)])   # example 1 is empty
+    ei, ew, theta = learn_graph(x, 3, batch=batch, return_theta=True)
+    _check_graph(ei, ew, 50)
+    assert (batch[ei[0]] == batch[ei[1]]).all()
+    assert torch.isfinite(theta[[0, 2]]).all()

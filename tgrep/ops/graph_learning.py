@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 import time
 
+import numpy as np
 import torch
 
 from .._backend import choose
@@ -97,7 +98,8 @@ def _masked_mean(val, mask, batch, nb):
 def _aggregate(lower, upper, batch, nb):
     t_lo, c_lo = _masked_mean(lower, torch.isfinite(lower), batch, nb)
     t_up, c_up = _masked_mean(upper, torch.isfinite(upper), batch, nb)
-    if bool((c_lo == 0).any()):
+    present = torch.bincount(batch, minlength=nb) > 0       # examples without nodes are skipped
+    if bool(((c_lo == 0) & present).any()):
         raise ValueError("no node has a valid θ interval: for every node the distances to its k+1 "
                          "nearest candidates are all equal (constant features, or k+1 duplicates of "
                          "each point); use a larger 'k', remove duplicates, or pass 'theta'")
@@ -106,12 +108,28 @@ def _aggregate(lower, upper, batch, nb):
     return t_lo, t_up, theta
 
 
+# --------------------------------------------------------------------------- sorting helpers
+# On CPU, numpy's single-threaded sorts: torch's OpenMP-parallel sort/unique stall badly on an
+# oversubscribed machine (measured 20-30x slower on the shared 2-core box).
+def _argsort(t: torch.Tensor) -> torch.Tensor:
+    if t.device.type == "cpu":
+        return torch.from_numpy(np.argsort(t.numpy(), kind="stable"))
+    return torch.argsort(t, stable=True)
+
+
+def _unique_inverse(t: torch.Tensor):
+    if t.device.type == "cpu":
+        u, inv = np.unique(t.numpy(), return_inverse=True)
+        return torch.from_numpy(u), torch.from_numpy(inv.reshape(-1))
+    return torch.unique(t, return_inverse=True)
+
+
 # --------------------------------------------------------------------------- solver
 def _incidence(row, col, n):
     """CSR of the edges incident to each node (for per-node sums without atomics)."""
     nodes = torch.cat([row, col])
     eids = torch.arange(row.numel(), device=row.device).repeat(2)
-    order = torch.argsort(nodes, stable=True)
+    order = _argsort(nodes)
     ptr = torch.zeros(n + 1, dtype=torch.long, device=row.device)
     ptr[1:] = torch.cumsum(torch.bincount(nodes, minlength=n), 0)
     return ptr, eids[order].contiguous()
@@ -161,9 +179,10 @@ def solve_log_model(row: torch.Tensor, col: torch.Tensor, z: torch.Tensor, num_n
     timing = []
     with progress(total=max_iter, verbose=verbose, desc="graph learning (FBF)") as bar:
         while done < max_iter:
-            steps = min(chunk, max_iter - done)
+            probing = mod is not None and len(timing) < len(candidates)
+            steps = min(5 if probing else chunk, max_iter - done)
             if mod is not None:
-                if len(timing) < len(candidates):  # autotune: one chunk per thread count
+                if probing:  # autotune: 5 iterations per thread count, then keep the fastest
                     nt = candidates[len(timing)]
                 else:
                     nt = min(timing)[1]
@@ -226,7 +245,10 @@ def learn_graph(x: torch.Tensor, k: int = 10, *, r: float = 3, theta: float | No
         theta (float, optional): sparsity parameter θ; chosen from ``k`` by eq. 17 of the paper
             when :obj:`None` (per example with ``batch``). For ``model='l2'`` it is the model's
             ``α`` (chosen by bisection on the mean degree when :obj:`None`). (default: :obj:`None`)
-        model (str): ``'log'`` (eq. 3) or ``'l2'`` (eq. 4). (default: ``'log'``)
+        model (str): ``'log'`` (eq. 3) or ``'l2'`` (eq. 4; plain-torch FISTA with an exact
+            simplex projection per iteration: for comparisons and small graphs; with ``batch``
+            it uses one ``α`` and one ``‖W‖_{1,1} = n`` constraint for the whole batch).
+            (default: ``'log'``)
         knn (str): ``'auto'``, ``'exact'``, ``'faiss'`` or ``'nndescent'`` (see
             :func:`tgrep.ops.knn`). (default: ``'auto'``)
         max_iter (int): solver iteration cap. (default: ``1000``)
@@ -293,7 +315,7 @@ def learn_graph(x: torch.Tensor, k: int = 10, *, r: float = 3, theta: float | No
     dst = idx.reshape(-1)
     keep = dst >= 0
     src, dst, dflat = src[keep], dst[keep], dist.reshape(-1)[keep]
-    key, inverse = torch.unique(torch.minimum(src, dst) * n + torch.maximum(src, dst), return_inverse=True)
+    key, inverse = _unique_inverse(torch.minimum(src, dst) * n + torch.maximum(src, dst))
     row, col = key // n, key % n
     z = torch.empty(key.numel(), dtype=dist.dtype, device=dev).scatter_(0, inverse, dflat)
     del src, dst, dflat, inverse, keep
@@ -335,10 +357,10 @@ def learn_graph(x: torch.Tensor, k: int = 10, *, r: float = 3, theta: float | No
     w = _rescale(w, scale, n)
     edge_index = torch.stack([torch.cat([row, col]), torch.cat([col, row])])
     edge_weight = torch.cat([w, w]).to(x.dtype)
-    order = torch.argsort(edge_index[0] * n + edge_index[1])
+    order = _argsort(edge_index[0] * n + edge_index[1])
     edge_index, edge_weight = edge_index[:, order], edge_weight[order]
     deg = edge_index.shape[1] / max(n, 1)
-    isolated = n - int(torch.unique(edge_index[0]).numel())
+    isolated = n - int(torch.count_nonzero(torch.bincount(edge_index[0], minlength=n)))
     info.update(mean_degree=deg, isolated_nodes=isolated)
     log(f"learn_graph: requested degree k={k}, obtained mean degree {deg:.2f} "
         f"({edge_index.shape[1] // 2} edges, {isolated} isolated nodes, "

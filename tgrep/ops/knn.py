@@ -6,8 +6,9 @@ has fewer than ``k`` candidates). Memory is O(n·d + n·k + chunk·block): never
 
 Methods:
 
-* ``'exact'``     -- blocked matmul + running top-k in torch (CPU and CUDA; on CUDA the
-  matmul is cuBLAS, which is what a Triton distance kernel would reach at best).
+* ``'exact'``     -- on CPU: BLAS dot-product blocks + heap selection in C++ (reference twin:
+  blocked torch); on CUDA: a Triton kernel (distance tiles by ``tl.dot``, running top-k in
+  registers; ``k <= 128``, else the blocked torch path).
 * ``'faiss'``     -- ``faiss.IndexFlatL2`` (exact, BLAS) when the optional package is installed.
 * ``'nndescent'`` -- ``pynndescent.NNDescent`` (approximate) when installed.
 * ``'auto'``      -- ``'exact'`` on CUDA and up to 200,000 points; beyond that the first
@@ -26,6 +27,7 @@ from ..utils.progress import log, progress
 
 METHODS = ("auto", "exact", "faiss", "nndescent")
 AUTO_EXACT_MAX = 200_000
+TRITON_MAX_K = 128
 
 
 def _have(module: str) -> bool:
@@ -159,8 +161,9 @@ def knn(x: torch.Tensor, k: int, *, batch: torch.Tensor | None = None, loop: boo
             within each example only. (default: :obj:`None`)
         loop (bool): whether a point may be its own neighbour. (default: :obj:`False`)
         method (str): ``'auto'``, ``'exact'``, ``'faiss'`` or ``'nndescent'``. (default: ``'auto'``)
-        chunk (int, optional): queries per block of the exact search (default: chosen from
-            ``n`` to keep each distance block near 16M entries).
+        chunk (int, optional): queries per block of the exact torch / C++ search; each
+            distance block is ``chunk × 4096`` on CPU, ``chunk × 65536`` on CUDA.
+            (default: ``512`` on CPU, ``1024`` on CUDA)
         num_threads (int, optional): CPU worker threads (default: ``torch.get_num_threads()``).
         verbose (bool): progress bar and the chosen method. (default: :obj:`False`)
 
@@ -189,8 +192,14 @@ def knn(x: torch.Tensor, k: int, *, batch: torch.Tensor | None = None, loop: boo
         return _external(concrete, x, k, loop)
     block = 4096 if x.device.type == "cpu" else 65536
     if chunk is None:
-        chunk = 512 if x.device.type == "cpu" else 4096
-    backend = choose(x.device, ("cpp", "reference"), cpp_name="knn", op="knn")
+        chunk = 512 if x.device.type == "cpu" else 1024
+    backend = choose(x.device, ("triton", "cpp", "reference"), cpp_name="knn", op="knn")
+    if backend == "triton" and k > TRITON_MAX_K:
+        backend = "reference"
+    if backend == "triton":
+        from ..kernels.triton.knn import knn_triton  # lazy: only when the triton backend runs
+
+        return knn_triton(x, k, batch=batch, loop=loop)
     with progress(total=n, verbose=verbose, desc="knn") as bar:
         if backend == "cpp":
             return _knn_cpp(x, k, batch, loop, chunk, block, bar,
