@@ -15,6 +15,7 @@ $(PY):
 $(STAMP): $(PY) pyproject.toml
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install "$(TORCH_PIN)"
 	$(PY) -m pip install -e ".[test,demo]"
+	$(VENV)/bin/tgrep build
 	touch $(STAMP)
 
 setup: $(STAMP)

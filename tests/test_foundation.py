@@ -70,3 +70,20 @@ def test_cli_info_runs():
                          env={**os.environ, "TGREP_BACKEND": ""}, timeout=600)
     assert out.returncode == 0, out.stderr
     assert "backends:" in out.stdout and "reference" in out.stdout and "triton" in out.stdout
+
+
+@pytest.mark.skipif(os.environ.get("TGREP_NO_CPP", "0") not in ("", "0"), reason="C++ disabled by TGREP_NO_CPP")
+def test_every_cpp_extension_builds():
+    # a broken build would silently fall back to the reference for users: fail loudly here
+    from tgrep._ext import build_all
+
+    failures = {name: err for name, err in build_all(jobs=2, verbose=False).items() if err is not None}
+    assert not failures, failures
+
+
+def test_cli_demo_lists_sections():
+    from tgrep import demos
+    import pkgutil
+
+    names = {m.name for m in pkgutil.iter_modules(demos.__path__)}
+    assert {"shortest_paths", "edrep", "learned_graph", "ot_coarsening"} <= names

@@ -190,7 +190,7 @@ def test_early_exit_settles_exactly_up_to_max_target(backend, seed):
     _, pred = shortest_paths(indptr, indices, weight, sources, targets, return_predecessors=True)
     settled = (pred >= 0) | (torch.arange(n) == sources[:, None])
     bound = full.gather(1, targets).max(1).values
-    assert torch.equal(settled, full <= bound[:, None])
+    assert torch.equal(settled, (full <= bound[:, None]) & torch.isfinite(full))
 
 
 def test_edge_cases(backend):
@@ -221,6 +221,7 @@ def test_edge_cases(backend):
     (dict(targets=torch.tensor([[0], [1]])), ValueError, "targets"),
     (dict(edge_prob=torch.tensor([0.5, 1.5])), ValueError, "edge_prob"),
     (dict(edge_prob=torch.tensor([0.5])), ValueError, "edge_prob"),
+    (dict(edge_prob=torch.tensor([float("nan"), 0.5])), ValueError, "edge_prob"),
     (dict(seed=1.5), TypeError, "seed"),
 ])
 def test_bad_input(kwargs, exc, match):
@@ -231,3 +232,274 @@ def test_bad_input(kwargs, exc, match):
     with pytest.raises(exc, match=match):
         shortest_paths(args["indptr"], args["indices"], args["weight"], args["sources"],
                        extra.pop("targets", None), **extra)
+
+
+# ----------------------------------------------------------------------------------------
+# The C++ path in detail (dtypes, threads, larger graphs, exact spec equality, sampling)
+# ----------------------------------------------------------------------------------------
+cpp_only = pytest.mark.skipif(not usable("cpp"), reason="C++ backend not available here")
+
+
+def _settled(pred, sources):
+    return (pred >= 0) | (torch.arange(pred.size(1)) == sources[:, None])
+
+
+@cpp_only
+@pytest.mark.parametrize("ip_dtype, ix_dtype", [(torch.int32, torch.int32), (torch.int64, torch.int64),
+                                                (torch.int64, torch.int32), (torch.int32, torch.int64)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_cpp_dtypes_equal_reference_exactly(seed, ip_dtype, ix_dtype, dtype):
+    n = 40
+    indptr, indices, weight = random_graph(n, 200, dtype=dtype, zero_frac=0.2)
+    indptr, indices = indptr.to(ip_dtype), indices.to(ix_dtype)
+    sources = torch.randint(0, n, (5,)).to(ix_dtype)
+    targets = torch.randint(0, n, (5, 3)).to(ip_dtype)
+    prob = torch.rand(weight.numel(), dtype=dtype)
+    for tg, pr in [(None, None), (targets, None), (None, prob), (targets, prob)]:
+        with tgrep.use_backend("cpp"):
+            got = shortest_paths(indptr, indices, weight, sources, tg, edge_prob=pr, seed=seed,
+                                 return_predecessors=True)
+        exp = ref.shortest_paths(indptr, indices, weight, sources, tg, pr, seed, True)
+        assert got.dist.dtype == dtype
+        assert torch.equal(got.dist, exp[0])
+        # the heap orders ties by (distance, vertex) like the spec's heapq: same edges exactly
+        assert torch.equal(got.pred, exp[1])
+
+
+@cpp_only
+def test_cpp_duplicates_self_loops_zero_weights_equal_reference(seed):
+    n = 12
+    ei = torch.randint(0, n, (2, 80))
+    ei[1, :10] = ei[0, :10]  # self loops
+    ei = torch.cat([ei, ei[:, :20]], 1)  # duplicate edges, with other weights
+    w = torch.randint(0, 3, (ei.size(1),)).double()  # many zeros and ties
+    indptr, indices, weight = to_csr(ei, n, w)
+    sources = torch.arange(n)
+    targets = torch.randint(0, n, (n, 2))
+    for tg in (None, targets):
+        with tgrep.use_backend("cpp"):
+            got = shortest_paths(indptr, indices, weight, sources, tg, return_predecessors=True)
+        exp = ref.shortest_paths(indptr, indices, weight, sources, tg, None, 0, True)
+        assert torch.equal(got.dist, exp[0]) and torch.equal(got.pred, exp[1])
+    np.testing.assert_allclose(shortest_paths(indptr, indices, weight, sources).numpy(),
+                               scipy_dist(indptr, indices, weight, sources), rtol=0, atol=1e-12)
+
+
+@cpp_only
+def test_cpp_rows_in_parallel_equal_one_by_one(seed):
+    n = 300
+    indptr, indices, weight = random_graph(n, 3000, dtype=torch.float32)
+    B = 48
+    sources = torch.randint(0, n, (B,))
+    targets = torch.randint(0, n, (B, 4))
+    prob = torch.rand(weight.numel())
+    E = weight.numel()
+    old = torch.get_num_threads()
+    torch.set_num_threads(max(2, old))
+    try:
+        with tgrep.use_backend("cpp"):
+            for tg in (None, targets):
+                batch = shortest_paths(indptr, indices, weight, sources, tg, return_predecessors=True)
+                stoch = shortest_paths(indptr, indices, weight, sources, tg, edge_prob=prob, seed=seed,
+                                       return_predecessors=True)
+                for b in range(B):
+                    t_b = None if tg is None else tg[b:b + 1]
+                    one = shortest_paths(indptr, indices, weight, sources[b:b + 1], t_b, return_predecessors=True)
+                    assert torch.equal(batch.dist[b:b + 1], one.dist) and torch.equal(batch.pred[b:b + 1], one.pred)
+                    # row b's sample, searched deterministically on its own
+                    keep = edge_presence(seed, torch.tensor(b), torch.arange(E), prob)
+                    w_b = torch.where(keep, weight, torch.full_like(weight, float("inf")))
+                    own = shortest_paths(indptr, indices, w_b, sources[b:b + 1], t_b, return_predecessors=True)
+                    assert torch.equal(stoch.dist[b:b + 1], own.dist)
+                    assert torch.equal(_settled(stoch.pred[b:b + 1], sources[b:b + 1]),
+                                       _settled(own.pred, sources[b:b + 1]))
+    finally:
+        torch.set_num_threads(old)
+
+
+@cpp_only
+@pytest.mark.parametrize("undirected", [False, True])
+def test_cpp_larger_graph_matches_scipy(seed, undirected):
+    n = 1200
+    indptr, indices, weight = random_graph(n, 12000, undirected=undirected, zero_frac=0.05)
+    sources = torch.randint(0, n, (24,))
+    with tgrep.use_backend("cpp"):
+        dist = shortest_paths(indptr, indices, weight, sources)
+        targets = torch.randint(0, n, (24, 8))
+        dt = shortest_paths(indptr, indices, weight, sources, targets)
+    expect = scipy_dist(indptr, indices, weight, sources)
+    np.testing.assert_allclose(dist.numpy(), expect, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(dt.numpy(), np.take_along_axis(expect, targets.numpy(), 1), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("prob_dtype", [torch.float64, torch.float32, torch.float16])
+def test_sample_is_bit_exact_edge_presence(backend, seed, prob_dtype):
+    # a star 0 -> i (one edge each): vertex i is reached in row b iff edge i-1 is in b's sample
+    E = 64
+    indptr = torch.tensor([0, E] + [E] * E)
+    indices = torch.arange(1, E + 1)
+    weight = torch.rand(E, dtype=torch.float64)
+    B = 8
+    prob = torch.rand(E).to(prob_dtype)
+    # probabilities exactly at row 0's draws: u < p must be strict (kept iff p > u)
+    u0 = tgrep.kernels.reference.rng.uniform(seed, torch.tensor(0), torch.arange(E))
+    if prob_dtype != torch.float16:
+        prob[::2] = u0[::2].to(prob_dtype)
+        prob[1::4] = (u0[1::4] + 2.0**-24).clamp(max=1).to(prob_dtype)
+    dist = shortest_paths(indptr, indices, weight, torch.zeros(B, dtype=torch.long), edge_prob=prob, seed=seed)
+    keep = edge_presence(seed, torch.arange(B)[:, None], torch.arange(E)[None, :], prob[None, :])
+    assert torch.equal(torch.isfinite(dist[:, 1:]), keep)
+    if prob_dtype != torch.float16:
+        assert not keep[0, ::2].any()
+
+
+# ----------------------------------------------------------------------------------------
+# Triton on a real GPU against the C++ path
+# ----------------------------------------------------------------------------------------
+def _tree_ok(dist, pred, indptr, indices, weight, sources, prob=None, seed=0):
+    """Every predecessor edge is tight (and present), and walking them ends at the source."""
+    n = dist.size(1)
+    edge_src = torch.repeat_interleave(torch.arange(n), indptr.diff())
+    rows, verts = (pred >= 0).nonzero(as_tuple=True)
+    e = pred[rows, verts]
+    assert torch.equal(indices[e].long(), verts)
+    assert torch.equal(dist[rows, edge_src[e]] + weight[e], dist[rows, verts])
+    if prob is not None:
+        assert bool(edge_presence(seed, rows, e, prob[e]).all())
+    cur = torch.arange(n).expand_as(pred).clone()
+    for _ in range(n):  # predecessor walks are acyclic: at most n hops
+        p = pred.gather(1, cur)
+        if not bool((p >= 0).any()):
+            break
+        cur = torch.where(p >= 0, edge_src[p.clamp(min=0)], cur)
+    else:
+        raise AssertionError("predecessor cycle")
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_triton_cuda_matches_cpp(seed, dtype):
+    n = 20000
+    indptr, indices, weight = random_graph(n, 300000, dtype=dtype, zero_frac=0.02)
+    B = 64
+    sources = torch.randint(0, n, (B,))
+    targets = torch.randint(0, n, (B, 16))
+    prob = torch.rand(weight.numel())
+    for tg, pr in [(None, None), (targets, None), (None, prob), (targets, prob)]:
+        with tgrep.use_backend("cpp"):
+            exp = shortest_paths(indptr, indices, weight, sources, tg, edge_prob=pr, seed=seed,
+                                 return_predecessors=True)
+        cu = lambda x: None if x is None else x.cuda()  # noqa: E731
+        with tgrep.use_backend("triton"):
+            got = shortest_paths(indptr.cuda(), indices.cuda(), weight.cuda(), sources.cuda(), cu(tg),
+                                 edge_prob=cu(pr), seed=seed, return_predecessors=True)
+        assert torch.equal(got.dist.cpu(), exp.dist)
+        assert torch.equal(_settled(got.pred.cpu(), sources), _settled(exp.pred, sources))
+        full = got.dist.cpu() if tg is None else shortest_paths(indptr, indices, weight, sources, edge_prob=pr,
+                                                                 seed=seed)
+        _tree_ok(torch.where(_settled(got.pred.cpu(), sources), full, torch.inf), got.pred.cpu(), indptr, indices,
+                 weight, sources, pr, seed)
+
+
+@pytest.mark.cuda
+def test_triton_cuda_gradient_matches_cpp(seed):
+    n = 5000
+    indptr, indices, weight = random_graph(n, 60000)
+    sources = torch.randint(0, n, (32,))
+    targets = torch.randint(0, n, (32, 8))
+    grads = []
+    for backend, dev in (("cpp", "cpu"), ("triton", "cuda")):
+        w = weight.clone().to(dev).requires_grad_()
+        with tgrep.use_backend(backend):
+            d = shortest_paths(indptr.to(dev), indices.to(dev), w, sources.to(dev), targets.to(dev))
+        torch.where(torch.isfinite(d), d, 0).sum().backward()
+        grads.append(w.grad.cpu())
+    torch.testing.assert_close(grads[0], grads[1])
+
+
+@pytest.mark.parametrize("ix_dtype, dtype", [(torch.int32, torch.float64), (torch.int64, torch.float32)])
+def test_ties_and_zero_weights_give_a_valid_tree(backend, seed, ix_dtype, dtype):
+    # integer weights in {0, 1, 2}: many equal-length paths and zero-length cycles
+    n = 16
+    ei = torch.randint(0, n, (2, 70))
+    indptr, indices, weight = to_csr(ei, n, torch.randint(0, 3, (70,)).to(dtype))
+    indptr, indices = indptr.to(ix_dtype), indices.to(ix_dtype)
+    sources = torch.randint(0, n, (3,)).to(ix_dtype)
+    targets = torch.randint(0, n, (3, 2))
+    prob = torch.rand(weight.numel())
+    full = shortest_paths(indptr, indices, weight, sources, edge_prob=prob, seed=seed)
+    got = shortest_paths(indptr, indices, weight, sources, targets, edge_prob=prob, seed=seed,
+                         return_predecessors=True)
+    exp = ref.shortest_paths(indptr, indices, weight, sources, targets, prob, seed, True)
+    assert torch.equal(got.dist, exp[0])
+    settled = _settled(got.pred, sources.long())
+    assert torch.equal(settled, _settled(exp[1], sources.long()))
+    _tree_ok(torch.where(settled, full, torch.inf), got.pred, indptr, indices, weight, sources.long(), prob, seed)
+
+
+def test_graph_without_edges(backend):
+    indptr = torch.zeros(4, dtype=torch.long)
+    empty = torch.zeros(0, dtype=torch.long)
+    d, p = shortest_paths(indptr, empty, torch.zeros(0), torch.tensor([2, 0]), return_predecessors=True)
+    inf = float("inf")
+    assert d.tolist() == [[inf, inf, 0.0], [0.0, inf, inf]] and bool((p == -1).all())
+    dt = shortest_paths(indptr, empty, torch.zeros(0), torch.tensor([1]), torch.tensor([[1, 2]]),
+                        edge_prob=torch.zeros(0), seed=3)
+    assert dt.tolist() == [[0.0, inf]]
+
+
+@pytest.mark.slow
+def test_demo_section_runs():
+    from tgrep.demos import shortest_paths as demo
+
+    rows = list(demo.run(quick=True, verbose=False))
+    assert len(rows) == 5 and all({"what", "tgrep", "peer", "ratio"} <= set(r) for r in rows)
+    err = float(rows[-1]["ratio"].split()[-1])
+    assert err < 1e-5  # the sampled row equals scipy on the same sample
+
+
+@pytest.mark.parametrize("delta", [float("inf"), 0.0, 0.05, None])
+def test_triton_near_far_width_does_not_change_results(seed, delta):
+    if not usable("triton"):
+        pytest.skip("backend triton not available here")
+    from tgrep.kernels.triton import shortest_path as tri
+
+    n = 60
+    indptr, indices, weight = random_graph(n, 400, dtype=torch.float32, zero_frac=0.1)
+    sources = torch.randint(0, n, (3,))
+    targets = torch.randint(0, n, (3, 2))
+    prob = torch.rand(weight.numel())
+    for tg in (None, targets):
+        stats = {}
+        got = tri.shortest_paths(indptr, indices, weight, sources, tg, prob, seed, True, stats, delta=delta)
+        exp = ref.shortest_paths(indptr, indices, weight, sources, tg, prob, seed, True)
+        assert torch.equal(got[0], exp[0])
+        assert torch.equal(_settled(got[1], sources), _settled(exp[1], sources))
+        assert stats["launches"] >= 1 and stats["edges_scanned"] > 0
+
+
+@pytest.mark.parametrize("with_targets", [False, True])
+def test_triton_path_gradient_equals_reference(seed, with_targets):
+    if not usable("triton"):
+        pytest.skip("backend triton not available here")
+    from tgrep.kernels.triton import shortest_path as tri
+
+    n = 30
+    indptr, indices, weight = random_graph(n, 120)
+    sources = torch.randint(0, n, (4,))
+    targets = torch.randint(0, n, (4, 3)) if with_targets else None
+    dist, pred = ref.shortest_paths(indptr, indices, weight, sources, targets, None, 0, True)
+    grad = torch.randn_like(dist)
+    edge_src = torch.repeat_interleave(torch.arange(n), indptr.diff())
+    exp = ref.path_gradient(grad, dist, pred, sources, targets, edge_src, weight.numel())
+    got = tri.path_gradient(grad, dist, pred, sources, targets, edge_src, weight.numel())
+    torch.testing.assert_close(got, exp)
+
+
+def test_graph_validation_cache_sees_in_place_edits():
+    indptr, indices = torch.tensor([0, 1, 2, 2]), torch.tensor([1, 2])
+    w = torch.tensor([1.0, 1.0])
+    shortest_paths(indptr, indices, w, torch.tensor([0]))  # validated and remembered
+    indices[1] = 9  # in-place edit bumps the version: must be re-checked
+    with pytest.raises(ValueError, match="indices"):
+        shortest_paths(indptr, indices, w, torch.tensor([0]))

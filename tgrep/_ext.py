@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import subprocess
+import sys
 import threading
 import warnings
 from pathlib import Path
@@ -69,3 +71,34 @@ def load_cpp(name: str) -> ModuleType | None:
             return None
         _modules[name] = mod
         return mod
+
+
+def extension_names() -> list[str]:
+    """Names of the C++ kernel families shipped in ``csrc/cpu``."""
+    return sorted(src.stem for src in CSRC.glob("*.cpp"))
+
+
+def build_all(jobs: int | None = None, verbose: bool = True) -> dict[str, str | None]:
+    """Compile every C++ extension ahead of use, ``jobs`` at a time (default: CPU count).
+
+    Each build runs in its own process (the cache on disk is what later imports use), so a
+    cold set-up takes about the time of the slowest build per core instead of their sum.
+    Returns ``{name: None (ok) or the reason it failed}``; a failure is not fatal: that
+    op then runs its reference.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    names = extension_names()
+    code = "import sys; from tgrep._ext import load_cpp, cpp_error; sys.exit(0 if load_cpp(sys.argv[1]) else " \
+           "(print(cpp_error(sys.argv[1]), file=sys.stderr) or 1))"
+
+    def one(name: str) -> str | None:
+        proc = subprocess.run([sys.executable, "-c", code, name], capture_output=True, text=True)
+        return None if proc.returncode == 0 else (proc.stderr.strip().splitlines() or ["failed"])[-1]
+
+    with ThreadPoolExecutor(max_workers=jobs or os.cpu_count() or 1) as pool:
+        results = dict(zip(names, pool.map(one, names)))
+    if verbose:
+        for name, err in results.items():
+            print(f"  C++ kernels {name:<18} {'ok' if err is None else 'FAILED: ' + err}")
+    return results

@@ -76,6 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="tgrep", description=__doc__)
     sub = parser.add_subparsers(dest="cmd", required=True)
     sub.add_parser("info", help="print the backends available here and why others are not")
+    sub.add_parser("build", help="compile the C++ kernels now (otherwise done on first use)")
     p = sub.add_parser("demo", help="run the demo (embedded data, no download)")
     p.add_argument("--quick", action="store_true", help="smaller problems")
     p.add_argument("--only", nargs="*", help="run only these sections (module names in tgrep.demos)")
@@ -83,6 +84,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.cmd == "info":
         return info()
+    if args.cmd == "build":
+        from ._ext import build_all
+
+        print("compiling the C++ kernels (cached in ~/.cache/tgrep; a failure falls back to torch)")
+        build_all()
+        return 0
     return demo(quick=args.quick, only=args.only, verbose=not args.quiet)
 
 

@@ -21,12 +21,17 @@
 #include <algorithm>
 #include <atomic>
 #include <cstdint>
+#include <cmath>
+#include <cstring>
 #include <limits>
 #include <vector>
 
 namespace {
 
 constexpr uint32_t kGolden = 0x9E3779B9u;
+// Per-call O(E) passes (packing, thresholds) run on one thread below this many edges: they
+// take ~1 ms per million edges, less than waking a thread team on a busy machine.
+constexpr int64_t kSerialEdges = int64_t(1) << 22;
 
 inline uint32_t mix32(uint32_t x) {
   x ^= x >> 16;
@@ -37,69 +42,114 @@ inline uint32_t mix32(uint32_t x) {
   return x;
 }
 
+// Edges are repacked once per call into one array of {target, weight} so a relaxation streams
+// a single record (8 bytes for float32). The sampling thresholds stay in their own array:
+// they are only read for the few edges that would improve a distance.
 template <typename D>
-struct Node {
-  D key;
+struct EdgeW {
   int32_t v;
+  D w;
 };
 
+// Heap entries ordered by (distance, vertex), like the reference's heapq of tuples. For
+// float32 both fit one uint64 (non-negative floats order like their bit patterns), so a
+// comparison is one integer compare.
 template <typename D>
-inline bool node_less(const Node<D>& a, const Node<D>& b) {
-  return a.key < b.key || (a.key == b.key && a.v < b.v);
-}
+struct Node;
 
-// Indexed 4-ary min-heap over (key, vertex); pos[v] = slot of v, -1 when not in the heap.
+template <>
+struct Node<float> {
+  uint64_t k;
+  static inline Node make(float key, int32_t v) {
+    uint32_t b;
+    std::memcpy(&b, &key, 4);
+    return Node{(static_cast<uint64_t>(b) << 32) | static_cast<uint32_t>(v)};
+  }
+  inline float key() const {
+    uint32_t b = static_cast<uint32_t>(k >> 32);
+    float f;
+    std::memcpy(&f, &b, 4);
+    return f;
+  }
+  inline int32_t v() const { return static_cast<int32_t>(static_cast<uint32_t>(k)); }
+  inline bool operator<(const Node& o) const { return k < o.k; }
+};
+
+template <>
+struct Node<double> {
+  double key_;
+  int32_t v_;
+  static inline Node make(double key, int32_t v) { return Node{key, v}; }
+  inline double key() const { return key_; }
+  inline int32_t v() const { return v_; }
+  inline bool operator<(const Node& o) const { return key_ < o.key_ || (key_ == o.key_ && v_ < o.v_); }
+};
+
+// Per-vertex search state of a worker: tentative distance and heap slot, side by side so a
+// successful relaxation touches one cache line. Between rows: d = inf, pos = -1 everywhere.
+template <typename D>
+struct VState {
+  D d;
+  int32_t pos;
+};
+
+// Indexed 4-ary min-heap over (key, vertex); st[v].pos = slot of v, -1 when not in the heap.
 template <typename D>
 struct Heap {
   Node<D>* h = nullptr;
-  int32_t* pos = nullptr;
+  VState<D>* st = nullptr;
   int32_t size = 0;
 
   inline void sift_up(int32_t i, Node<D> x) {
     while (i > 0) {
       int32_t p = (i - 1) >> 2;
-      if (!node_less(x, h[p])) break;
+      if (!(x < h[p])) break;
       h[i] = h[p];
-      pos[h[i].v] = i;
+      st[h[i].v()].pos = i;
       i = p;
     }
     h[i] = x;
-    pos[x.v] = i;
+    st[x.v()].pos = i;
   }
   inline void sift_down(int32_t i, Node<D> x) {
     for (;;) {
       int32_t c = 4 * i + 1;
       if (c >= size) break;
-      int32_t best = c;
-      int32_t end = std::min(c + 4, size);
-      for (int32_t j = c + 1; j < end; ++j)
-        if (node_less(h[j], h[best])) best = j;
-      if (!node_less(h[best], x)) break;
+      int32_t best;
+      if (c + 3 < size) {  // all four children: branch-free tournament
+        const int32_t b01 = h[c + 1] < h[c] ? c + 1 : c;
+        const int32_t b23 = h[c + 3] < h[c + 2] ? c + 3 : c + 2;
+        best = h[b23] < h[b01] ? b23 : b01;
+      } else {
+        best = c;
+        for (int32_t j = c + 1; j < size; ++j)
+          if (h[j] < h[best]) best = j;
+      }
+      if (!(h[best] < x)) break;
       h[i] = h[best];
-      pos[h[i].v] = i;
+      st[h[i].v()].pos = i;
       i = best;
     }
     h[i] = x;
-    pos[x.v] = i;
+    st[x.v()].pos = i;
   }
-  inline void push(D key, int32_t v) { sift_up(size++, Node<D>{key, v}); }
-  inline void decrease(D key, int32_t v) { sift_up(pos[v], Node<D>{key, v}); }
+  inline void push(D key, int32_t v) { sift_up(size++, Node<D>::make(key, v)); }
+  inline void decrease(D key, int32_t v) { sift_up(st[v].pos, Node<D>::make(key, v)); }
   inline Node<D> pop() {
     Node<D> top = h[0];
-    pos[top.v] = -1;
+    st[top.v()].pos = -1;
     --size;
     if (size > 0) sift_down(0, h[size]);
     return top;
   }
 };
 
-template <typename D, typename IP, typename IX>
+template <typename D, typename IP, typename Edge>
 struct Problem {
   int64_t n, B, T;  // T < 0: no targets
   const IP* indptr;
-  const IX* indices;
-  const D* weight;
-  const int32_t* thr;  // nullptr: every edge present
+  const Edge* edges;
+  const int32_t* thr;  // keep edge e iff (hash >> 8) < thr[e]; nullptr: every edge present
   const int64_t* sources;
   const int64_t* targets;
   uint32_t seed_mix;
@@ -110,36 +160,32 @@ struct Problem {
 template <typename D>
 struct Worker {
   std::vector<Node<D>> heap_store;
-  std::vector<int32_t> pos;      // -1 everywhere between rows
-  std::vector<D> dist;           // inf everywhere between rows (targets mode only)
+  std::vector<VState<D>> st;     // {inf, -1} everywhere between rows
   std::vector<uint32_t> tmark;   // generation stamps of the current row's targets
-  std::vector<int32_t> touched;  // vertices whose distance left inf (targets mode only)
+  std::vector<int32_t> touched;  // vertices whose distance left inf in the current row
   uint32_t gen = 0;
 
   Worker(int64_t n, bool with_targets)
-      : heap_store(std::max<int64_t>(n, 1)), pos(n, -1) {
-    if (with_targets) {
-      dist.assign(n, std::numeric_limits<D>::infinity());
-      tmark.assign(n, 0);
-      touched.reserve(1024);
-    }
+      : heap_store(std::max<int64_t>(n, 1)), st(n, VState<D>{std::numeric_limits<D>::infinity(), -1}) {
+    if (with_targets) tmark.assign(n, 0);
+    touched.reserve(std::min<int64_t>(n, 1 << 16));
   }
 };
 
-template <typename D, typename IP, typename IX>
-void run_row(const Problem<D, IP, IX>& P, Worker<D>& W, int64_t b) {
+template <typename D, typename IP, typename Edge, bool kProb>
+void run_row(const Problem<D, IP, Edge>& P, Worker<D>& W, int64_t b) {
   const D inf = std::numeric_limits<D>::infinity();
   const int64_t n = P.n;
   const bool with_targets = P.T >= 0;
   const int64_t* tg = with_targets ? P.targets + b * P.T : nullptr;
   if (with_targets && P.T == 0) return;  // nothing asked: nothing searched
 
-  D* d = with_targets ? W.dist.data() : P.out_dist + b * n;
-  int64_t* pr = P.out_pred ? P.out_pred + b * n : nullptr;
+  D* out_full = with_targets ? nullptr : P.out_dist + b * n;  // starts at inf
+  int64_t* pr = P.out_pred ? P.out_pred + b * n : nullptr;   // starts at -1
+  VState<D>* __restrict__ st = W.st.data();
   Heap<D> heap;
   heap.h = W.heap_store.data();
-  heap.pos = W.pos.data();
-  int32_t* pos = heap.pos;
+  heap.st = st;
 
   int64_t remaining = 0;
   uint32_t gen = 0;
@@ -156,41 +202,58 @@ void run_row(const Problem<D, IP, IX>& P, Worker<D>& W, int64_t b) {
         ++remaining;
       }
     }
-    W.touched.clear();
   }
+  W.touched.clear();
   const uint32_t rh = mix32(static_cast<uint32_t>(b) ^ P.seed_mix);
-  const IP* ip = P.indptr;
-  const IX* ix = P.indices;
-  const D* wt = P.weight;
-  const int32_t* thr = P.thr;
+  const IP* __restrict__ ip = P.indptr;
+  const Edge* __restrict__ edges = P.edges;
+  const int32_t* __restrict__ thr = P.thr;
 
   const int32_t s = static_cast<int32_t>(P.sources[b]);
-  d[s] = D(0);
+  st[s].d = D(0);
   heap.push(D(0), s);
-  if (with_targets) W.touched.push_back(s);
+  W.touched.push_back(s);
   D bound = inf;  // D_b once every target is settled
 
   while (heap.size > 0) {
-    if (heap.h[0].key > bound) break;  // early exit: everything with d <= D_b is settled
+    if (heap.h[0].key() > bound) break;  // early exit: everything with d <= D_b is settled
     Node<D> top = heap.pop();
-    const int32_t u = top.v;
-    const D du = top.key;
-    if (with_targets && W.tmark[u] == gen) {
-      W.tmark[u] = gen - 1;  // any value != gen
-      if (--remaining == 0) bound = du;
+    const int32_t u = top.v();
+    const D du = top.key();
+    if (with_targets) {
+      if (W.tmark[u] == gen) {
+        W.tmark[u] = gen - 1;  // any value != gen
+        if (--remaining == 0) bound = du;
+      }
+    } else {
+      out_full[u] = du;
+    }
+    if (heap.size > 0) {  // the next vertex to settle is probably the new top: fetch its edges now
+      const int32_t nx = heap.h[0].v();
+      const char* a = reinterpret_cast<const char*>(edges + ip[nx]);
+      const char* z = reinterpret_cast<const char*>(edges + ip[nx + 1]);
+      for (; a < z; a += 64) __builtin_prefetch(a);
+      if constexpr (kProb) {
+        const char* ta = reinterpret_cast<const char*>(thr + ip[nx]);
+        const char* tz = reinterpret_cast<const char*>(thr + ip[nx + 1]);
+        for (; ta < tz; ta += 64) __builtin_prefetch(ta);
+      }
     }
     const int64_t e1 = static_cast<int64_t>(ip[u + 1]);
     for (int64_t e = static_cast<int64_t>(ip[u]); e < e1; ++e) {
-      const int32_t v = static_cast<int32_t>(ix[e]);
-      const D nd = du + wt[e];
-      if (!(nd < d[v])) continue;
-      if (thr && (mix32(static_cast<uint32_t>(e) ^ rh) >> 8) >= static_cast<uint32_t>(thr[e])) continue;
-      if (pos[v] < 0) {
-        if (with_targets) W.touched.push_back(v);
-        d[v] = nd;
+      const Edge ed = edges[e];
+      const int32_t v = ed.v;
+      const D nd = du + ed.w;
+      VState<D>& sv = st[v];
+      if (!(nd < sv.d)) continue;
+      if constexpr (kProb) {
+        if ((mix32(static_cast<uint32_t>(e) ^ rh) >> 8) >= static_cast<uint32_t>(thr[e])) continue;
+      }
+      sv.d = nd;
+      if (sv.pos < 0) {
+        W.touched.push_back(v);
         heap.push(nd, v);
       } else {
-        d[v] = nd;
         heap.decrease(nd, v);
       }
       if (pr) pr[v] = e;
@@ -198,49 +261,69 @@ void run_row(const Problem<D, IP, IX>& P, Worker<D>& W, int64_t b) {
   }
   // vertices left in the heap were reached but not settled: no distance, no predecessor
   for (int32_t i = 0; i < heap.size; ++i) {
-    const int32_t v = heap.h[i].v;
-    pos[v] = -1;
+    const int32_t v = heap.h[i].v();
+    st[v].pos = -1;
     if (pr) pr[v] = -1;
-    if (!with_targets) d[v] = inf;
   }
   heap.size = 0;
   if (with_targets) {
     D* out = P.out_dist + b * P.T;
-    for (int64_t t = 0; t < P.T; ++t) out[t] = d[tg[t]];  // targets are settled or unreachable
-    for (int32_t v : W.touched) d[v] = inf;
+    for (int64_t t = 0; t < P.T; ++t) out[t] = st[tg[t]].d;  // targets are settled or unreachable
   }
+  for (int32_t v : W.touched) st[v].d = inf;
 }
 
-template <typename D, typename IP, typename IX>
-void run_all(const Problem<D, IP, IX>& P) {
+template <typename D, typename IP, typename Edge, bool kProb>
+void run_all(const Problem<D, IP, Edge>& P) {
   const int64_t workers = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), P.B));
   std::atomic<int64_t> next{0};
   at::parallel_for(0, workers, 1, [&](int64_t begin, int64_t end) {
     for (int64_t w = begin; w < end; ++w) {
       Worker<D> W(P.n, P.T >= 0);
-      for (int64_t b = next.fetch_add(1); b < P.B; b = next.fetch_add(1)) run_row(P, W, b);
+      for (int64_t b = next.fetch_add(1); b < P.B; b = next.fetch_add(1)) run_row<D, IP, Edge, kProb>(P, W, b);
     }
   });
+}
+
+template <typename D, typename IP, typename IX, bool kProb>
+void launch_packed(const at::Tensor& indptr, const at::Tensor& indices, const at::Tensor& weight,
+                   const at::Tensor& thr, const at::Tensor& sources, const at::Tensor& targets, uint32_t seed_mix,
+                   at::Tensor& dist, at::Tensor& pred, int64_t n, int64_t T) {
+  const int64_t E = indices.numel();
+  using Edge = EdgeW<D>;
+  std::vector<Edge> packed(E);
+  const IX* ix = indices.data_ptr<IX>();
+  const D* wt = weight.data_ptr<D>();
+  Edge* pk = packed.data();
+  at::parallel_for(0, E, kSerialEdges, [&](int64_t a, int64_t z) {
+    for (int64_t e = a; e < z; ++e) {
+      pk[e].v = static_cast<int32_t>(ix[e]);
+      pk[e].w = wt[e];
+    }
+  });
+  Problem<D, IP, Edge> P;
+  P.n = n;
+  P.B = sources.numel();
+  P.T = T;
+  P.indptr = indptr.data_ptr<IP>();
+  P.edges = pk;
+  P.thr = kProb ? thr.data_ptr<int32_t>() : nullptr;
+  P.sources = sources.data_ptr<int64_t>();
+  P.targets = targets.defined() ? targets.data_ptr<int64_t>() : nullptr;
+  P.seed_mix = seed_mix;
+  P.out_dist = dist.data_ptr<D>();
+  P.out_pred = pred.defined() ? pred.data_ptr<int64_t>() : nullptr;
+  run_all<D, IP, Edge, kProb>(P);
 }
 
 template <typename D, typename IP, typename IX>
 void launch(const at::Tensor& indptr, const at::Tensor& indices, const at::Tensor& weight,
             const at::Tensor& thr, const at::Tensor& sources, const at::Tensor& targets, uint32_t seed_mix,
             at::Tensor& dist, at::Tensor& pred, int64_t n, int64_t T) {
-  Problem<D, IP, IX> P;
-  P.n = n;
-  P.B = sources.numel();
-  P.T = T;
-  P.indptr = indptr.data_ptr<IP>();
-  P.indices = indices.data_ptr<IX>();
-  P.weight = weight.data_ptr<D>();
-  P.thr = thr.defined() ? thr.data_ptr<int32_t>() : nullptr;
-  P.sources = sources.data_ptr<int64_t>();
-  P.targets = targets.defined() ? targets.data_ptr<int64_t>() : nullptr;
-  P.seed_mix = seed_mix;
-  P.out_dist = dist.data_ptr<D>();
-  P.out_pred = pred.defined() ? pred.data_ptr<int64_t>() : nullptr;
-  run_all(P);
+  if (thr.defined())
+    launch_packed<D, IP, IX, true>(indptr, indices, weight, thr, sources, targets, seed_mix, dist, pred, n, T);
+  else
+    launch_packed<D, IP, IX, false>(indptr, indices, weight, thr, sources, targets, seed_mix, dist, pred, n, T);
 }
 
 template <typename D, typename IP>
@@ -296,11 +379,21 @@ std::tuple<at::Tensor, c10::optional<at::Tensor>> shortest_paths(
   at::Tensor thr;
   if (edge_prob.has_value() && edge_prob->defined()) {
     // u < p  <=>  k < ceil(p * 2^24) for u = k * 2^-24 (exact in float64)
-    thr = at::ceil(edge_prob->detach().to(at::kDouble) * 16777216.0).to(at::kInt).contiguous();
+    at::Tensor p = edge_prob->detach();
+    if (p.scalar_type() != at::kFloat && p.scalar_type() != at::kDouble) p = p.to(at::kFloat);  // exact
+    p = p.contiguous();
+    thr = at::empty({E}, p.options().dtype(at::kInt));
+    int32_t* t = thr.data_ptr<int32_t>();
+    AT_DISPATCH_FLOATING_TYPES(p.scalar_type(), "edge_thresholds", [&] {
+      const scalar_t* pp = p.data_ptr<scalar_t>();
+      at::parallel_for(0, E, kSerialEdges, [&](int64_t a, int64_t z) {
+        for (int64_t e = a; e < z; ++e) t[e] = static_cast<int32_t>(std::ceil(static_cast<double>(pp[e]) * 16777216.0));
+      });
+    });
   }
   const auto fopts = weight.options();
-  at::Tensor dist = T >= 0 ? at::empty({B, T}, fopts) : at::full({B, n}, std::numeric_limits<double>::infinity(), fopts);
-  if (T >= 0 && T > 0) dist.fill_(std::numeric_limits<double>::infinity());
+  const double inf = std::numeric_limits<double>::infinity();
+  at::Tensor dist = T >= 0 ? at::full({B, T}, inf, fopts) : at::full({B, n}, inf, fopts);
   at::Tensor pred;
   if (need_pred) pred = at::full({B, n}, -1, weight.options().dtype(at::kLong));
   const uint32_t seed_mix = mix32(static_cast<uint32_t>(seed & 0xFFFFFFFFll) ^ kGolden);

@@ -1,6 +1,7 @@
 """``tgrep.ops.shortest_paths``: batched, optionally stochastic, differentiable SSSP."""
 from __future__ import annotations
 
+import weakref
 from typing import NamedTuple
 
 import torch
@@ -32,7 +33,25 @@ def _kernel(backend: str):
     return ref.shortest_paths
 
 
+_validated_graphs: list[tuple] = []  # (weakref(indptr), version, weakref(indices), version)
+
+
+def _graph_known(indptr, indices) -> bool:
+    for ref_ip, v_ip, ref_ix, v_ix in _validated_graphs:
+        if ref_ip() is indptr and ref_ix() is indices and indptr._version == v_ip and indices._version == v_ix:
+            return True
+    return False
+
+
+def _remember_graph(indptr, indices) -> None:
+    _validated_graphs.append((weakref.ref(indptr), indptr._version, weakref.ref(indices), indices._version))
+    del _validated_graphs[:-8]
+
+
 def _validate(indptr, indices, weight, sources, targets, edge_prob, seed):
+    """Checks every argument. Value checks are gathered into one host sync; the graph
+    structure (``indptr``, ``indices``) is re-checked only when those tensor objects change
+    (new objects or in-place edits), which keeps repeated calls on one graph cheap."""
     check.tensor("weight", weight, dtypes=(torch.float32, torch.float64), dim=1)
     device = weight.device
     check.tensor("indptr", indptr, dtypes=check.INDEX_DTYPES, dim=1, device=device)
@@ -42,32 +61,53 @@ def _validate(indptr, indices, weight, sources, targets, edge_prob, seed):
         raise ValueError("'indptr' must have N + 1 >= 1 entries, got 0")
     n, E = indptr.numel() - 1, indices.numel()
     check.same_length("indices", indices, "weight", weight)
-    if int(indptr[0]) != 0 or int(indptr[-1]) != E:
-        raise ValueError(f"'indptr' must start at 0 and end at len(indices) = {E}, "
-                         f"got {int(indptr[0])} and {int(indptr[-1])}")
-    if n and bool((indptr.diff() < 0).any()):
-        raise ValueError("'indptr' must be non-decreasing")
-    check.index_range("indices", indices, n)
-    check.index_range("sources", sources, n)
-    if weight.numel():
-        if bool(torch.isnan(weight).any()):
-            raise ValueError("'weight' contains NaN")
-        if bool((weight < 0).any()):
-            raise ValueError(f"'weight' must be >= 0, got min {float(weight.min())}")
     if targets is not None:
         check.tensor("targets", targets, dtypes=check.INDEX_DTYPES, dim=2, device=device)
         if targets.size(0) != sources.numel():
             raise ValueError(f"'targets' must have shape [B, T] with B = len(sources) = {sources.numel()}, "
                              f"got {tuple(targets.shape)}")
-        check.index_range("targets", targets, n)
     if edge_prob is not None:
         check.tensor("edge_prob", edge_prob, dtypes=check.FLOAT_DTYPES, dim=1, device=device)
         check.same_length("edge_prob", edge_prob, "weight", weight)
-        if edge_prob.numel() and (bool(torch.isnan(edge_prob).any()) or bool((edge_prob < 0).any())
-                                  or bool((edge_prob > 1).any())):
-            raise ValueError("'edge_prob' must lie in [0, 1] (and not be NaN)")
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
         raise TypeError(f"'seed' must be an int or None, got {type(seed).__name__}")
+
+    # every value check below is a 0-d bool tensor: True = violated; one sync reads them all
+    flags: dict[str, torch.Tensor] = {}
+    graph_known = _graph_known(indptr, indices)
+    if not graph_known:
+        flags["indptr_ends"] = (indptr[0] != 0) | (indptr[-1] != E)
+        if n:
+            flags["indptr_order"] = (indptr.diff() < 0).any()
+        if E:
+            flags["indices"] = (indices.min() < 0) | (indices.max() >= n)
+    for name, idx in (("sources", sources), ("targets", targets)):
+        if idx is not None and idx.numel():
+            flags[name] = (idx.min() < 0) | (idx.max() >= n)
+    if E:
+        flags["weight"] = ~(weight.min() >= 0)  # min() propagates NaN, which fails the comparison
+        if edge_prob is not None:
+            lo, hi = torch.aminmax(edge_prob)
+            flags["edge_prob"] = ~((lo >= 0) & (hi <= 1))
+    if not flags:
+        return
+    bad = dict(zip(flags, torch.stack(list(flags.values())).tolist()))
+    if bad.get("indptr_ends"):
+        raise ValueError(f"'indptr' must start at 0 and end at len(indices) = {E}, "
+                         f"got {int(indptr[0])} and {int(indptr[-1])}")
+    if bad.get("indptr_order"):
+        raise ValueError("'indptr' must be non-decreasing")
+    for name, idx in (("indices", indices), ("sources", sources), ("targets", targets)):
+        if bad.get(name):
+            check.index_range(name, idx, n)
+    if bad.get("weight"):
+        if bool(torch.isnan(weight).any()):
+            raise ValueError("'weight' contains NaN")
+        raise ValueError(f"'weight' must be >= 0, got min {float(weight.min())}")
+    if bad.get("edge_prob"):
+        raise ValueError("'edge_prob' must lie in [0, 1] (and not be NaN)")
+    if not graph_known:
+        _remember_graph(indptr, indices)
 
 
 class _ShortestPathsFn(torch.autograd.Function):
@@ -77,6 +117,7 @@ class _ShortestPathsFn(torch.autograd.Function):
         dist, pred = _kernel(backend)(indptr, indices, weight, sources, targets, edge_prob, seed, need)
         ctx.save_for_backward(dist, pred if need else None, sources, targets, indptr)
         ctx.num_edges = weight.numel()
+        ctx.backend = backend
         if pred is not None:
             ctx.mark_non_differentiable(pred)
         return dist, pred
@@ -88,7 +129,12 @@ class _ShortestPathsFn(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             n = indptr.numel() - 1
             edge_src = torch.repeat_interleave(torch.arange(n, device=indptr.device), indptr.diff())
-            grad_w = ref.path_gradient(grad_dist, dist, pred, sources, targets, edge_src, ctx.num_edges)
+            path_gradient = ref.path_gradient
+            if ctx.backend == "triton":
+                from ..kernels.triton import shortest_path as tri
+
+                path_gradient = tri.path_gradient
+            grad_w = path_gradient(grad_dist, dist, pred, sources, targets, edge_src, ctx.num_edges)
         return grad_w, None, None, None, None, None, None, None, None
 
 

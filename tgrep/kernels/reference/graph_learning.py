@@ -1,0 +1,220 @@
+r"""Plain-torch graph learning from smooth signals (Kalofolias 2016; Kalofolias & Perraudin 2019).
+
+The log model, with ``θ`` folded into the distances (Prop. 1 of the 2019 paper: ``W(Z, α, β)
+= δ W(θZ, 1, 1)``), on a set of undirected edges ``e = (i, j)``, each listed once:
+
+.. math::
+    \min_{w \ge 0}\; 2 z^\top w - \mathbf 1^\top \log(K w) + \|w\|_2^2,
+
+where ``z_e = θ‖x_i − x_j‖²`` and ``K`` maps edge weights to node degrees (``(Kw)_i = Σ_{e∋i}
+w_e``; ``Kᵀv`` at edge ``(i, j)`` is ``v_i + v_j``). This is ``‖W∘Z‖_{1,1} − 1ᵀlog(W1) +
+½‖W‖²_F`` for the symmetric ``W``.
+
+Forward-backward-forward primal-dual (Komodakis & Pesquet 2015, as in Kalofolias 2016), with
+``f1(w) = ι_{w≥0} + 2zᵀw`` (prox: ``max(0, w − 2γz)``), ``f2(d) = −1ᵀlog d`` (prox of its
+conjugate, closed form: ``p = (y − √(y² + 4γ)) / 2``), ``f3(w) = ‖w‖²`` (gradient ``2w``,
+Lipschitz 2)::
+
+    Y = w − γ(2w + Kᵀv)          y = v + γKw
+    P = max(0, Y − 2γz)          p = (y − √(y² + 4γ)) / 2
+    Q = P − γ(2P + Kᵀp)          q = p + γKP
+    w ← w − Y + Q                v ← v − y + q
+
+It converges for ``γ < 1/μ``, ``μ = 2 + ‖K‖``. ``‖K‖² = λ_max(KKᵀ)`` and ``KKᵀ = D + A`` is
+the signless Laplacian of the support, so ``‖K‖² ≤ max_{(i,j)∈E}(deg_i + deg_j)``.
+
+This module is the executable spec (and the test reference): :func:`fbf_log_steps` is the
+twin of ``csrc/cpu/graph_learning.cpp``; :func:`dense_log_model` solves the exact model on
+all ``n(n−1)/2`` pairs with dense matrices (tests and the agreement benchmark only);
+:func:`single_node_solve` is Algorithm 1 of the 2019 paper; :func:`theta_bounds` is
+Theorem 3 per node; :func:`l2_model` solves eq. (4) on an edge support.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+# --------------------------------------------------------------------------- theta (Thm 2-3)
+def theta_bounds(zs: torch.Tensor, k: int):
+    """Per-node ``(lower, upper)`` bounds of θ giving exactly ``k`` non-zeros (Theorem 3).
+
+    (At ``θ = upper`` the ``k``-th weight is exactly 0, so the interval is really
+    ``[lower, upper)``; the paper writes it ``(lower, upper]``.)
+
+    ``zs``: ``[n, m]`` distances of each node to its candidates, sorted ascending, ``inf``
+    where missing, ``m >= k``. ``upper = 1/√(k z_k² − b_k z_k)`` (``inf`` when the root is 0:
+    the first ``k`` distances are equal); ``lower = 1/√(k z_{k+1}² − b_k z_{k+1})`` (``0`` when
+    ``z_{k+1}`` is missing or infinite; ``inf`` when the first ``k+1`` distances are equal).
+    """
+    zs = zs.double()
+    b = zs[:, :k].sum(1)
+    zk = zs[:, k - 1]
+    up_root = k * zk * zk - b * zk
+    upper = torch.where(up_root > 0, 1.0 / up_root.clamp_min(1e-300).sqrt(),
+                        torch.full_like(up_root, math.inf))
+    if zs.shape[1] > k:
+        z1 = zs[:, k]
+        lo_root = k * z1 * z1 - b * z1
+        lower = torch.where(lo_root > 0, 1.0 / lo_root.clamp_min(1e-300).sqrt(),
+                            torch.full_like(lo_root, math.inf))
+        lower = torch.where(torch.isinf(z1), torch.zeros_like(lower), lower)
+    else:
+        lower = torch.zeros_like(upper)
+    return lower, upper
+
+
+def single_node_solve(z: torch.Tensor, theta: float) -> torch.Tensor:
+    """Exact solution of ``min_{w≥0} θwᵀz − log(wᵀ1) + ½‖w‖²`` (Theorem 2 / Algorithm 1)."""
+    z = z.double()
+    zs, order = torch.sort(z)
+    n = zs.numel()
+    b = torch.cumsum(zs, 0)
+    kk = torch.arange(1, n + 1, dtype=torch.float64)
+    lam = (theta * b + torch.sqrt(theta ** 2 * b * b + 4 * kk)) / (2 * kk)
+    # the first i whose λ_i <= θ z_i ends the support at k = i - 1 (Algorithm 1)
+    k = n
+    for i in range(1, n):
+        if float(lam[i]) <= theta * float(zs[i]):
+            k = i
+            break
+    lam_k = float(lam[k - 1])
+    w = torch.zeros(n, dtype=torch.float64)
+    w[order] = torch.clamp(lam_k - theta * zs, min=0)
+    return w
+
+
+# --------------------------------------------------------------------------- FBF on a support
+def operator_norm_bound(row: torch.Tensor, col: torch.Tensor, n: int) -> float:
+    """Upper bound of ``‖K‖``: ``√max_{(i,j)∈E}(deg_i + deg_j)`` (signless-Laplacian bound)."""
+    if row.numel() == 0:
+        return 0.0
+    deg = torch.bincount(row, minlength=n) + torch.bincount(col, minlength=n)
+    return math.sqrt(float((deg[row] + deg[col]).max()))
+
+
+def degrees(row, col, w, n):
+    d = torch.zeros(n, dtype=w.dtype, device=w.device)
+    d.index_add_(0, row, w)
+    d.index_add_(0, col, w)
+    return d
+
+
+def fbf_log_steps(row, col, z, n, w, v, P, gamma: float, steps: int, tol: float):
+    """Up to ``steps`` FBF iterations in place on ``(w, v)``; ``P`` gets the last prox output.
+
+    Returns ``(iterations, rel_primal_change, rel_dual_change)``; stops early once both are
+    below ``tol``.
+    """
+    rel_p = rel_d = math.inf
+    it = 0
+    while it < steps:
+        Y = w - gamma * (2 * w + v[row] + v[col])
+        y = v + gamma * degrees(row, col, w, n)
+        torch.clamp(Y - 2 * gamma * z, min=0, out=P)
+        p = (y - torch.sqrt(y * y + 4 * gamma)) / 2
+        Q = P - gamma * (2 * P + p[row] + p[col])
+        q = p + gamma * degrees(row, col, P, n)
+        dw, dv = Q - Y, q - y
+        it += 1
+        # on CUDA the convergence test (a host sync) runs every 10 iterations only
+        check = w.device.type == "cpu" or it % 10 == 0 or it == steps
+        if check:
+            wn, vn = float(torch.linalg.vector_norm(w)), float(torch.linalg.vector_norm(v))
+            rel_p = float(torch.linalg.vector_norm(dw)) / wn if wn > 0 else math.inf
+            rel_d = float(torch.linalg.vector_norm(dv)) / vn if vn > 0 else math.inf
+        w.add_(dw)
+        v.add_(dv)
+        if check and rel_p < tol and rel_d < tol:
+            break
+    return it, rel_p, rel_d
+
+
+def log_model(row, col, z, n, *, max_iter=1000, tol=1e-5, step=0.9):
+    """Solve the log model on the support ``(row, col)`` (each edge once); returns ``w``."""
+    gamma = step / (2.0 + operator_norm_bound(row, col, n))
+    w = torch.zeros_like(z)
+    v = torch.zeros(n, dtype=z.dtype, device=z.device)
+    P = torch.zeros_like(z)
+    fbf_log_steps(row, col, z, n, w, v, P, gamma, max_iter, tol)
+    return P
+
+
+def dense_log_model(Z: torch.Tensor, theta: float = 1.0, *, max_iter: int = 20000, tol: float = 1e-8,
+                    step: float = 0.9) -> torch.Tensor:
+    """Exact log model on all pairs, dense ``n × n`` matrices (test reference, small ``n``).
+
+    Solves ``min_W ‖W∘θZ‖_{1,1} − 1ᵀlog(W1) + ½‖W‖²_F`` over symmetric, non-negative,
+    zero-diagonal ``W`` with the same FBF iteration written with matrices
+    (``‖K‖ ≤ √(2(n−1))``). Returns ``W`` (``[n, n]``, float64).
+    """
+    Z = theta * Z.double()
+    n = Z.shape[0]
+    off = ~torch.eye(n, dtype=torch.bool)
+    gamma = step / (2.0 + math.sqrt(2 * (n - 1)))
+    W = torch.zeros_like(Z)
+    v = torch.zeros(n, dtype=torch.float64)
+    P = W
+    for _ in range(max_iter):
+        Y = W - gamma * (2 * W + v[:, None] + v[None, :])
+        y = v + gamma * W.sum(1)
+        P = torch.clamp(Y - 2 * gamma * Z, min=0) * off
+        p = (y - torch.sqrt(y * y + 4 * gamma)) / 2
+        Q = (P - gamma * (2 * P + p[:, None] + p[None, :])) * off
+        q = p + gamma * P.sum(1)
+        dW, dv = Q - Y * off, q - y
+        wn, vn = float(W.norm()), float(v.norm())
+        W = W + dW
+        v = v + dv
+        if wn > 0 and vn > 0 and float(dW.norm()) / wn < tol and float(dv.norm()) / vn < tol:
+            break
+    return P
+
+
+def kkt_residual(row, col, z, w, n):
+    """Stationarity residuals of the log model: ``g_e = 2z_e + 2w_e − 1/d_i − 1/d_j``.
+
+    Returns ``(max |g_e| over w_e > 0, max(−g_e) over w_e = 0)``; both are ≤ 0 at the optimum.
+    """
+    d = degrees(row, col, w, n)
+    g = 2 * z + 2 * w - 1.0 / d[row] - 1.0 / d[col]
+    pos = w > 0
+    act = float(g[pos].abs().max()) if bool(pos.any()) else 0.0
+    inact = float((-g[~pos]).max()) if bool((~pos).any()) else -math.inf
+    return act, inact
+
+
+# --------------------------------------------------------------------------- l2 model (eq. 4)
+def project_simplex(u: torch.Tensor, s: float) -> torch.Tensor:
+    """Euclidean projection onto ``{w ≥ 0, Σw = s}`` (sort-based, exact)."""
+    srt, _ = torch.sort(u, descending=True)
+    css = torch.cumsum(srt, 0) - s
+    idx = torch.arange(1, u.numel() + 1, dtype=u.dtype, device=u.device)
+    cond = srt - css / idx > 0
+    rho = int(torch.nonzero(cond).max()) + 1
+    tau = css[rho - 1] / rho
+    return torch.clamp(u - tau, min=0)
+
+
+def l2_model(row, col, z, n, alpha: float, *, max_iter=1000, tol=1e-5):
+    r"""ℓ2 model (eq. 4) on a support: ``min 2zᵀw + α‖Kw‖² + 2α‖w‖²`` s.t. ``w ≥ 0, Σw = n/2``.
+
+    (``‖W∘Z‖_{1,1} + α‖W1‖² + α‖W‖²_F`` with ``‖W‖_{1,1} = n``.) FISTA with the exact
+    projection onto the scaled simplex; step ``1/L``, ``L = 2α‖K‖² + 4α``.
+    """
+    L = 2 * alpha * operator_norm_bound(row, col, n) ** 2 + 4 * alpha
+    s = n / 2.0
+    w = torch.full_like(z, s / max(1, z.numel()))
+    yk, t = w.clone(), 1.0
+    for _ in range(max_iter):
+        d = degrees(row, col, yk, n)
+        grad = 2 * z + 2 * alpha * (d[row] + d[col]) + 4 * alpha * yk
+        w_new = project_simplex(yk - grad / L, s)
+        t_new = (1 + math.sqrt(1 + 4 * t * t)) / 2
+        yk = w_new + ((t - 1) / t_new) * (w_new - w)
+        change = float((w_new - w).norm()) / max(float(w.norm()), 1e-300)
+        w, t = w_new, t_new
+        if change < tol:
+            break
+    return w
