@@ -126,7 +126,7 @@ def digits_compression(report, quick, verbose):
     plot_digits_curve(RESULTS / "prodige_digits_history.json")
 
 
-DIGITS_EPOCHS, DIGITS_FINETUNE = 20, 40
+DIGITS_EPOCHS, DIGITS_FINETUNE = 40, 80
 
 
 def plot_digits_curve(path):
