@@ -1,4 +1,6 @@
-"""tgrep.datasets."""
-from .dcsbm import dcsbm, dcsbm_alpha  # noqa: E402,F401
-from .otc_tree import otc_tree  # noqa: F401
-from .erdos_renyi import weighted_erdos_renyi  # noqa: E402
+"""Synthetic generators for tests, demos and benchmarks (no download)."""
+from .dcsbm import dcsbm, dcsbm_alpha
+from .erdos_renyi import weighted_erdos_renyi
+from .otc_tree import otc_tree
+
+__all__ = ["dcsbm", "dcsbm_alpha", "weighted_erdos_renyi", "otc_tree"]

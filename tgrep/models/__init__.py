@@ -1,3 +1,5 @@
-"""tgrep.models."""
-from .edrep import EDRep  # noqa: E402,F401
-from .prodige import ProdigeCompression  # noqa: E402
+"""Whole models with their own training loops."""
+from .edrep import EDRep
+from .prodige import ProdigeCompression
+
+__all__ = ["EDRep", "ProdigeCompression"]

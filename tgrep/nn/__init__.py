@@ -1,5 +1,7 @@
-"""tgrep.nn."""
-from .edrep import EDRepLoss, edrep_loss  # noqa: E402,F401
-from . import pool  # noqa: F401,E402
-from .prodige import ProdigeGraph  # noqa: E402
-from .prodige_embedding import ProdigeEmbedding  # noqa: E402
+"""User-facing layers (PyG style)."""
+from . import pool
+from .edrep import EDRepLoss, edrep_loss
+from .prodige import ProdigeGraph
+from .prodige_embedding import ProdigeEmbedding
+
+__all__ = ["ProdigeGraph", "ProdigeEmbedding", "EDRepLoss", "edrep_loss", "pool"]

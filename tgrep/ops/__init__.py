@@ -1,18 +1,27 @@
-"""Differentiable functional ops (input validation + autograd + backend dispatch)."""
-from .shortest_path import ShortestPaths, edge_presence, shortest_paths  # PRODIGE
-from .kmeans import assign_clusters, kmeans  # EDRep
+"""Differentiable functional ops: input validation + autograd + backend dispatch.
+
+Grouped by paper; each op dispatches to Triton (CUDA), C++ (CPU) or its plain-torch
+reference through :func:`tgrep._backend.choose`.
+"""
+# PRODIGE: batched stochastic shortest paths and the REINFORCE sums over what they read
+from .shortest_path import ShortestPaths, edge_presence, shortest_paths
+from .reinforce import reinforce_coefficients
+# EDRep: linear-time softmax normalizers
+from .kmeans import assign_clusters, kmeans
 from .softmax_norm import cluster_log_normalizer, cluster_statistics, exact_log_normalizer, log_normalizer
+# Learned graphs from smooth signals
+from .knn import knn
+from .graph_learning import graph_learning_theta, learn_graph, solve_l2_model, solve_log_model
+# Graph compression by optimal transport
+from .projections import project_capped_simplex, project_diag_simplex, project_lipschitz
+from .ot_compress import (OTCompressResult, degree_cost, degree_prior, label_cost, ot_compress,
+                          ot_compression_cost, psi, psi_grad)
 
 __all__ = [
-    "shortest_paths", "edge_presence", "ShortestPaths",
+    "shortest_paths", "edge_presence", "ShortestPaths", "reinforce_coefficients",
     "kmeans", "assign_clusters", "log_normalizer", "exact_log_normalizer", "cluster_statistics",
     "cluster_log_normalizer",
+    "knn", "graph_learning_theta", "learn_graph", "solve_log_model", "solve_l2_model",
+    "project_capped_simplex", "project_diag_simplex", "project_lipschitz", "psi", "psi_grad",
+    "ot_compression_cost", "ot_compress", "OTCompressResult", "label_cost", "degree_cost", "degree_prior",
 ]
-from .projections import project_capped_simplex, project_diag_simplex, project_lipschitz  # noqa: E402,F401
-from .ot_compress import (ot_compress, ot_compression_cost, psi, psi_grad, label_cost, degree_cost,  # noqa: E402,F401
-                          degree_prior, OTCompressResult)
-from .knn import knn  # noqa: E402,F401
-from .graph_learning import graph_learning_theta, learn_graph, solve_log_model  # noqa: E402,F401
-from .reinforce import reinforce_coefficients  # noqa: E402  (PRODIGE)
-
-__all__ += ["reinforce_coefficients"]

@@ -1,2 +1,4 @@
-"""tgrep.transforms."""
-from .learned_graph import LearnedGraphTransform  # noqa: E402,F401
+"""PyG transforms."""
+from .learned_graph import LearnedGraphTransform
+
+__all__ = ["LearnedGraphTransform"]

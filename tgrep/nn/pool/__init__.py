@@ -1,2 +1,4 @@
-"""tgrep.nn.pool."""
-from .ot_coarsening import OTCoarsening, ot_pool, EdgeCostNet  # noqa: F401
+"""Pooling layers."""
+from .ot_coarsening import EdgeCostNet, OTCoarsening, ot_pool
+
+__all__ = ["OTCoarsening", "ot_pool", "EdgeCostNet"]
