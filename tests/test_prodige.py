@@ -426,3 +426,16 @@ def test_reinforce_several_forwards_and_constructors(seed):
     assert only.num_edges == inter.size(1)
     with pytest.raises(ValueError, match="items"):
         ProdigeGraph.bipartite(torch.tensor([[0], [3]]), 4, 3)
+
+
+def test_undirected_edge_index_in_pyg_convention_is_merged():
+    # PyG lists each undirected edge in both directions: one parameter pair per edge
+    ei = torch.tensor([[0, 1, 1, 2, 2, 2], [1, 0, 2, 1, 2, 0]])
+    w = torch.tensor([1.0, 3.0, 2.0, 2.0, 5.0, 4.0])
+    g = ProdigeGraph(ei, 3, init_weight=w)
+    assert g.num_edges == 3  # {0,1}, {1,2}, {0,2}; the self-loop (2, 2) is dropped
+    torch.testing.assert_close(g.init_weight, torch.tensor([1.0, 4.0, 2.0]))
+    with pytest.raises(ValueError, match="self-loops"):
+        ProdigeGraph(torch.tensor([[1], [1]]), 3)
+    directed = ProdigeGraph(ei, 3, directed=True, init_weight=w)
+    assert directed.num_edges == 6

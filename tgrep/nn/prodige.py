@@ -82,6 +82,18 @@ def coalesce_edges(edge_index: torch.Tensor, num_nodes: int, directed: bool) -> 
     return torch.stack([key // num_nodes, key % num_nodes])
 
 
+def merge_undirected(edge_index: torch.Tensor, num_nodes: int, weight: torch.Tensor):
+    """Undirected candidate edges once each as ``u < v`` (``(u, v)`` and ``(v, u)`` merged,
+    self-loops dropped), with the smallest ``weight`` of the merged copies."""
+    src, dst = edge_index
+    keep = src != dst
+    lo, hi = torch.minimum(src, dst)[keep], torch.maximum(src, dst)[keep]
+    key, inverse = torch.unique(lo * num_nodes + hi, return_inverse=True)
+    merged = torch.full((key.numel(),), math.inf, dtype=weight.dtype, device=weight.device)
+    merged.scatter_reduce_(0, inverse, weight[keep], reduce="amin")
+    return torch.stack([key // num_nodes, key % num_nodes]), merged
+
+
 class ProdigeGraph(nn.Module):
     r"""A learnable stochastic weighted graph whose shortest-path distances are the model
     (PRODIGE, Mazur et al., NeurIPS 2019, Sec. 3).
@@ -123,7 +135,9 @@ class ProdigeGraph(nn.Module):
     pass the scalar loss instead: ``graph.reinforce(loss)``.
 
     Args:
-        edge_index (LongTensor): ``[2, M]`` candidate edges (one column per undirected edge).
+        edge_index (LongTensor): ``[2, M]`` candidate edges. When undirected, an edge may be
+            listed once or in both directions (the PyG convention): pairs are merged, keeping
+            the smaller initial length, and self-loops (never on a shortest path) are dropped.
         num_nodes (int): number of vertices ``N``.
         directed (bool, optional): edges are one-way (default: ``False``).
         init_weight (float or Tensor, optional): initial lengths, a positive number or ``[M]``
@@ -160,6 +174,11 @@ class ProdigeGraph(nn.Module):
         else:
             check.in_range("init_weight", init_weight, 0.0, math.inf, lo_open=True, hi_open=True)
             w0 = torch.full((M,), float(init_weight), device=edge_index.device)
+        if not directed:
+            edge_index, w0 = merge_undirected(edge_index, num_nodes, w0)
+            if edge_index.size(1) == 0:
+                raise ValueError("'edge_index' holds only self-loops: a ProdigeGraph needs at least one edge")
+            M = edge_index.size(1)
         self.num_nodes, self.directed, self.sparse = num_nodes, directed, sparse
         self.init_prob = float(init_prob)
         self.register_buffer("edge_index", edge_index)
