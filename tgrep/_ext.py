@@ -55,7 +55,9 @@ def load_cpp(name: str) -> ModuleType | None:
         if not src.exists():
             _fail(name, f"source {src} not found (installed without csrc/?)", warn=True)
             return None
-        digest = hashlib.sha1(src.read_bytes() + torch.__version__.encode()).hexdigest()[:12]
+        # the key covers the source, the shared headers beside it (csrc/cpu/*.h) and torch
+        headers = b"".join(h.read_bytes() for h in sorted(CSRC.glob("*.h")))
+        digest = hashlib.sha1(src.read_bytes() + headers + torch.__version__.encode()).hexdigest()[:12]
         build = cache_dir() / "ext" / f"{name}-{digest}"
         build.mkdir(parents=True, exist_ok=True)
         try:

@@ -8,6 +8,7 @@
 // so the inner loops read contiguous memory. present() is the counter-based hash shared by every
 // backend: u = (mix(e ^ mix(b ^ mix(seed ^ GOLDEN))) >> 8) * 2^-24 < p_e.
 #include <torch/extension.h>
+#include "edge_sampling.h"
 #include <ATen/Parallel.h>
 
 #include <cstdint>
@@ -15,16 +16,7 @@
 
 namespace {
 
-constexpr uint32_t kGolden = 0x9E3779B9u;
-
-inline uint32_t mix32(uint32_t x) {
-  x ^= x >> 16;
-  x *= 0x7FEB352Du;
-  x ^= x >> 15;
-  x *= 0x846CA68Bu;
-  x ^= x >> 16;
-  return x;
-}
+using tgrep::mix32;
 
 }  // namespace
 
@@ -47,7 +39,7 @@ at::Tensor reinforce_coefficients(at::Tensor indptr, at::Tensor pred, at::Tensor
   const double* pp = p.data_ptr<double>();
   const double* ad = adv.data_ptr<double>();
   double* out = coef.data_ptr<double>();
-  const uint32_t s = mix32(static_cast<uint32_t>(seed & 0xFFFFFFFFll) ^ kGolden);
+  const uint32_t s = tgrep::seed_key(seed);
   {
     pybind11::gil_scoped_release no_gil;
     std::vector<uint8_t> settled(static_cast<size_t>(n) * B, 0);  // [N, B]

@@ -16,6 +16,7 @@
 //   starts, so rows that exit early do not unbalance the threads; the result of a row does
 //   not depend on which worker runs it.
 #include <torch/extension.h>
+#include "edge_sampling.h"
 #include <ATen/Parallel.h>
 
 #include <algorithm>
@@ -28,19 +29,11 @@
 
 namespace {
 
-constexpr uint32_t kGolden = 0x9E3779B9u;
 // Per-call O(E) passes (packing, thresholds) run on one thread below this many edges: they
 // take ~1 ms per million edges, less than waking a thread team on a busy machine.
 constexpr int64_t kSerialEdges = int64_t(1) << 22;
 
-inline uint32_t mix32(uint32_t x) {
-  x ^= x >> 16;
-  x *= 0x7FEB352Du;
-  x ^= x >> 15;
-  x *= 0x846CA68Bu;
-  x ^= x >> 16;
-  return x;
-}
+using tgrep::mix32;
 
 // Edges are repacked once per call into one array of {target, weight} so a relaxation streams
 // a single record (8 bytes for float32). The sampling thresholds stay in their own array:
@@ -396,7 +389,7 @@ std::tuple<at::Tensor, c10::optional<at::Tensor>> shortest_paths(
   at::Tensor dist = T >= 0 ? at::full({B, T}, inf, fopts) : at::full({B, n}, inf, fopts);
   at::Tensor pred;
   if (need_pred) pred = at::full({B, n}, -1, weight.options().dtype(at::kLong));
-  const uint32_t seed_mix = mix32(static_cast<uint32_t>(seed & 0xFFFFFFFFll) ^ kGolden);
+  const uint32_t seed_mix = tgrep::seed_key(seed);
   if (B > 0 && n > 0) {
     pybind11::gil_scoped_release no_gil;
     if (weight.scalar_type() == at::kFloat)
