@@ -85,9 +85,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.cmd == "info":
         return info()
     if args.cmd == "build":
-        from ._ext import build_all
+        from ._ext import build_all, cache_dir
 
-        print("compiling the C++ kernels (cached in ~/.cache/tgrep; a failure falls back to torch)")
+        print(f"compiling the C++ kernels (cached in {cache_dir()}; a failure falls back to torch)")
         build_all()
         return 0
     return demo(quick=args.quick, only=args.only, verbose=not args.quiet)
