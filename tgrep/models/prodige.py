@@ -115,6 +115,8 @@ class ProdigeCompression:
             geometric steps; after the first, usage is counted on the current deterministic graph,
             whose lengths are fine-tuned for ``round_epochs`` epochs between steps (default: ``1``).
         round_epochs (int, optional): fine-tune epochs between pruning rounds (default: ``2``).
+        lr_decay (bool, optional): decay the learning rate linearly to ``0`` over the final
+            fine-tune (default: ``False``).
         device (str or torch.device, optional): where to train (default: the data's device).
         verbose (bool, optional): progress bar with loss and parameters per instance
             (default: ``True``).
@@ -130,7 +132,7 @@ class ProdigeCompression:
                  init_weight: str | float = "distance", default_distance: float | None = None,
                  finetune_epochs: int = 10, lambda_rate: float = 0.05, anneal: float = 0.7,
                  hubs: int = 0, hub_links: int = 4, select: str = "probability", prune_rounds: int = 1,
-                 round_epochs: int = 2, device=None, verbose: bool = True, seed: int | None = None):
+                 round_epochs: int = 2, lr_decay: bool = False, device=None, verbose: bool = True, seed: int | None = None):
         check.positive_int("knn", knn, allow_zero=True)
         check.positive_int("random_edges", random_edges, allow_zero=True)
         if sparsity is not None:
@@ -160,7 +162,7 @@ class ProdigeCompression:
         self.select = select
         check.positive_int("prune_rounds", prune_rounds)
         check.positive_int("round_epochs", round_epochs, allow_zero=True)
-        self.prune_rounds, self.round_epochs = prune_rounds, round_epochs
+        self.prune_rounds, self.round_epochs, self.lr_decay = prune_rounds, round_epochs, bool(lr_decay)
         self.device, self.verbose, self.seed = device, verbose, seed
         self.graph: ProdigeGraph | None = None
         self.history_: list[dict] = []
@@ -293,9 +295,11 @@ class ProdigeCompression:
                     g.presence_logit[drop] = torch.clamp(g.presence_logit[drop], max=-1.0)
                     g.presence_logit[cur] = torch.clamp(g.presence_logit[cur], min=1e-3)
                 if r < rounds - 1:
+                    self.finetune_decay = False
                     self._finetune(gen, t0, self.round_epochs)
             log(f"PRODIGE: kept {min(keep, g.num_edges)} edges by {self.select} ({budget} params/instance)",
                 self.verbose)
+        self.finetune_decay = self.lr_decay
         self._finetune(gen, t0, self.finetune_epochs)
         g.eval()
 
@@ -324,6 +328,8 @@ class ProdigeCompression:
         g, n = self.graph, self.n_
         g.eval()
         opt = torch.optim.Adam([g.weight_logit], lr=self.lr)
+        steps = epochs * math.ceil(n / self.batch_size)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: max(0.0, 1 - i / steps) if self.finetune_decay else 1.0)
         bar = progress(range(epochs), verbose=self.verbose, desc="PRODIGE fine-tune", leave=True)
         for epoch in bar:
             total, rows = 0.0, 0
@@ -332,6 +338,7 @@ class ProdigeCompression:
                 opt.zero_grad()
                 per_row.mean().backward()
                 opt.step()
+                sched.step()
                 total += float(per_row.detach().sum())
                 rows += src.numel()
             self._ft_done += 1
