@@ -152,7 +152,7 @@ def plot_digits_curve(path):
     h = json.loads(Path(path).read_text())
     ep = [r["epoch"] for r in h["history"]]
     fig, ax = plt.subplots(1, 2, figsize=(10, 3.8))
-    ax[0].semilogy(ep, [r["loss"] for r in h["history"]], label="PRODIGE (sampled graph during training)")
+    ax[0].semilogy(ep, [r["loss"] for r in h["history"]], label="PRODIGE training loss (sampled graphs; then pruning rounds + fine-tune)")
     ax[0].axhline(h["mds_mse"], color="C1", ls="--", label="metric MDS, 4 dims")
     ax[0].axhline(h["pca_mse"], color="C2", ls=":", label="PCA, 4 dims")
     ax[0].axhline(h["prodige_mse"], color="C0", ls="-.", label="PRODIGE final (deterministic graph)")
