@@ -72,10 +72,18 @@ class ProdigeCompression:
     every step :math:`\log\lambda` moves by ``lambda_rate`` times the (clipped) log-ratio of the
     expected size :math:`1 + 2\sum_e p_e / N` to a goal that decreases geometrically from the
     initial size to the budget over the first ``anneal`` fraction of the steps, which drives the
-    graph gradually towards few, nearly deterministic edges. The stored size ``(N + 2|E_kept|) / N`` of the deterministic
-    graph (edges with :math:`p \ge 0.5`) then lands near the budget; if it is still
-    above at the end, the least probable kept edges are dropped to meet it. Finally the lengths of
-    the deterministic graph are fine-tuned for ``finetune_epochs`` epochs (path gradients only).
+    graph gradually towards few, nearly deterministic edges. At the end the deterministic graph
+    is set to exactly ``floor((budget - 1) N / 2)`` edges: a maximum-score spanning forest first,
+    then the highest-scoring other edges, where the score is the presence probability
+    (``select="probability"``) or the number of shortest paths through the edge
+    (``select="usage"``, optionally in ``prune_rounds`` geometric steps with short fine-tunes in
+    between). Finally the lengths of the deterministic graph are fine-tuned for
+    ``finetune_epochs`` epochs (path gradients only).
+
+    On scikit-learn's digits at 4 numbers per item, ``hubs=40, knn=8, random_edges=0,
+    sparsity=0.0, select="usage", prune_rounds=8, lr_decay=True`` reaches 3.2x lower distance
+    MSE than metric MDS-4, where the λ controller with ``select="probability"`` stays above MDS
+    (``benchmarks/README.md``).
 
     Args:
         knn (int, optional): nearest-neighbour candidate edges per point for :meth:`fit` on
