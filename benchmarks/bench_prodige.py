@@ -108,10 +108,13 @@ def digits_compression(report, quick, verbose):
               normalized_stress=False).fit_transform(D.double().numpy())
     mds = pair_mse(torch.cdist(torch.tensor(mds), torch.tensor(mds)), D)
     t_mds = time.perf_counter() - t0
-    epochs = 5 if quick else DIGITS_EPOCHS
+    epochs = 3 if quick else DIGITS_EPOCHS
+    # hub candidates (every row to its 4 nearest of 40 farthest-point hubs, all hub pairs) + 8-NN,
+    # lambda = 0 while training, then 8 rounds of pruning by shortest-path usage to the budget
     t0 = time.perf_counter()
-    m = ProdigeCompression(knn=16, random_edges=16, target_params_per_instance=4.0, epochs=epochs,
-                           batch_size=32, targets_per_row=32, lr=0.05,
+    m = ProdigeCompression(knn=8, random_edges=0, hubs=40, hub_links=4, sparsity=0.0, select="usage",
+                           prune_rounds=3 if quick else 8, lr_decay=True, target_params_per_instance=4.0,
+                           epochs=epochs, batch_size=32, targets_per_row=256, lr=0.05,
                            finetune_epochs=2 if quick else DIGITS_FINETUNE, verbose=verbose, seed=0).fit(x)
     t_fit = time.perf_counter() - t0
     P = m.pairwise_distances()
@@ -120,13 +123,24 @@ def digits_compression(report, quick, verbose):
     report.add("digits 1797x64 <= 4 params/item: PRODIGE vs MDS-4", t_fit, t_mds, peer="sklearn MDS(4)",
                prodige_mse=mse, mds_mse=mds, pca_mse=pca, params_per_instance=ppi,
                mse_ratio_mds=mds / mse, mse_ratio_pca=pca / mse, pca_s=t_pca, epochs=epochs)
+    if not quick:  # the previous recipe (16-NN + 16 random, lambda controller, selection by probability)
+        t0 = time.perf_counter()
+        m0 = ProdigeCompression(knn=16, random_edges=16, target_params_per_instance=4.0, epochs=40,
+                                batch_size=32, targets_per_row=32, lr=0.05, finetune_epochs=80, verbose=verbose,
+                                seed=0).fit(x)
+        t0 = time.perf_counter() - t0
+        mse0 = pair_mse(m0.pairwise_distances(), D)
+        report.add("digits <= 4 params/item, previous recipe (lambda controller, keep most probable)", t0, t_mds,
+                   peer="sklearn MDS(4)", prodige_mse=mse0, mds_mse=mds, pca_mse=pca,
+                   params_per_instance=m0.parameters_per_instance(), mse_ratio_mds=mds / mse0,
+                   mse_ratio_pca=pca / mse0)
     (RESULTS / "prodige_digits_history.json").write_text(json.dumps(
         {"history": m.history_, "mds_mse": mds, "pca_mse": pca, "prodige_mse": mse, "params_per_instance": ppi},
         indent=1) + "\n")
     plot_digits_curve(RESULTS / "prodige_digits_history.json")
 
 
-DIGITS_EPOCHS, DIGITS_FINETUNE = 40, 80
+DIGITS_EPOCHS, DIGITS_FINETUNE = 10, 30
 
 
 def plot_digits_curve(path):
@@ -138,7 +152,7 @@ def plot_digits_curve(path):
     h = json.loads(Path(path).read_text())
     ep = [r["epoch"] for r in h["history"]]
     fig, ax = plt.subplots(1, 2, figsize=(10, 3.8))
-    ax[0].semilogy(ep, [r["loss"] for r in h["history"]], label="PRODIGE (sampled graph during training)")
+    ax[0].semilogy(ep, [r["loss"] for r in h["history"]], label="PRODIGE training loss (sampled graphs; then pruning rounds + fine-tune)")
     ax[0].axhline(h["mds_mse"], color="C1", ls="--", label="metric MDS, 4 dims")
     ax[0].axhline(h["pca_mse"], color="C2", ls=":", label="PCA, 4 dims")
     ax[0].axhline(h["prodige_mse"], color="C0", ls="-.", label="PRODIGE final (deterministic graph)")
