@@ -29,7 +29,7 @@ import otc_baselines as bl  # noqa: E402
 from bench_ot_classification import load  # noqa: E402
 from harness import RESULTS, Report, timeit  # noqa: E402
 
-from tgrep.datasets.otc_tree import otc_tree  # noqa: E402
+from tgrep.datasets import otc_tree, weighted_erdos_renyi  # noqa: E402
 from tgrep.ops.ot_compress import label_cost, ot_compress, ot_compression_cost  # noqa: E402
 from tgrep.utils.progress import progress  # noqa: E402
 
@@ -81,19 +81,8 @@ def speed(report, quick):
 
 
 def rand_connected(n, p, gen):
-    while True:
-        A = torch.triu(torch.rand(n, n, generator=gen) < p, 1)
-        ei = A.nonzero().t()
-        ei = torch.cat([ei, ei.flip(0)], 1)
-        seen, todo = {0}, [0]
-        while todo:
-            u = todo.pop()
-            for v in ei[1][ei[0] == u].tolist():
-                if v not in seen:
-                    seen.add(v)
-                    todo.append(v)
-        if len(seen) == n:
-            return ei
+    ei, _ = weighted_erdos_renyi(n, p, generator=gen)
+    return torch.cat([ei, ei.flip(0)], 1)
 
 
 def quality(report, quick):

@@ -12,24 +12,15 @@ from tgrep.datasets.otc_tree import OTC_TREE_LIGHT_LEAVES, otc_tree
 from tgrep.ops.ot_compress import (degree_cost, degree_prior, label_cost, ot_compress, ot_compression_cost, psi,
                                    psi_grad)
 
+from tgrep.datasets import weighted_erdos_renyi
+
 D = torch.float64
 
 
 def rand_connected(n, p=0.4):
-    while True:
-        A = torch.triu(torch.rand(n, n) < p, 1)
-        ei = A.nonzero().t()
-        ei = torch.cat([ei, ei.flip(0)], 1)
-        # connected? (BFS)
-        seen, todo = {0}, [0]
-        while todo:
-            u = todo.pop()
-            for v in ei[1][ei[0] == u].tolist():
-                if v not in seen:
-                    seen.add(v)
-                    todo.append(v)
-        if len(seen) == n:
-            return ei
+    """A connected G(n, p), both directions listed."""
+    ei, _ = weighted_erdos_renyi(n, p)
+    return torch.cat([ei, ei.flip(0)], 1)
 
 
 def incidence(ei, n):
