@@ -415,6 +415,13 @@ def _mirror_prox_cpp(mod, edge_index, cost, rho0, batch, B, kk, lam, num_iters, 
     return eps.to(rho0.dtype), rho1.to(rho0.dtype), int(iters.max()) if B else 0, gap.to(rho0.dtype)
 
 
+def _smallest(key, w, negate=False):
+    """``(values, indices)`` of the ``w`` smallest entries per row, ties in index order."""
+    values, indices = torch.sort(key, dim=1, stable=True)
+    values, indices = values[:, :w], indices[:, :w]
+    return torch.return_types.topk((-values if negate else values, indices))
+
+
 def _refine(mask, score, edge_index, cost, rho0, batch, B, kk, lam, width, max_nodes, rounds, counts):
     """Local search on the rounded support: swap a kept node for a dropped one while the exact
     objective improves (graphs with ``<= max_nodes`` nodes). Returns (mask, exact cost)."""
@@ -445,10 +452,12 @@ def _refine(mask, score, edge_index, cost, rho0, batch, B, kk, lam, width, max_n
             d_other = torch.where(eye, torch.full_like(DS, float("inf")), DS).amin(-1)
             out_key = torch.where(S, m * d_other.clamp(max=1e300) + 1e-9 * sc.clamp(min=-1e300),
                                   torch.full_like(m, float("inf")))
-            out_c = torch.topk(out_key, w, dim=1, largest=False)
+            # stable sorts, not topk: ties keep node order, so padding (batch composition) never
+            # changes which candidates are tried
+            out_c = _smallest(out_key, w)
             in_key = torch.where(~S & dn.valid, dn.rho0 * DS.amin(-1).clamp(max=1e300) + 1e-9 * sc.clamp(min=-1e300),
                                  torch.full_like(sc, float("-inf")))
-            in_c = torch.topk(in_key, w, dim=1, largest=True)
+            in_c = _smallest(-in_key, w, negate=True)
             oi = out_c.indices.unsqueeze(2).expand(R, w, w).reshape(R, w * w)
             ii = in_c.indices.unsqueeze(1).expand(R, w, w).reshape(R, w * w)
             ok = (torch.isfinite(out_c.values).unsqueeze(2) & torch.isfinite(in_c.values).unsqueeze(1)).reshape(R, -1)
@@ -476,9 +485,13 @@ def _refine(mask, score, edge_index, cost, rho0, batch, B, kk, lam, width, max_n
             if not bool(improve.any()):
                 break
             is_best = (cst == best[rr]) & improve[rr]
+            # among equally good swaps take the one with the smallest (out, in) node pair
+            pair = torch.where(is_best, o_n * (1 << 20) + i_n, torch.full_like(o_n, 1 << 62))
+            low = torch.full((R,), 1 << 62, dtype=torch.long, device=device)
+            low = low.scatter_reduce(0, rr, pair, reduce="amin", include_self=True)
             first = torch.full((R,), -1, dtype=torch.long, device=device)
-            cand = torch.nonzero(is_best).flatten()
-            first.scatter_(0, rr[cand].flip(0), cand.flip(0))
+            cand = torch.nonzero(is_best & (pair == low[rr])).flatten()
+            first.scatter_(0, rr[cand], cand)
             gsel = torch.nonzero(first >= 0).flatten()
             f = first[gsel]
             S[gsel] = Sc[f]
