@@ -268,3 +268,17 @@ def test_batch_with_an_empty_example_id(seed):
     _check_graph(ei, ew, 50)
     assert (batch[ei[0]] == batch[ei[1]]).all()
     assert torch.isfinite(theta[[0, 2]]).all()
+
+
+def test_harmonic_label_propagation_on_two_cliques():
+    import numpy as np
+    import scipy.sparse as sp
+
+    from tgrep.utils.label_propagation import harmonic_accuracy
+
+    block = np.ones((5, 5)) - np.eye(5)
+    W = sp.csr_matrix(np.block([[block, np.zeros((5, 5))], [np.zeros((5, 5)), block]]))
+    W[4, 5] = W[5, 4] = 0.01  # a weak bridge
+    labels = np.array([0] * 5 + [1] * 5)
+    acc = harmonic_accuracy(W, labels, [np.array([0, 9]), np.array([1, 8])])
+    assert acc.tolist() == [1.0, 1.0]

@@ -11,24 +11,14 @@ import time
 import numpy as np
 import torch
 
+from ..utils.label_propagation import harmonic_accuracy
+
 TITLE = "Learned graph from smooth signals (tgrep.learn_graph)"
 ORDER = 30
 
 
 def _harmonic(W, labels, known):
-    import scipy.sparse as sp
-    import scipy.sparse.linalg as sla
-
-    n = W.shape[0]
-    L = (sp.diags(np.asarray(W.sum(1)).ravel()) - W).tocsr()
-    accs = []
-    for kn in known:
-        U = np.setdiff1d(np.arange(n), kn)
-        Y = np.zeros((len(kn), 10))
-        Y[np.arange(len(kn)), labels[kn]] = 1
-        F = sla.spsolve((L[U][:, U] + 1e-9 * sp.eye(len(U))).tocsc(), W[U][:, kn] @ Y)
-        accs.append(float((F.reshape(len(U), -1).argmax(1) == labels[U]).mean()))
-    return float(np.mean(accs))
+    return float(harmonic_accuracy(W, labels, known).mean())
 
 
 def _csr(ei, ew, n):
