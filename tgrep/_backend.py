@@ -1,6 +1,6 @@
-"""Backend selection: the one place that decides which kernel family runs an op.
+"""The backend override: the one knob on top of PyTorch's dispatcher.
 
-Three backends exist:
+Three kernel families exist:
 
 * ``"triton"``    -- Triton kernels, for CUDA tensors (or CPU tensors when the Triton
   interpreter is on, ``TRITON_INTERPRET=1``, which is how the test-suite runs them).
@@ -8,17 +8,19 @@ Three backends exist:
 * ``"reference"`` -- plain-torch implementations in :mod:`tgrep.kernels.reference`; the
   executable specification, valid on every device.
 
-:func:`choose` picks, per call, the fastest backend that the op implements and that works
-for the input's device. ``TGREP_BACKEND=reference|cpp|triton`` (environment) or
-``with tgrep.use_backend(...)`` (code) forces one; forcing a backend that cannot run the
-input raises a :class:`RuntimeError` that says why.
+Every op is a ``torch.library`` custom op (:func:`tgrep.library.kernel_op`): the dispatcher
+sends CPU tensors to the C++ kernel and CUDA tensors to the Triton one. This module only
+decides what a per-device kernel runs when something is *forced*:
+``TGREP_BACKEND=reference|cpp|triton`` (environment) or ``with tgrep.use_backend(...)``
+(code); forcing a backend that cannot run the input raises a :class:`RuntimeError` that says
+why. It also reports what is available (``tgrep info``).
 """
 from __future__ import annotations
 
 import contextlib
 import functools
 import os
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 
 import torch
 
@@ -82,55 +84,80 @@ def use_backend(name: str) -> Iterator[None]:
         _forced.pop()
 
 
-def _usable(backend: str, device: torch.device, cpp_name: str | None) -> tuple[bool, str]:
+def _usable(backend: str, device_type: str, loader) -> tuple[bool, str]:
     if backend == "reference":
         return True, ""
     if backend == "triton":
         ok, why = triton_status()
         if not ok:
             return False, why
-        if device.type == "cuda" or (device.type == "cpu" and triton_interpret()):
+        if device_type == "cuda" or (device_type == "cpu" and triton_interpret()):
             return True, ""
-        return False, f"triton kernels need CUDA tensors (got {device.type})"
+        return False, f"triton kernels need CUDA tensors (got {device_type})"
     if backend == "cpp":
-        if device.type != "cpu":
-            return False, f"the C++ kernels need CPU tensors (got {device.type})"
-        if cpp_name is None:
-            return False, "this op has no C++ kernel"
-        return cpp_status(cpp_name)
+        if device_type != "cpu":
+            return False, f"the C++ kernels need CPU tensors (got {device_type})"
+        return (True, "") if loader() is not None else (False, "its C++ extension did not build (see the warning)")
     raise AssertionError(backend)
 
 
-def choose(device: torch.device | str, implemented: Iterable[str] = BACKENDS, *,
-           cpp_name: str | None = None, op: str = "op") -> str:
-    """Return the backend that runs ``op`` on tensors of ``device``.
+def resolve(op: str, device_type: str, default: str, loaders: dict) -> Callable:
+    """The kernel that runs one call of custom op ``op`` on ``device_type`` tensors.
 
-    Args:
-        device: the device of the op's inputs.
-        implemented: the backends this op has kernels for.
-        cpp_name: the C++ extension (``csrc/cpu/<cpp_name>.cpp``) holding its CPU kernel.
-        op: the op's name, for error messages.
-
-    Without a forced backend: CUDA tensors take ``triton``, CPU tensors take ``cpp``
-    (unless the interpreter is on: then the C++ kernel still wins on CPU), and anything
-    else falls back to ``reference``.
+    Called by the per-device kernels that :func:`tgrep.library.kernel_op` registers: the
+    dispatcher has already picked the device; this applies the forced backend, if any, and
+    falls back to the reference when a C++ extension cannot be built. ``loaders`` maps the
+    op's backends to zero-argument loaders of their kernels.
     """
-    device = torch.device(device)
-    implemented = tuple(implemented)
+    forced = forced_backend()
+    if forced is not None and forced != default:
+        if forced not in loaders:
+            # an op without that kernel family runs its reference: forcing 'cpp' on an op
+            # that is vectorised torch on CPU is not an error
+            return loaders["reference"]()
+        ok, why = _usable(forced, device_type, loaders[forced])
+        if not ok:
+            raise RuntimeError(f"backend {forced!r} was forced for {op} but cannot run: {why}")
+        return loaders[forced]()
+    if default == "cpp":
+        fn = loaders["cpp"]()
+        return fn if fn is not None else loaders["reference"]()
+    return loaders[default]()
+
+
+def default_backend(device_type: str, kernels: Iterable[str]) -> str:
+    """The backend a call on ``device_type`` tensors runs when nothing is forced (``tgrep info``)."""
+    kernels = tuple(kernels)
     forced = forced_backend()
     if forced is not None:
-        if forced not in implemented:
-            if forced == "reference":
-                raise AssertionError(f"{op} has no reference implementation")
-            # An op without that kernel family runs its reference: forcing 'cpp' on an op
-            # that is vectorised torch on CPU is not an error.
+        return forced if forced in kernels else "reference"
+    if device_type == "cpu" and "cpp" in kernels:
+        return "cpp"
+    if device_type == "cuda" and "triton" in kernels:
+        return "triton"
+    return "reference"
+
+
+def choose(device, implemented: Iterable[str] = BACKENDS, *, cpp_name: str | None = None, op: str = "op") -> str:
+    """Transitional: the backend for an op not yet defined with :func:`tgrep.library.kernel_op`.
+
+    Removed once every op is a custom op (the dispatcher picks the device then).
+    """
+    from ._ext import load_cpp
+
+    device = torch.device(device)
+    loaders = {b: (lambda: load_cpp(cpp_name)) if b == "cpp" else (lambda: True) for b in implemented}
+    if "reference" not in loaders:
+        loaders["reference"] = lambda: True
+    forced = forced_backend()
+    if forced is not None:
+        if forced not in loaders:
             return "reference"
-        ok, why = _usable(forced, device, cpp_name)
+        ok, why = _usable(forced, device.type, loaders[forced])
         if not ok:
             raise RuntimeError(f"backend {forced!r} was forced for {op} but cannot run: {why}")
         return forced
-    order = ("triton", "reference") if device.type == "cuda" else ("cpp", "reference")
-    for backend in order:
-        if backend in implemented and _usable(backend, device, cpp_name)[0]:
-            return backend
-    return "reference"
+    b = default_backend(device.type, implemented)
+    if b == "cpp" and load_cpp(cpp_name) is None:
+        return "reference"
+    return b

@@ -75,6 +75,16 @@ def load_cpp(name: str) -> ModuleType | None:
         return mod
 
 
+def cpp_kernel(name: str, fn: str):
+    """A zero-argument loader of function ``fn`` of extension ``name`` (``None`` if it did not
+    build): the ``cpp=`` argument of :func:`tgrep.library.kernel_op`."""
+    def load():
+        mod = load_cpp(name)
+        return None if mod is None else getattr(mod, fn)
+
+    return load
+
+
 def extension_names() -> list[str]:
     """Names of the C++ kernel families shipped in ``csrc/cpu``."""
     return sorted(src.stem for src in CSRC.glob("*.cpp"))

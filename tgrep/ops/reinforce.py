@@ -3,12 +3,9 @@ from __future__ import annotations
 
 import torch
 
-from .. import _backend
-from ..kernels.reference import reinforce as ref
-from ..kernels.reference import rng
+from .. import library  # noqa: F401  (registers torch.ops.tgrep.*)
 from ..utils import check
-
-IMPLEMENTED = ("reference", "cpp")
+from .shortest_path import seed_tensor
 
 
 def reinforce_coefficients(indptr: torch.Tensor, pred: torch.Tensor, sources: torch.Tensor, seed: int,
@@ -29,34 +26,27 @@ def reinforce_coefficients(indptr: torch.Tensor, pred: torch.Tensor, sources: to
         indptr (LongTensor): ``[N + 1]`` CSR row pointers of the searched graph.
         pred (LongTensor): ``[B, N]`` predecessor edges returned by the search.
         sources (LongTensor): ``[B]`` its sources.
-        seed (int): its seed.
+        seed (int or Tensor): its seed (an int, or the 0-d int64 tensor the search used).
         edge_prob (Tensor): ``[E]`` its edge probabilities.
         advantage (Tensor): ``[B]`` per-row weights.
 
     Returns:
-        ``[E]`` float64 coefficients per CSR edge.
+        ``[E]`` float64 coefficients per CSR edge (``torch.ops.tgrep.reinforce_coefficients``:
+        C++ on CPU, the reference elsewhere).
     """
     check.tensor("pred", pred, dtypes=(torch.int64,), dim=2)
     device = pred.device
     check.tensor("indptr", indptr, dtypes=check.INDEX_DTYPES, dim=1, device=device)
     check.tensor("sources", sources, dtypes=check.INDEX_DTYPES, dim=1, device=device)
     check.tensor("edge_prob", edge_prob, dtypes=check.FLOAT_DTYPES, dim=1, device=device)
-    check.tensor("advantage", advantage, dtypes=check.FLOAT_DTYPES, dim=1, device=device, finite=True)
-    B, n = pred.shape
-    if indptr.numel() != n + 1 or int(indptr[-1]) != edge_prob.numel():
-        raise ValueError(f"'indptr' must have N + 1 = {n + 1} entries ending at len(edge_prob) = "
-                         f"{edge_prob.numel()}, got {indptr.numel()} ending at {int(indptr[-1])}")
-    if sources.numel() != B or advantage.numel() != B:
-        raise ValueError(f"'sources' and 'advantage' must have B = {B} entries, "
-                         f"got {sources.numel()} and {advantage.numel()}")
-    check.index_range("sources", sources, n)
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise TypeError(f"'seed' must be an int, got {type(seed).__name__}")
-    seed = rng.seed32(seed)
-    backend = _backend.choose(device, IMPLEMENTED, cpp_name="prodige_reinforce", op="reinforce_coefficients")
-    if backend == "cpp":
-        from .._ext import load_cpp
-
-        return load_cpp("prodige_reinforce").reinforce_coefficients(indptr, pred, sources, seed, edge_prob,
-                                                                    advantage)
-    return ref.reinforce_coefficients(indptr, pred, sources, seed, edge_prob, advantage)
+    check.tensor("advantage", advantage, dtypes=check.FLOAT_DTYPES, dim=1, device=device)
+    for name, t in (("pred", pred), ("indptr", indptr), ("sources", sources), ("edge_prob", edge_prob),
+                    ("advantage", advantage)):
+        check.dense(name, t)
+    if isinstance(seed, torch.Tensor):
+        if seed.dim() != 0 or seed.dtype != torch.int64:
+            raise TypeError("'seed' must be an int or a 0-d int64 tensor")
+    else:
+        seed = seed_tensor(check.seed("seed", seed), device)
+    return torch.ops.tgrep.reinforce_coefficients(indptr, pred, sources, seed, edge_prob.detach(),
+                                                  advantage.detach())

@@ -105,3 +105,25 @@ def path_gradient(grad_dist: torch.Tensor, dist: torch.Tensor, pred: torch.Tenso
         out.index_add_(0, e, g)
         cur = edge_src[e]
     return out
+
+
+def path_sum(edge_values: torch.Tensor, dist: torch.Tensor, pred: torch.Tensor, sources: torch.Tensor,
+             targets: torch.Tensor | None, edge_src: torch.Tensor) -> torch.Tensor:
+    """``out[b, t]`` = sum of ``edge_values`` along row ``b``'s predecessor path to target ``t``
+    (0 where ``dist`` is not finite): the transpose of :func:`path_gradient`."""
+    B = pred.size(0)
+    if targets is None:
+        targets = torch.arange(pred.size(1), device=pred.device).expand(B, -1)
+    T = targets.size(1)
+    out = torch.zeros(B * T, dtype=edge_values.dtype, device=edge_values.device)
+    pair = torch.arange(B * T, device=pred.device)
+    live = torch.isfinite(dist).reshape(-1)
+    pair = pair[live]
+    rows, cur = pair // max(T, 1), targets.long().reshape(-1)[live]
+    while pair.numel():
+        e = pred[rows, cur]
+        ok = e >= 0
+        pair, rows, e = pair[ok], rows[ok], e[ok]
+        out.index_add_(0, pair, edge_values[e])
+        cur = edge_src[e]
+    return out.view(B, T)

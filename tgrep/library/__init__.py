@@ -1,0 +1,10 @@
+"""``torch.library`` definitions of every tgrep op: schema, per-device kernels, fake kernels
+and autograd (the floor between the thin :mod:`tgrep.ops` wrappers and the kernels).
+
+Importing this package registers the ops under ``torch.ops.tgrep``; :func:`kernel_op` is the
+one template they are all defined with (see ``docs/architecture.md``).
+"""
+from ._register import kernel_op
+from . import shortest_paths  # noqa: F401  (registers tgrep::shortest_paths, path_gradient, ...)
+
+__all__ = ["kernel_op"]
