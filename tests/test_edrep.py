@@ -75,16 +75,18 @@ def test_bad_targets():
     x, y = torch.randn(4, 3), torch.randn(5, 3)
     loss_fn = EDRepLoss()
     p = torch.rand(4, 5)
-    with pytest.raises(ValueError, match="non-negative"):
+    with pytest.raises(ValueError, match="'target weight' must be >= 0"):
         loss_fn(x, y, p - 2.0)
     p_empty = p.clone()
     p_empty[2] = 0
-    with pytest.raises(ValueError, match="row"):
-        loss_fn(x, y, p_empty.to_sparse())
+    with pytest.raises(ValueError, match="1 row.*without positive weight.*row 2"):
+        EDRepLoss(empty_rows="error")(x, y, p_empty.to_sparse())
     with pytest.raises(ValueError, match="shape"):
         loss_fn(x, y, torch.rand(5, 4))
-    with pytest.raises(ValueError, match="non-negative"):
+    with pytest.raises(ValueError, match="'target weight' contains NaN"):
         loss_fn(x, y, p.masked_fill(p > 0.5, float("nan")).to_sparse())
+    with pytest.raises(ValueError, match="'target weight' contains NaN"):
+        loss_fn(x, y, p.masked_fill(p > 0.5, float("nan")))
     with pytest.raises(ValueError, match="'x' contains NaN"):
         loss_fn(torch.full((4, 3), float("nan")), y, p)
     with pytest.raises(ValueError, match="column index"):

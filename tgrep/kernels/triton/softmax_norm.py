@@ -40,7 +40,7 @@ def _row_block(X, n, d, stride_x, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
 @triton.jit
 def _cluster_logit(x, LW, MU, OM, a, d, cols, cmask):
     """``(logit [BLOCK_N], mu_a, x Omega_a)`` of cluster ``a``; a NaN logit (inf - inf) reads +inf."""
-    a64 = a.to(tl.int64)
+    a64 = tl.cast(a, tl.int64)
     lw = tl.load(LW + a64).to(tl.float32)
     mu = tl.load(MU + a64 * d + cols, mask=cmask, other=0.0).to(tl.float32)
     om = tl.load(OM + a64 * d * d + cols[:, None] * d + cols[None, :],
