@@ -54,7 +54,11 @@ def _check_cln(x, log_weight, mu, omega):
     if mu.shape != (k, d) or omega.shape != (k, d, d):
         raise ValueError(f"'mu' and 'omega' must have shapes ({k}, {d}) and ({k}, {d}, {d}), "
                          f"got {tuple(mu.shape)} and {tuple(omega.shape)}")
-    flags = check.finite_flags("x", x) + check.finite_flags("mu", mu) + check.finite_flags("omega", omega)
+    # omega may hold +-inf: second moments of finite rows of norm ~1e20 overflow float32; the
+    # logits are then +inf (the exact value overflows too), never NaN
+    flags = check.finite_flags("x", x) + check.finite_flags("mu", mu)
+    if omega.numel():
+        flags.append((torch.isnan(omega).any(), lambda: "'omega' contains NaN"))
     if k:
         flags.append(((torch.isnan(log_weight) | (log_weight == float("inf"))).any(),
                       lambda: "'log_weight' contains NaN or +inf"))
@@ -142,14 +146,22 @@ cluster_log_normalizer.register_autograd(_cln_backward, setup_context=_cln_setup
 
 
 # ------------------------------------------------------------------------------ second moments
-def _check_labels(name_rows, rows, labels, k):
+def _check_labels(name_rows, rows, labels, k, flags=()):
     if labels.shape[0] != rows.shape[0]:
         raise ValueError(f"'labels' must have one entry per row of '{name_rows}' ({rows.shape[0]}), "
                          f"got {labels.shape[0]}")
-    check.values(check.index_flags("labels", labels, k))
+    check.values(list(flags) + check.index_flags("labels", labels, k))
 
 
-@kernel_op("tgrep::cluster_outer", check=lambda a, b, labels, k: _check_labels("a", a, labels, k))
+def _check_outer(a, b, labels, k):
+    if a.shape[0] != b.shape[0]:
+        raise ValueError(f"'a' and 'b' must have the same number of rows, got {a.shape[0]} and {b.shape[0]}")
+    # the statistics call this op on the (centred, weighted) rows of y: the check that names them
+    bad = ~(torch.isfinite(a).all() & torch.isfinite(b).all()) if a.numel() else torch.tensor(False)
+    _check_labels("a", a, labels, k, [(bad, lambda: "'y' (the rows summarized) contains NaN or infinite values")])
+
+
+@kernel_op("tgrep::cluster_outer", check=_check_outer)
 def cluster_outer(a: Tensor, b: Tensor, labels: Tensor, num_clusters: int) -> Tensor:
     """``[k, p, q]``: ``sum_{i in cluster c} a_i b_i^T``."""
     return ref.cluster_outer(a, b, labels.long(), num_clusters)
@@ -317,7 +329,9 @@ exact_log_normalizer.register_autograd(_exact_backward, setup_context=_exact_set
 def _check_kmeans(x, num_clusters, iters, seed, tol, sample, init_sample, n_init, distributed):
     if not ref_kmeans.dist_ready(distributed) and num_clusters > x.shape[0]:
         raise ValueError(f"'num_clusters' ({num_clusters}) must not exceed the number of rows of 'x' ({x.shape[0]})")
-    check.values(check.finite_flags("x", x))
+    if x.numel():
+        check.values([(~torch.isfinite(x).all(), lambda: "the points to cluster ('x', or 'y' of log_normalizer) "
+                                                         "contain NaN or infinite values")])
 
 
 @kernel_op("tgrep::kmeans", check=_check_kmeans)

@@ -60,7 +60,7 @@ def kmeans(x: Tensor, num_clusters: int, *, iters: int = 20, seed: int = 0, tol:
     k = check.positive_int("num_clusters", num_clusters)
     check.positive_int("iters", iters, allow_zero=True)
     check.seed("seed", seed)
-    if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not (math.isfinite(tol) and tol >= 0):
+    if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not (tol == tol and 0 <= tol < math.inf):
         raise ValueError(f"'tol' must be a finite number >= 0, got {tol!r}")
     check.positive_int("init_sample", init_sample)
     check.positive_int("n_init", n_init)

@@ -105,7 +105,6 @@ def cluster_statistics(y: Tensor, labels: Tensor | None = None, num_clusters: in
     dist = dist_ready(distributed)
     if y.shape[0] == 0 and not dist:
         raise ValueError("'y' must have at least one row")
-    check.values(check.finite_flags("y", y))
     if labels is None:
         if k != 1:
             raise ValueError("'labels' are required when 'num_clusters' > 1")
@@ -225,8 +224,21 @@ def _estimate(x, y, labels, k, weights, detach_stats, dist):
     """The estimate from trusted ``labels`` in ``[0, k)`` (no validation, no host sync)."""
     ys = y.detach() if detach_stats else y
     ws = weights.detach() if (weights is not None and detach_stats) else weights
-    log_w, mu, omega = _statistics(ys, labels, k, ws, dist)
-    return _cluster_lse(x, log_w, mu, omega)
+    if dist:
+        log_w, mu, omega = _statistics(ys, labels, k, ws, dist)
+        return _cluster_lse(x, log_w, mu, omega)
+    # scale before the moments: y / s with s a power of two >= 1 (exact, detached), x * s;
+    # x.mu + x Omega x / 2 is unchanged, and the second moments of rows of norm 1e20 no
+    # longer overflow (the result is +inf only when log Z itself passes the dtype's range)
+    amax = ys.detach().abs().amax().to(_compute_dtype(y)).clamp_min(1.0)
+    s = torch.exp2(torch.floor(torch.log2(amax)))
+    log_w, mu, omega = _statistics(ys / s, labels, k, ws, dist)
+    big = torch.finfo(_compute_dtype(x)).max
+    xs = x.to(log_w.dtype) * s
+    # x * s past the dtype's range (then so is log Z): clamp to its max, so the kernel
+    # returns +inf; non-finite x stays as it is for the op's check to refuse
+    xs = torch.where(torch.isfinite(x), xs.clamp(-big, big), xs)
+    return _cluster_lse(xs, log_w, mu, omega).to(x.dtype)
 
 
 def exact_log_normalizer(x: Tensor, y: Tensor, *, chunk: int | None = None,
