@@ -41,11 +41,17 @@ def test_opcheck_cluster_log_normalizer(seed, backend):
     if dtype == torch.float64:
         tests = tests + ("test_aot_dispatch_dynamic",)
     with tgrep.use_backend(backend):
-        torch.library.opcheck(torch.ops.tgrep.cluster_log_normalizer.default, (x, lw, mu, om), test_utils=tests)
+        for sc in (1.0, 4.0):
+            scale = torch.tensor(sc, dtype=dtype)
+            torch.library.opcheck(torch.ops.tgrep.cluster_log_normalizer.default, (x, lw, mu, om, scale),
+                                  test_utils=tests)
         g = torch.randn(9, dtype=dtype)
-        lse = torch.ops.tgrep.cluster_log_normalizer(x.detach(), lw.detach(), mu.detach(), om.detach())
+        lse = torch.ops.tgrep.cluster_log_normalizer(x.detach(), lw.detach(), mu.detach(), om.detach(), scale)
         torch.library.opcheck(torch.ops.tgrep.cluster_log_normalizer_backward.default,
-                              (g, x.detach(), lw.detach(), mu.detach(), om.detach(), lse, True, True))
+                              (g, x.detach(), lw.detach(), mu.detach(), om.detach(), lse, scale, True, True))
+        # the scale is x' = scale * x: same value as scaling x by hand
+        torch.testing.assert_close(lse, torch.ops.tgrep.cluster_log_normalizer(
+            4.0 * x.detach(), lw.detach(), mu.detach(), om.detach(), torch.tensor(1.0, dtype=dtype)))
 
 
 def test_opcheck_moment_ops_and_exact(seed):

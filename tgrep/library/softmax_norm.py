@@ -47,8 +47,23 @@ def _empty(like: Tensor) -> Tensor:
     return like.new_empty(_NONE)
 
 
+def _finite(t: Tensor, message: str) -> None:
+    """One pass: a sum is finite iff every entry is (up to overflow of the sum; then the full
+    test decides). Runs inside the ops (eager), so the host sync is fine."""
+    if t.numel() and not bool(torch.isfinite(t.sum())) and not bool(torch.isfinite(t).all()):
+        raise ValueError(message)
+
+
+def _scaled(x: Tensor, scale: Tensor) -> Tensor:
+    """``x * scale`` clamped to the dtype's range (``scale`` a power of two >= 1)."""
+    if float(scale) == 1.0:
+        return x
+    big = torch.finfo(x.dtype).max
+    return (x * scale.to(x.dtype)).clamp(-big, big)
+
+
 # ------------------------------------------------------------------------------ fused kernel
-def _check_cln(x, log_weight, mu, omega):
+def _check_cln(x, log_weight, mu, omega, scale):
     n, d = x.shape
     k = log_weight.shape[0]
     if mu.shape != (k, d) or omega.shape != (k, d, d):
@@ -56,7 +71,8 @@ def _check_cln(x, log_weight, mu, omega):
                          f"got {tuple(mu.shape)} and {tuple(omega.shape)}")
     # omega may hold +-inf: second moments of finite rows of norm ~1e20 overflow float32; the
     # logits are then +inf (the exact value overflows too), never NaN
-    flags = check.finite_flags("x", x) + check.finite_flags("mu", mu)
+    _finite(x, "'x' contains NaN or infinite values")
+    flags = check.finite_flags("mu", mu)
     if omega.numel():
         flags.append((torch.isnan(omega).any(), lambda: "'omega' contains NaN"))
     if k:
@@ -67,23 +83,30 @@ def _check_cln(x, log_weight, mu, omega):
 
 def _tri_forward():
     tri = _triton()
-    return lambda x, lw, mu, om: (tri.cluster_lse_forward(x, lw, mu, om) if tri.supports(x)
-                                  else ref.cluster_lse_forward(x, lw, mu, om))
+
+    def run(x, lw, mu, om, scale):
+        xs = _scaled(x, scale)
+        return tri.cluster_lse_forward(xs, lw, mu, om) if tri.supports(x) else ref.cluster_lse_forward(xs, lw, mu, om)
+
+    return run
 
 
 @kernel_op("tgrep::cluster_log_normalizer", triton=_tri_forward, check=_check_cln)
-def cluster_log_normalizer(x: Tensor, log_weight: Tensor, mu: Tensor, omega: Tensor) -> Tensor:
-    """``[n]``: ``logsumexp_a(log_weight_a + x_i mu_a + x_i Omega_a x_i / 2)`` (float32/64)."""
-    return ref.cluster_lse_forward(x.contiguous(), log_weight, mu, omega)
+def cluster_log_normalizer(x: Tensor, log_weight: Tensor, mu: Tensor, omega: Tensor, scale: Tensor) -> Tensor:
+    """``[n]``: ``logsumexp_a(log_weight_a + x'_i mu_a + x'_i Omega_a x'_i / 2)`` with
+    ``x' = scale * x`` (``scale``: a 0-d power of two >= 1 that the statistics were divided
+    by, so that moments of huge rows do not overflow; ``x'`` clamped to the dtype's range)."""
+    return ref.cluster_lse_forward(_scaled(x.contiguous(), scale), log_weight, mu, omega)
 
 
 @cluster_log_normalizer.register_fake
-def _(x, log_weight, mu, omega):
+def _(x, log_weight, mu, omega, scale):
     return x.new_empty(x.shape[0])
 
 
-def _ref_cln_backward(grad, x, log_weight, mu, omega, lse, need_x, need_stats):
-    dx, *stats = ref.cluster_lse_backward(grad.contiguous(), x.contiguous(), log_weight, mu, omega, lse,
+def _ref_cln_backward(grad, x, log_weight, mu, omega, lse, scale, need_x, need_stats):
+    x = _scaled(x.contiguous(), scale)
+    dx, *stats = ref.cluster_lse_backward(grad.contiguous(), x, log_weight, mu, omega, lse,
                                           need_x=need_x, need_stats=need_stats)
     dx = dx if need_x else _empty(x)
     if not need_stats:
@@ -94,9 +117,10 @@ def _ref_cln_backward(grad, x, log_weight, mu, omega, lse, need_x, need_stats):
 def _tri_cln_backward():
     tri = _triton()
 
-    def run(grad, x, log_weight, mu, omega, lse, need_x, need_stats):
+    def run(grad, x, log_weight, mu, omega, lse, scale, need_x, need_stats):
         if not tri.supports(x):
-            return _ref_cln_backward(grad, x, log_weight, mu, omega, lse, need_x, need_stats)
+            return _ref_cln_backward(grad, x, log_weight, mu, omega, lse, scale, need_x, need_stats)
+        x = _scaled(x, scale)
         dx, gw = tri.cluster_lse_backward(grad, x.contiguous(), log_weight, mu, omega, lse, need_stats=need_stats)
         if not need_stats:
             return dx, _empty(x), _empty(x), _empty(x)
@@ -107,15 +131,15 @@ def _tri_cln_backward():
 
 @kernel_op("tgrep::cluster_log_normalizer_backward", triton=_tri_cln_backward)
 def cluster_log_normalizer_backward(grad: Tensor, x: Tensor, log_weight: Tensor, mu: Tensor, omega: Tensor,
-                                    lse: Tensor, need_x: bool, need_stats: bool
+                                    lse: Tensor, scale: Tensor, need_x: bool, need_stats: bool
                                     ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """``(dx, dlog_weight, dmu, domega)`` of ``sum_i grad_i lse_i`` (``[0]`` for what is not
-    needed); ``omega`` symmetric."""
-    return _ref_cln_backward(grad, x, log_weight, mu, omega, lse, need_x, need_stats)
+    """``(dx', dlog_weight, dmu, domega)`` of ``sum_i grad_i lse_i`` w.r.t. ``x' = scale * x``
+    and the statistics (``[0]`` for what is not needed); ``omega`` symmetric."""
+    return _ref_cln_backward(grad, x, log_weight, mu, omega, lse, scale, need_x, need_stats)
 
 
 @cluster_log_normalizer_backward.register_fake
-def _(grad, x, log_weight, mu, omega, lse, need_x, need_stats):
+def _(grad, x, log_weight, mu, omega, lse, scale, need_x, need_stats):
     n, d = x.shape
     k = mu.shape[0]
     dx = x.new_empty(n, d) if need_x else _empty(x)
@@ -129,17 +153,19 @@ def _cln_setup(ctx, inputs, output):
 
 
 def _cln_backward(ctx, grad):
-    x, lw, mu, om, lse = ctx.saved_tensors
+    x, lw, mu, om, scale, lse = ctx.saved_tensors
     need_x = ctx.needs_input_grad[0]
     need_stats = any(ctx.needs_input_grad[1:4])
+    sc = scale.to(x.dtype)
     if torch.is_grad_enabled():  # a graph of the gradient is wanted: differentiable formula
-        dx, dlw, dmu, dom = ref.cluster_lse_grads(grad, x, lw, mu, om)
+        dx, dlw, dmu, dom = ref.cluster_lse_grads(grad, x * sc, lw, mu, om)
     else:
         om_sym = 0.5 * (om + om.transpose(1, 2))
-        dx, dlw, dmu, dom = cluster_log_normalizer_backward(grad, x, lw, mu, om_sym, lse, need_x, need_stats)
+        dx, dlw, dmu, dom = cluster_log_normalizer_backward(grad, x, lw, mu, om_sym, lse, scale, need_x,
+                                                            need_stats)
     if not need_stats:
         dlw = dmu = dom = None
-    return dx if need_x else None, dlw, dmu, dom
+    return (dx * sc if need_x else None), dlw, dmu, dom, None
 
 
 cluster_log_normalizer.register_autograd(_cln_backward, setup_context=_cln_setup)
@@ -157,8 +183,10 @@ def _check_outer(a, b, labels, k):
     if a.shape[0] != b.shape[0]:
         raise ValueError(f"'a' and 'b' must have the same number of rows, got {a.shape[0]} and {b.shape[0]}")
     # the statistics call this op on the (centred, weighted) rows of y: the check that names them
-    bad = ~(torch.isfinite(a).all() & torch.isfinite(b).all()) if a.numel() else torch.tensor(False)
-    _check_labels("a", a, labels, k, [(bad, lambda: "'y' (the rows summarized) contains NaN or infinite values")])
+    _finite(a, "'y' (the rows summarized) contains NaN or infinite values")
+    if b is not a:
+        _finite(b, "'y' (the rows summarized) contains NaN or infinite values")
+    _check_labels("a", a, labels, k)
 
 
 @kernel_op("tgrep::cluster_outer", check=_check_outer)
@@ -329,9 +357,7 @@ exact_log_normalizer.register_autograd(_exact_backward, setup_context=_exact_set
 def _check_kmeans(x, num_clusters, iters, seed, tol, sample, init_sample, n_init, distributed):
     if not ref_kmeans.dist_ready(distributed) and num_clusters > x.shape[0]:
         raise ValueError(f"'num_clusters' ({num_clusters}) must not exceed the number of rows of 'x' ({x.shape[0]})")
-    if x.numel():
-        check.values([(~torch.isfinite(x).all(), lambda: "the points to cluster ('x', or 'y' of log_normalizer) "
-                                                         "contain NaN or infinite values")])
+    _finite(x, "the points to cluster ('x', or 'y' of log_normalizer) contain NaN or infinite values")
 
 
 @kernel_op("tgrep::kmeans", check=_check_kmeans)

@@ -141,12 +141,13 @@ def cluster_log_normalizer(x: Tensor, log_weight: Tensor, mu: Tensor, omega: Ten
     return _cluster_lse(x, log_weight, mu, omega)
 
 
-def _cluster_lse(x: Tensor, log_weight: Tensor, mu: Tensor, omega: Tensor) -> Tensor:
+def _cluster_lse(x: Tensor, log_weight: Tensor, mu: Tensor, omega: Tensor, scale: Tensor | None = None) -> Tensor:
     ct = _compute_dtype(x)
     x_, lw, mu_, om = (t.to(ct) for t in (x, log_weight, mu, omega))
     lw = lw.clamp_min(lib.EMPTY)
     om = 0.5 * (om + om.transpose(1, 2))
-    return torch.ops.tgrep.cluster_log_normalizer(x_, lw, mu_, om).to(x.dtype)
+    scale = torch.ones((), dtype=ct, device=x.device) if scale is None else scale.to(ct).detach()
+    return torch.ops.tgrep.cluster_log_normalizer(x_, lw, mu_, om, scale).to(x.dtype)
 
 
 # ----------------------------------------------------------------------------- public ops
@@ -233,12 +234,7 @@ def _estimate(x, y, labels, k, weights, detach_stats, dist):
     amax = ys.detach().abs().amax().to(_compute_dtype(y)).clamp_min(1.0)
     s = torch.exp2(torch.floor(torch.log2(amax)))
     log_w, mu, omega = _statistics(ys / s, labels, k, ws, dist)
-    big = torch.finfo(_compute_dtype(x)).max
-    xs = x.to(log_w.dtype) * s
-    # x * s past the dtype's range (then so is log Z): clamp to its max, so the kernel
-    # returns +inf; non-finite x stays as it is for the op's check to refuse
-    xs = torch.where(torch.isfinite(x), xs.clamp(-big, big), xs)
-    return _cluster_lse(xs, log_w, mu, omega).to(x.dtype)
+    return _cluster_lse(x, log_w, mu, omega, s)
 
 
 def exact_log_normalizer(x: Tensor, y: Tensor, *, chunk: int | None = None,
