@@ -138,7 +138,8 @@ def cluster_outer(a: Tensor, b: Tensor, labels: Tensor, num_clusters: int) -> Te
         return (a.t() @ b)[None]
     out = a.new_zeros(k, a.shape[1], b.shape[1])
     order, segs = _segments(labels, k)
-    a_s, b_s = a[order], b[order]
+    a_s = a[order]
+    b_s = a_s if b is a else b[order]
     for c, s, e in segs:
         out[c] = a_s[s:e].t() @ b_s[s:e]
     return out
