@@ -38,7 +38,20 @@ from harness import RESULTS  # noqa: E402
 from tgrep.ops.ot_compress import label_cost, ot_compress  # noqa: E402
 from tgrep.utils.progress import progress  # noqa: E402
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+def _data_root():
+    """``$TGREP_DATA``, else the first ``shared/data`` beside the repository or above it
+    (``../shared/data`` for the main checkout, ``../../shared/data`` for a worktree)."""
+    if os.environ.get("TGREP_DATA"):
+        return Path(os.environ["TGREP_DATA"])
+    for up in Path(__file__).resolve().parents[1].parents:
+        if (up / "shared" / "data").is_dir():
+            return up / "shared" / "data"
+    return Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+DATA = _data_root()
 # Table 1 of the paper (OTC row and best baseline row), per train fraction 0.2 .. 0.8
 PAPER = {
     "MSRC_21C": {"OTC": [.548, .605, .639, .679, .696, .742, .778], "REC": [.485, .543, .595, .625, .641, .696, .738],
