@@ -365,7 +365,11 @@ def main():
             if not args.sweep:
                 allres[name]["targets"] = targets({name: allres[name]})
             RESULTS.mkdir(exist_ok=True)
-            out_path.write_text(json.dumps(allres, indent=2) + "\n")
+            # merge on write: runs on other datasets may have written the file meanwhile
+            disk = json.loads(out_path.read_text()) if out_path.exists() else {}
+            disk[name] = allres[name]
+            out_path.write_text(json.dumps(disk, indent=2) + "\n")
+            allres = disk
     if args.sweep:
         ranking(allres)
     else:
@@ -401,7 +405,7 @@ def plot(allres, fname):
             ps = sorted(float(p) for p in r["acc"])
             main = m in ("OTC (tgrep defaults)", "Uncompressed")
             ax.plot(ps, [r["acc"][str(p)][0] for p in ps], label=m, marker="o", ms=3, lw=2.2 if main else 1,
-                    color="k" if m == "Uncompressed" else f"C{i % 10}", ls=":" if m == "Uncompressed" else "-")
+                    color="k" if m == "Uncompressed" else plt.cm.tab20(i % 20), ls=":" if m == "Uncompressed" else "-")
         if "paper" in e:
             ax.plot(FRACTIONS, e["paper"]["OTC"], "k--", lw=1.5, label="paper: OTC")
         ax.set_title(f"{name} ({e.get('collections', 1)} coll. x {e.get('splits', '?')} splits)", fontsize=9)
