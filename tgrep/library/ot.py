@@ -30,6 +30,16 @@ from ..utils import check
 from ._register import kernel_op
 
 
+def _autograd_inside():
+    """Re-enable autograd inside a custom-op kernel (the dispatcher excludes its keys there):
+    the backward replay of ``mirror_prox`` records and differentiates plain torch ops."""
+    K = torch._C.DispatchKey
+    ex = torch._C._dispatch_tls_local_exclude_set()
+    for k in (K.AutogradOther, K.AutogradNestedTensor, K.AutogradFunctionality):
+        ex = ex.remove(k)
+    return torch._C._ForceDispatchKeyGuard(torch._C._dispatch_tls_local_include_set(), ex)
+
+
 def _refuse_double_backward(name):
     def backward(ctx, *grads):
         raise RuntimeError(f"tgrep::{name} (a backward) is not differentiable: double backward through OT "
@@ -135,7 +145,7 @@ def mirror_prox_backward(g_eps: Tensor, g_rho1: Tensor, edge_index: Tensor, cost
                          lip_iters: int, step_scale: float, diff_iters: int) -> tuple[Tensor, Tensor]:
     """``(grad_cost, grad_rho0)``: the vector-Jacobian product of
     :func:`~tgrep.kernels.reference.ot_solver.mirror_prox_replay` with ``(g_eps, g_rho1)``."""
-    with torch.enable_grad():
+    with _autograd_inside(), torch.enable_grad():
         c = cost.detach().clone().requires_grad_(True)
         r = rho0.detach().clone().requires_grad_(True)
         e, r1 = ref_solver.mirror_prox_replay(edge_index, c, r, batch, k, eps_last, t_last, zeta_last, mu_last, lam,
