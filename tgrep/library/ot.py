@@ -40,6 +40,10 @@ def _autograd_inside():
     return torch._C._ForceDispatchKeyGuard(torch._C._dispatch_tls_local_include_set(), ex)
 
 
+def _no_setup(ctx, inputs, output):
+    pass
+
+
 def _refuse_double_backward(name):
     def backward(ctx, *grads):
         raise RuntimeError(f"tgrep::{name} (a backward) is not differentiable: double backward through OT "
@@ -162,7 +166,7 @@ def _(g_eps, g_rho1, edge_index, cost, rho0, batch, k, eps_last, t_last, zeta_la
 
 
 mirror_prox.register_autograd(_mp_backward, setup_context=_mp_setup)
-mirror_prox_backward.register_autograd(_refuse_double_backward("mirror_prox_backward"), setup_context=lambda c, i, o: None)
+mirror_prox_backward.register_autograd(_refuse_double_backward("mirror_prox_backward"), setup_context=_no_setup)
 
 
 # ------------------------------------------------------------------------------ support_cost
@@ -377,4 +381,4 @@ def _(g_t, edge_index, t, cost):
 
 project_lipschitz.register_autograd(_lip_backward, setup_context=_lip_setup)
 project_lipschitz_backward.register_autograd(_refuse_double_backward("project_lipschitz_backward"),
-                                             setup_context=lambda c, i, o: None)
+                                             setup_context=_no_setup)
