@@ -262,7 +262,7 @@ def ot_compress(edge_index: torch.Tensor, num_nodes: int, k, *, cost: torch.Tens
                 rho0: torch.Tensor | None = None, lam: float = 1.0, num_iters: int = 30,
                 batch: torch.Tensor | None = None, tol: float = 1e-3, lip_iters: int = 5,
                 step_scale: float = 1.0, refine: int = 2, refine_rounds: int = 3, refine_max_nodes: int = 64,
-                diff_iters: int = 5, return_info: bool = False, verbose: bool = False):
+                diff_iters: int = 3, return_info: bool = False, verbose: bool = False):
     r"""Compress every graph of a batch to at most ``k`` nodes by optimal transport.
 
     Implements Garg & Jaakkola, *Solving graph compression via optimal transport* (NeurIPS
@@ -324,7 +324,7 @@ def ot_compress(edge_index: torch.Tensor, num_nodes: int, k, *, cost: torch.Tens
         refine_rounds (int, optional): swap rounds at most (default: ``3``).
         refine_max_nodes (int, optional): graphs larger than this are not refined
             (dense ``n x n`` work) (default: ``64``).
-        diff_iters (int, optional): iterations replayed for the gradients (default: ``5``).
+        diff_iters (int, optional): iterations replayed for the gradients (default: ``3``).
         return_info (bool, optional): return an :class:`OTCompressResult` (default: ``False``).
         verbose (bool, optional): log iterations and the gap (default: ``False``).
 

@@ -107,12 +107,12 @@ class OTCoarsening(torch.nn.Module):
             :func:`tgrep.ot_compress`; costly, off in the layer) (default: ``0``).
         hidden_channels (int, optional): hidden size of the learned cost (default: ``16``).
         diff_iters (int, optional): Mirror Prox iterations replayed at the solution for the
-            gradients of a learned cost (default: ``5``).
+            gradients of a learned cost (default: ``3``).
     """
 
     def __init__(self, ratio: Union[int, float] = 0.5, *, cost: str = "degree", in_channels: Optional[int] = None,
                  lam: float = 1.0, num_iters: int = 30, multiplier: float = 1.0, reduce: str = "select",
-                 refine: int = 0, hidden_channels: int = 16, diff_iters: int = 5):
+                 refine: int = 0, hidden_channels: int = 16, diff_iters: int = 3):
         super().__init__()
         check.one_of("cost", cost, COSTS)
         check.one_of("reduce", reduce, REDUCES)
@@ -182,7 +182,7 @@ class OTCoarsening(torch.nn.Module):
 def ot_pool(x: Tensor, edge_index: Tensor, ratio: Union[int, float] = 0.5, *, cost: Optional[Tensor] = None,
             edge_attr: Optional[Tensor] = None, batch: Optional[Tensor] = None, lam: float = 1.0,
             num_iters: int = 30, refine: int = 0, multiplier: float = 1.0, reduce: str = "select",
-            diff_iters: int = 5):
+            diff_iters: int = 3):
     r"""Functional OT pooling (Garg & Jaakkola, NeurIPS 2019): :class:`OTCoarsening` with a given
     ``cost [E]`` (default: ones). Returns ``(x, edge_index, edge_attr, batch, perm, score)``."""
     check.one_of("reduce", reduce, REDUCES)

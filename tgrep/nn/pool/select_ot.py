@@ -39,11 +39,11 @@ class SelectOT(Select):
         lam (float, optional): :math:`\lambda` (default: ``1.0``).
         num_iters (int, optional): Mirror Prox iterations (default: ``30``).
         refine (int, optional): swap refinement width (default: ``0``).
-        diff_iters (int, optional): iterations replayed for the gradients (default: ``5``).
+        diff_iters (int, optional): iterations replayed for the gradients (default: ``3``).
     """
 
     def __init__(self, ratio: Union[int, float] = 0.5, lam: float = 1.0, num_iters: int = 30, refine: int = 0,
-                 diff_iters: int = 5):
+                 diff_iters: int = 3):
         super().__init__()
         self.ratio = check_ratio(ratio)
         self.lam = check.in_range("lam", lam, 0, math.inf, lo_open=True, hi_open=True)
