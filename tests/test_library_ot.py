@@ -242,3 +242,27 @@ def test_repr_lists_every_argument():
             assert f"{name}=" in r, (name, r)
     assert "num_iters=7" in r and "hidden_channels=8" in r and "refine=1" in r and "diff_iters=3" in r
     assert repr(OTCoarsening(0.5)) != repr(OTCoarsening(0.5, num_iters=5))
+
+
+def test_transport_reduce_and_projections_compile_fullgraph(seed):
+    pool = OTCoarsening(0.5, cost="degree", reduce="transport", num_iters=10)
+    y = torch.randn(9, dtype=D)
+    batch = torch.tensor([0, 0, 0, 1, 1, 1, 1, 2, 2])
+    ei = torch.tensor([[0, 1, 1, 2, 3, 4, 5, 7], [1, 0, 2, 1, 4, 5, 6, 8]])
+    cost = torch.rand(8, dtype=D) + 0.1
+
+    def f(x, edge_index, b):
+        out = pool(x, edge_index, batch=b)
+        p1 = torch.ops.tgrep.project_capped_simplex(y, torch.tensor([1.0, 2.0, 0.5], dtype=D), batch)
+        p2 = torch.ops.tgrep.project_diag_simplex(y, torch.full_like(y, 0.5), batch, 3)
+        p3 = torch.ops.tgrep.project_lipschitz(y, ei, cost, batch, 3, 50, 0.0, None)[0]
+        return out[0].sum() + p1.sum() + p2.sum() + p3.sum()
+
+    calls = []
+    for sizes in ([5, 7], [6, 8, 9], [4, 6, 7, 9]):
+        b = _graphs(sizes)
+        calls.append((b.x, b.edge_index, b.batch))
+    outs, graphs = _count_compiles(f, calls)
+    for o, c in zip(outs, calls):
+        torch.testing.assert_close(o, f(*c))
+    assert graphs == 1
