@@ -205,12 +205,40 @@ def test_ot_compress_edge_cases():
     assert tgrep.ot_compress is ot_compress
 
 
-def test_gradient_reaches_learned_cost(seed):
+def _star_with_tail():
+    """A hub carrying half of the degree mass: with k = 3, k max rho0 > 1, so the relaxed
+    optimum must transport mass and the constraints of T bind (the cost matters)."""
+    e = [(0, i) for i in range(1, 6)] + [(5, 6), (6, 7)]
+    ei = torch.tensor(e).t()
+    return torch.cat([ei, ei.flip(0)], 1)
+
+
+def test_gradient_of_learned_cost_matches_finite_differences():
+    # fixed data (a random direction can land on a kink of the piecewise-smooth solution map)
+    gen = torch.Generator().manual_seed(1)
+    ei, n = _star_with_tail(), 8
+    c0 = torch.rand(ei.size(1) // 2, dtype=D, generator=gen) * 0.05 + 0.02
+    c0 = torch.cat([c0, c0])
+    w, v = torch.randn(n, dtype=D, generator=gen), torch.randn(ei.size(1), dtype=D, generator=gen)
+    kw = dict(num_iters=1000, tol=0.0, refine=0, return_info=True)
+    c = c0.clone().requires_grad_()
+    (ot_compress(ei, n, 3, cost=c, diff_iters=20, **kw).rho1 * w).sum().backward()
+    h = 1e-6
+    with torch.no_grad():
+        fd = ((ot_compress(ei, n, 3, cost=c0 + h * v, **kw).rho1 - ot_compress(ei, n, 3, cost=c0 - h * v, **kw).rho1)
+              * w).sum() / (2 * h)
+    g = float(c.grad @ v)
+    assert abs(float(fd)) > 1e-3 and abs(g - float(fd)) <= 0.15 * abs(float(fd)), (g, float(fd))
+
+
+def test_gradient_is_zero_where_the_relaxation_ignores_the_cost(seed):
+    """With k max rho0 <= 1 the relaxed optimum is eps = k rho0 without transport: rho1 does
+    not depend on the cost at the solution, and the gradient at the solution says so."""
     ei = rand_connected(8)
-    c = (torch.rand(ei.size(1), dtype=D) * 0.02 + 0.005).requires_grad_()  # small: the constraints bind
-    info = ot_compress(ei, 8, 4, cost=c, num_iters=20, return_info=True)
+    c = (torch.rand(ei.size(1), dtype=D) * 0.02 + 0.005).requires_grad_()
+    info = ot_compress(ei, 8, 2, cost=c, num_iters=300, tol=0.0, refine=0, return_info=True)
     (info.rho1 * torch.arange(8, dtype=D)).sum().backward()
-    assert c.grad is not None and torch.isfinite(c.grad).all() and c.grad.abs().sum() > 0
+    assert c.grad is not None and float(c.grad.abs().max()) < 1e-6
 
 
 def test_cpp_kernel_matches_reference(seed):
@@ -223,10 +251,6 @@ def test_cpp_kernel_matches_reference(seed):
     ei = torch.cat([g + int(o) for g, o in zip(graphs, off)], 1)
     N = sum(sizes)
     batch = torch.arange(4).repeat_interleave(torch.tensor(sizes))
-    p = torch.randperm(N)  # unsorted node order
-    inv = torch.empty_like(p)
-    inv[p] = torch.arange(N)
-    ei, batch = inv[ei], batch[p]
     c = label_cost(ei, torch.randint(0, 3, (N,)))
     kw = dict(cost=c, batch=batch, tol=0.0, refine=0, return_info=True)   # tol=0: same iteration count
     with tgrep.use_backend("cpp"):
@@ -239,13 +263,13 @@ def test_cpp_kernel_matches_reference(seed):
 
 def test_cpp_support_cost_matches_reference(seed):
     from tgrep._ext import load_cpp
-    from tgrep.ops.ot_compress import _support_cost
+    from tgrep.library.ot import _solve
     if load_cpp("ot_compress") is None:
         pytest.skip("C++ kernel unavailable here")
     n, P = 7, 12
     ei = rand_connected(n)
     c = torch.rand(ei.size(1), dtype=D) + 0.05
-    from tgrep.kernels.reference import ot as R
+    from tgrep.kernels.reference import ot_rounding as R
     b = torch.zeros(n, dtype=torch.long)
     _, _, pos, nm = R.to_dense_blocks(b, 1)
     Dm = R.shortest_paths_dense(ei, c, b, pos, 1, nm).expand(P, n, n).contiguous()
@@ -256,7 +280,7 @@ def test_cpp_support_cost_matches_reference(seed):
     out = {}
     for be in ("cpp", "reference"):
         with tgrep.use_backend(be):
-            out[be] = _support_cost(Dm, rho0, S, 0.8, tol=1e-10, return_plan=True)
+            out[be] = _solve(Dm, rho0, S, 0.8, 3000, 1e-10, 20, None, True)
     a, r = out["cpp"], out["reference"]
     assert torch.isinf(a[0][0]) and torch.isinf(r[0][0])
     assert torch.allclose(a[0][1:], r[0][1:], rtol=1e-8) and torch.allclose(a[1], r[1], atol=1e-6)

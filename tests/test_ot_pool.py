@@ -7,7 +7,7 @@ from torch_geometric.data import Batch, Data
 from torch_geometric.nn import TopKPooling
 
 from tgrep.nn.pool import OTCoarsening, ot_pool
-from tgrep.nn.pool.ot_coarsening import nearest_kept
+from tgrep.kernels.reference.ot_rounding import nearest_kept
 
 
 def _batch(sizes, feat=5):

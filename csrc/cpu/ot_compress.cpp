@@ -1,8 +1,10 @@
 // Mirror Prox for OT graph compression (Garg & Jaakkola, NeurIPS 2019), CPU kernel.
 //
-// The same iteration as tgrep/ops/ot_compress.py::_mirror_prox (reference: plain torch over
+// The same iteration as tgrep/kernels/reference/ot_solver.py::mirror_prox (plain torch over
 // the whole batch), run here one graph per OpenMP task, each graph stopping on its own
-// duality-gap estimate. Nodes of a graph must be contiguous (ptr) and its edges too (eptr).
+// duality-gap estimate. Memory safety does not depend on the caller: every index is checked
+// here (graph ids sorted and in range, edge ends in range and inside one graph, shapes),
+// and a violation raises ValueError naming the argument.
 #include <torch/extension.h>
 
 #include <algorithm>
@@ -123,8 +125,12 @@ void proj_T(const Graph &g, const Vec &y, Vec &out, Vec &mu, Vec &z, Vec &munew,
   }
 }
 
-void solve(const Graph &g, int64_t kk, int num_iters, double tol, int lip_iters, double s, double *eps_out,
-           double *rho1_out, double *gap_out, int64_t *iters_out) {
+struct Out {
+  double *eps, *rho1, *eps_last, *t_last, *zeta_last, *mu_last, *gap;
+  int64_t *iters;
+};
+
+void solve(const Graph &g, int64_t kk, int num_iters, double tol, int lip_iters, double s, const Out &o) {
   const int64_t n = g.n;
   const double lam = g.lam, kf = (double)kk;
   Vec eps(n, n ? kf / n : 0.0), t(n, 0.0), gt(n), ge(n), eh(n), th(n), y(n), esum(n, 0.0), tsum(n, 0.0), tbar(n),
@@ -210,47 +216,80 @@ void solve(const Graph &g, int64_t kk, int num_iters, double tol, int lip_iters,
   double zbar = zsum / std::max(it, 1);
   for (int64_t i = 0; i < n; ++i) {
     double eb = esum[i] / std::max(asum, 1e-300), tb = tsum[i] / std::max(it, 1);
-    eps_out[i] = eb;
-    rho1_out[i] = eb * std::max(0.0, tb + zbar) / lam;
+    o.eps[i] = eb;
+    o.rho1[i] = eb * std::max(0.0, tb + zbar) / lam;
+    o.eps_last[i] = eps[i];
+    o.t_last[i] = t[i];
   }
-  *gap_out = gap;
-  *iters_out = it;
+  for (int64_t e = 0; e < g.E; ++e) o.mu_last[e] = mu[e];
+  *o.zeta_last = zeta;
+  *o.gap = gap;
+  *o.iters = it;
 }
 
 }  // namespace
 
-std::vector<torch::Tensor> mirror_prox(torch::Tensor ptr, torch::Tensor eptr, torch::Tensor src, torch::Tensor dst,
-                                       torch::Tensor cost, torch::Tensor rho0, torch::Tensor k, double lam,
-                                       int64_t num_iters, double tol, int64_t lip_iters, double step_scale) {
-  ptr = ptr.contiguous().to(torch::kLong);
-  eptr = eptr.contiguous().to(torch::kLong);
-  src = src.contiguous().to(torch::kLong);
-  dst = dst.contiguous().to(torch::kLong);
+std::vector<torch::Tensor> mirror_prox(torch::Tensor edge_index, torch::Tensor cost, torch::Tensor rho0,
+                                       torch::Tensor batch, torch::Tensor k, double lam, int64_t num_iters, double tol,
+                                       int64_t lip_iters, double step_scale) {
+  TORCH_CHECK_VALUE(edge_index.dim() == 2 && edge_index.size(0) == 2, "'edge_index' must have shape [2, E]");
+  TORCH_CHECK_VALUE(rho0.dim() == 1 && batch.dim() == 1 && cost.dim() == 1 && k.dim() == 1,
+                    "'rho0', 'batch', 'cost' and 'k' must be 1-D");
+  const int64_t N = rho0.numel(), E = edge_index.size(1), B = k.numel();
+  TORCH_CHECK_VALUE(batch.numel() == N, "'batch' must have one entry per node (", N, "), got ", batch.numel());
+  TORCH_CHECK_VALUE(cost.numel() == E, "'cost' must have one entry per edge (", E, "), got ", cost.numel());
+  TORCH_CHECK_VALUE(num_iters >= 1 && lip_iters >= 1, "'num_iters' and 'lip_iters' must be >= 1");
+  TORCH_CHECK_VALUE(std::isfinite(lam) && lam > 0, "'lam' must be finite and > 0, got ", lam);
+  auto ei = edge_index.contiguous().to(torch::kLong);
+  auto bt = batch.contiguous().to(torch::kLong);
   cost = cost.contiguous().to(torch::kDouble);
   rho0 = rho0.contiguous().to(torch::kDouble);
   k = k.contiguous().to(torch::kLong);
-  const int64_t B = ptr.numel() - 1, N = rho0.numel(), E = src.numel();
-  auto eps = torch::zeros({N}, torch::kDouble), rho1 = torch::zeros({N}, torch::kDouble);
-  auto gap = torch::zeros({B}, torch::kDouble);
-  auto iters = torch::zeros({B}, torch::kLong);
-  const int64_t *P = ptr.data_ptr<int64_t>(), *EP = eptr.data_ptr<int64_t>();
-  const int64_t *S = src.data_ptr<int64_t>(), *D = dst.data_ptr<int64_t>(), *K = k.data_ptr<int64_t>();
-  // local edge indices
-  std::vector<int64_t> ls(E), ld(E);
-  for (int64_t g = 0; g < B; ++g)
-    for (int64_t e = EP[g]; e < EP[g + 1]; ++e) {
-      ls[e] = S[e] - P[g];
-      ld[e] = D[e] - P[g];
-    }
+  const int64_t *S = ei.data_ptr<int64_t>(), *D = S + E, *G = bt.data_ptr<int64_t>(), *K = k.data_ptr<int64_t>();
+  // graph ranges from the sorted batch (checked), then edges grouped by graph (counting sort)
+  std::vector<int64_t> P(B + 1, 0), EP(B + 1, 0);
+  for (int64_t i = 0; i < N; ++i) {
+    TORCH_CHECK_VALUE(G[i] >= 0 && G[i] < B, "'batch' has graph id ", G[i], " outside [0, ", B, ")");
+    TORCH_CHECK_VALUE(i == 0 || G[i] >= G[i - 1], "'batch' must be sorted (nodes of one graph contiguous)");
+    ++P[G[i] + 1];
+  }
+  for (int64_t g = 0; g < B; ++g) P[g + 1] += P[g];
+  for (int64_t e = 0; e < E; ++e) {
+    TORCH_CHECK_VALUE(S[e] >= 0 && S[e] < N && D[e] >= 0 && D[e] < N, "'edge_index' has entries outside [0, ", N,
+                      "): edge ", e, " = (", S[e], ", ", D[e], ")");
+    TORCH_CHECK_VALUE(G[S[e]] == G[D[e]], "'edge_index' has an edge joining two graphs of 'batch': edge ", e, " = (",
+                      S[e], ", ", D[e], ") in graphs ", G[S[e]], " and ", G[D[e]]);
+    ++EP[G[S[e]] + 1];
+  }
+  for (int64_t g = 0; g < B; ++g) EP[g + 1] += EP[g];
+  std::vector<int64_t> slot(EP.begin(), EP.end() - 1), eorder(E), ls(E), ld(E);
+  std::vector<double> lc(E);
   const double *C = cost.data_ptr<double>(), *R = rho0.data_ptr<double>();
-  double *EO = eps.data_ptr<double>(), *RO = rho1.data_ptr<double>(), *GO = gap.data_ptr<double>();
+  for (int64_t e = 0; e < E; ++e) {
+    const int64_t g = G[S[e]], j = slot[g]++;
+    eorder[j] = e;
+    ls[j] = S[e] - P[g];
+    ld[j] = D[e] - P[g];
+    lc[j] = C[e];
+  }
+  auto opt = torch::TensorOptions().dtype(torch::kDouble);
+  auto eps = torch::zeros({N}, opt), rho1 = torch::zeros({N}, opt), eps_last = torch::zeros({N}, opt),
+       t_last = torch::zeros({N}, opt), zeta_last = torch::zeros({B}, opt), gap = torch::zeros({B}, opt);
+  std::vector<double> mu_sorted(E, 0.0);
+  auto iters = torch::zeros({B}, torch::kLong);
+  double *EO = eps.data_ptr<double>(), *RO = rho1.data_ptr<double>(), *EL = eps_last.data_ptr<double>(),
+         *TL = t_last.data_ptr<double>(), *ZL = zeta_last.data_ptr<double>(), *GO = gap.data_ptr<double>();
   int64_t *IO = iters.data_ptr<int64_t>();
 #pragma omp parallel for schedule(dynamic, 16)
   for (int64_t g = 0; g < B; ++g) {
-    Graph gr{P[g + 1] - P[g], EP[g + 1] - EP[g], ls.data() + EP[g], ld.data() + EP[g], C + EP[g], R + P[g], lam};
-    solve(gr, K[g], (int)num_iters, tol, (int)lip_iters, step_scale, EO + P[g], RO + P[g], GO + g, IO + g);
+    Graph gr{P[g + 1] - P[g], EP[g + 1] - EP[g], ls.data() + EP[g], ld.data() + EP[g], lc.data() + EP[g], R + P[g], lam};
+    Out o{EO + P[g], RO + P[g], EL + P[g], TL + P[g], ZL + g, mu_sorted.data() + EP[g], GO + g, IO + g};
+    solve(gr, K[g], (int)num_iters, tol, (int)lip_iters, step_scale, o);
   }
-  return {eps, rho1, gap, iters};
+  auto mu_last = torch::zeros({E}, opt);
+  double *ML = mu_last.data_ptr<double>();
+  for (int64_t j = 0; j < E; ++j) ML[eorder[j]] = mu_sorted[j];
+  return {eps, rho1, eps_last, t_last, zeta_last, mu_last, gap, iters};
 }
 
 
@@ -291,10 +330,18 @@ void proj_rows(const double *Y, double r, const char *allowed, int k, double *X,
 std::vector<torch::Tensor> support_cost(torch::Tensor D, torch::Tensor rho0, torch::Tensor support, double lam,
                                         int64_t max_iters, double tol, int64_t check_every, torch::Tensor pi0,
                                         bool return_plan) {
+  TORCH_CHECK_VALUE(D.dim() == 3 && D.size(1) == D.size(2), "'D' must have shape [P, n, n]");
+  const int64_t P = D.size(0), n = D.size(1);
+  TORCH_CHECK_VALUE(rho0.dim() == 2 && rho0.size(0) == P && rho0.size(1) == n, "'rho0' must have shape [P, n]");
+  TORCH_CHECK_VALUE(support.dim() == 2 && support.size(0) == P && support.size(1) == n,
+                    "'support' must have shape [P, n]");
+  TORCH_CHECK_VALUE(pi0.numel() == 0 || (pi0.dim() == 3 && pi0.size(0) == P && pi0.size(1) == n && pi0.size(2) == n),
+                    "'pi0' must be empty or have shape [P, n, n]");
+  TORCH_CHECK_VALUE(std::isfinite(lam) && lam > 0, "'lam' must be finite and > 0, got ", lam);
+  TORCH_CHECK_VALUE(check_every >= 1 && max_iters >= 0, "'check_every' must be >= 1 and 'max_iters' >= 0");
   D = D.contiguous().to(torch::kDouble);
   rho0 = rho0.contiguous().to(torch::kDouble);
   support = support.contiguous().to(torch::kBool);
-  const int64_t P = D.size(0), n = D.size(1);
   const bool warm = pi0.numel() > 0;
   if (warm) pi0 = pi0.contiguous().to(torch::kDouble);
   auto cost = torch::zeros({P}, torch::kDouble), gapt = torch::zeros({P}, torch::kDouble);

@@ -7,5 +7,6 @@ one template they are all defined with (see ``docs/architecture.md``).
 from ._register import kernel_op
 from . import shortest_paths  # noqa: F401  (registers tgrep::shortest_paths, path_gradient, ...)
 from . import softmax_norm  # noqa: F401  (registers tgrep::cluster_log_normalizer, kmeans, ...)
+from . import ot  # noqa: F401  (registers tgrep::mirror_prox, support_cost, ot_round, project_*, ...)
 
 __all__ = ["kernel_op"]

@@ -1,15 +1,15 @@
-"""Batched Euclidean projections used by OT graph compression (Garg & Jaakkola, NeurIPS 2019).
+"""Batched Euclidean projections of OT graph compression (Garg & Jaakkola, NeurIPS 2019).
 
-All three ops work on a node vector ``y [N]`` holding many graphs at once (PyG ``batch``
-vector, any order) and project each graph's slice independently:
+Each works on a node vector ``y [N]`` holding many graphs at once (a PyG ``batch`` vector,
+sorted or not) and projects each graph's slice independently:
 
 * :func:`project_capped_simplex` -- onto ``{0 <= x <= 1, sum x <= k}`` (exact, sort-based);
 * :func:`project_diag_simplex`   -- onto ``{x : x * eps in simplex}`` (the paper's Algorithm 1);
 * :func:`project_lipschitz`      -- onto ``T = {t : t_u - t_v <= c_uv on every edge}``
   (dual FISTA on the edges).
 
-They are built from differentiable torch ops (sorting, gathers, clamps), so autograd goes
-through them almost everywhere (used by the unrolled solver of ``cost='learned'``).
+Each is one ``torch.ops.tgrep`` custom op (:mod:`tgrep.library.ot`) with exact derivatives
+almost everywhere (``project_lipschitz``: through its tight edges).
 """
 from __future__ import annotations
 
@@ -17,21 +17,24 @@ import math
 
 import torch
 
-from .. import _backend
-from ..kernels.reference import ot as ref
+from .. import library  # noqa: F401  (registers torch.ops.tgrep.*)
 from ..utils import check
 
 
-def _batch(batch, n: int, device, name: str = "batch") -> tuple[torch.Tensor, int]:
+def _graph_ids(batch, n: int, device) -> tuple[torch.Tensor, int]:
+    """Compact graph ids of any-order ``batch`` (``unique``, so ids ``{0, 10**7}`` are 2 graphs)."""
     if batch is None:
-        return torch.zeros(n, dtype=torch.long, device=device), 1
-    check.tensor(name, batch, dtypes=check.INDEX_DTYPES, dim=1, device=device)
+        return torch.zeros(n, dtype=torch.long, device=device), (1 if n else 0)
+    check.tensor("batch", batch, dtypes=check.INDEX_DTYPES, dim=1, device=device)
+    check.dense("batch", batch)
     if batch.numel() != n:
-        raise ValueError(f"'{name}' must have one entry per node ({n}), got {batch.numel()}")
-    batch = batch.long()
-    if n and int(batch.min()) < 0:
-        raise ValueError(f"'{name}' has negative graph ids")
-    return batch, (int(batch.max()) + 1 if n else 0)
+        raise ValueError(f"'batch' must have one entry per node ({n}), got {batch.numel()}")
+    if n == 0:
+        return batch.long(), 0
+    if int(batch.min()) < 0:
+        raise ValueError(f"'batch' must be >= 0, got min {int(batch.min())}")
+    ids, inv = torch.unique(batch.long(), return_inverse=True)
+    return inv, ids.numel()
 
 
 def _per_graph(name: str, value, num_graphs: int, like: torch.Tensor) -> torch.Tensor:
@@ -52,6 +55,22 @@ def _per_graph(name: str, value, num_graphs: int, like: torch.Tensor) -> torch.T
     return value
 
 
+def check_cost(cost: torch.Tensor, num_edges: int, device) -> torch.Tensor:
+    """``cost [E]``: floating, one per edge, finite and strictly positive (one host sync)."""
+    check.tensor("cost", cost, dtypes=check.FLOAT_DTYPES, dim=1, device=device)
+    check.dense("cost", cost)
+    if cost.numel() != num_edges:
+        raise ValueError(f"'cost' must have one entry per edge ({num_edges}), got {cost.numel()}")
+    if cost.numel():
+        c = cost.detach()
+        if not bool(torch.isfinite(c).all()):
+            raise ValueError("'cost' contains NaN or infinite values")
+        if float(c.min()) <= 0:
+            raise ValueError(f"'cost' must be strictly positive (transport cost per unit mass on an edge), "
+                             f"got min {float(c.min())}")
+    return cost
+
+
 def project_capped_simplex(y: torch.Tensor, k, batch: torch.Tensor | None = None) -> torch.Tensor:
     r"""Exact Euclidean projection onto the capped simplex, per graph.
 
@@ -62,6 +81,7 @@ def project_capped_simplex(y: torch.Tensor, k, batch: torch.Tensor | None = None
     with :math:`\theta_g = 0` if :math:`\sum \mathrm{clip}(y_g, 0, 1) \le k_g`, else the root
     of the piecewise-linear :math:`\sum \mathrm{clip}(y_g - \theta, 0, 1) = k_g`, found by
     sorting the :math:`2 n_g` breakpoints :math:`\{y_i, y_i - 1\}` (no bisection).
+    Differentiable in ``y`` (and a floating ``k``).
 
     Args:
         y (Tensor): ``[N]`` float values.
@@ -72,10 +92,9 @@ def project_capped_simplex(y: torch.Tensor, k, batch: torch.Tensor | None = None
         Tensor ``[N]``.
     """
     check.tensor("y", y, dtypes=check.FLOAT_DTYPES, dim=1, finite=True)
-    batch, B = _batch(batch, y.numel(), y.device)
+    batch, B = _graph_ids(batch, y.numel(), y.device)
     kk = _per_graph("k", k, B, y)
-    _backend.choose(y.device, ("reference",), op="project_capped_simplex")
-    return ref.project_capped_simplex(y, kk, batch, B)
+    return torch.ops.tgrep.project_capped_simplex(y, kk, batch)
 
 
 def project_diag_simplex(y: torch.Tensor, eps: torch.Tensor, batch: torch.Tensor | None = None) -> torch.Tensor:
@@ -89,6 +108,7 @@ def project_diag_simplex(y: torch.Tensor, eps: torch.Tensor, batch: torch.Tensor
     (:math:`x_j = y_j`); the others are sorted by :math:`y_j / \epsilon_j` and
     :math:`x_j = \max(y_j + \alpha \epsilon_j, 0)` with :math:`\alpha` from the largest
     :math:`\ell` whose :math:`b_\ell > 0` (Garg & Jaakkola, NeurIPS 2019, Theorem 3).
+    Differentiable in ``y`` and ``eps``.
 
     Args:
         y (Tensor): ``[N]`` values.
@@ -98,37 +118,14 @@ def project_diag_simplex(y: torch.Tensor, eps: torch.Tensor, batch: torch.Tensor
     check.tensor("y", y, dtypes=check.FLOAT_DTYPES, dim=1, finite=True)
     check.tensor("eps", eps, dtypes=check.FLOAT_DTYPES, dim=1, finite=True, device=y.device)
     check.same_length("y", y, "eps", eps)
-    batch, B = _batch(batch, y.numel(), y.device)
+    batch, B = _graph_ids(batch, y.numel(), y.device)
     if eps.numel() and (float(eps.min()) < 0 or float(eps.max()) > 1):
         raise ValueError(f"'eps' must lie in [0, 1], got range [{float(eps.min())}, {float(eps.max())}]")
-    has_pos = ref.seg_sum((eps > 0).to(y.dtype), batch, B) > 0
-    present = torch.bincount(batch, minlength=B) > 0
-    if bool((present & ~has_pos).any()):
-        g = int(torch.nonzero(present & ~has_pos)[0])
+    has_pos = torch.bincount(batch[eps > 0], minlength=B) > 0
+    if B and not bool(has_pos.all()):
+        g = int(torch.nonzero(~has_pos)[0])
         raise ValueError(f"'eps' is all zero on graph {g}: {{x : x * eps in simplex}} is empty")
-    _backend.choose(y.device, ("reference",), op="project_diag_simplex")
-    return ref.project_diag_simplex(y, eps.to(y.dtype), batch, B)
-
-
-def check_cost(cost: torch.Tensor, num_edges: int, device) -> torch.Tensor:
-    check.tensor("cost", cost, dtypes=check.FLOAT_DTYPES, dim=1, device=device)
-    if cost.numel() != num_edges:
-        raise ValueError(f"'cost' must have one entry per edge ({num_edges}), got {cost.numel()}")
-    if cost.numel():
-        if not bool(torch.isfinite(cost.detach()).all()):
-            raise ValueError("'cost' contains NaN or infinite values")
-        if float(cost.detach().min()) <= 0:
-            raise ValueError(f"'cost' must be strictly positive (transport cost per unit mass on an edge), "
-                             f"got min {float(cost.min())}")
-    return cost
-
-
-def check_edge_index(edge_index: torch.Tensor, num_nodes: int) -> torch.Tensor:
-    check.tensor("edge_index", edge_index, dtypes=check.INDEX_DTYPES, dim=2)
-    if edge_index.size(0) != 2:
-        raise ValueError(f"'edge_index' must have shape [2, E], got {tuple(edge_index.shape)}")
-    check.index_range("edge_index", edge_index, num_nodes)
-    return edge_index.long()
+    return torch.ops.tgrep.project_diag_simplex(y, eps.to(y.dtype), batch, B)
 
 
 def project_lipschitz(y: torch.Tensor, edge_index: torch.Tensor, cost: torch.Tensor,
@@ -144,6 +141,7 @@ def project_lipschitz(y: torch.Tensor, edge_index: torch.Tensor, cost: torch.Ten
     listed in both directions (PyG convention) gives :math:`|t_u - t_v| \le c_e`, and the two
     one-sided steps of its multipliers are the soft-threshold by :math:`c_e`. Solved by FISTA
     on :math:`\mu` with step :math:`1 / \max_e (d_u + d_v) \le 1 / \|A\|^2`, per graph.
+    Differentiable in ``y`` and ``cost`` through the tight edges at the returned ``t``.
 
     Args:
         y (Tensor): ``[N]`` point to project.
@@ -158,13 +156,16 @@ def project_lipschitz(y: torch.Tensor, edge_index: torch.Tensor, cost: torch.Ten
         mu0 (Tensor, optional): ``[E]`` warm start for ``mu`` (default: zeros).
     """
     check.tensor("y", y, dtypes=check.FLOAT_DTYPES, dim=1, finite=True)
-    edge_index = check_edge_index(edge_index, y.numel())
+    check.edge_index("edge_index", edge_index, y.numel(), device=y.device)
     cost = check_cost(cost, edge_index.size(1), y.device).to(y.dtype)
-    batch, B = _batch(batch, y.numel(), y.device)
+    batch, B = _graph_ids(batch, y.numel(), y.device)
     check.positive_int("num_iters", num_iters)
+    check.in_range("tol", tol, 0, math.inf)
     if mu0 is not None:
-        check.tensor("mu0", mu0, dim=1, finite=True, device=y.device)
+        check.tensor("mu0", mu0, dtypes=check.FLOAT_DTYPES, dim=1, finite=True, device=y.device)
         check.same_length("mu0", mu0, "cost", cost)
-    _backend.choose(y.device, ("reference",), op="project_lipschitz")
-    t, mu = ref.project_lipschitz(y, edge_index, cost, batch, B, num_iters=num_iters, tol=tol, mu0=mu0)
+        if mu0.numel() and float(mu0.min()) < 0:
+            raise ValueError(f"'mu0' must be >= 0 (multipliers of inequality constraints), got min {float(mu0.min())}")
+        mu0 = mu0.to(y.dtype)
+    t, mu = torch.ops.tgrep.project_lipschitz(y, edge_index.long(), cost, batch, B, num_iters, float(tol), mu0)
     return (t, mu) if return_dual else t
