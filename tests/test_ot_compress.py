@@ -138,7 +138,10 @@ def brute_force_best(ei, n, k, c):
     return float(costs.min())
 
 
-def test_support_quality_vs_brute_force(seed):
+@pytest.mark.parametrize("refine, mean_tol, max_tol", [(0, 0.03, 0.10), (5, 0.01, 0.05)])
+def test_support_quality_vs_brute_force(seed, refine, mean_tol, max_tol):
+    """Default (top-k + coverage repair; documented +0.7% mean) and the swap refinement
+    (documented +0.08% mean) against the best k-subset."""
     from torch_geometric.data import Batch, Data
     graphs, best = [], []
     for _ in range(8):
@@ -150,11 +153,11 @@ def test_support_quality_vs_brute_force(seed):
         best.append(brute_force_best(ei, n, k, c))
     b = Batch.from_data_list(graphs)
     ks = torch.tensor([g.k for g in graphs])
-    perm = ot_compress(b.edge_index, b.num_nodes, ks, cost=b.c, batch=b.batch)
+    perm = ot_compress(b.edge_index, b.num_nodes, ks, cost=b.c, batch=b.batch, refine=refine)
     assert torch.equal(torch.bincount(b.batch[perm], minlength=len(graphs)), ks)
     ours = ot_compression_cost(b.edge_index, b.num_nodes, perm, cost=b.c, batch=b.batch)
     ratio = ours / torch.tensor(best, dtype=D) - 1
-    assert float(ratio.mean()) <= 0.03 and float(ratio.max()) <= 0.10, ratio
+    assert float(ratio.mean()) <= mean_tol and float(ratio.max()) <= max_tol, ratio
 
 
 def test_fig2_tree():
