@@ -1,7 +1,7 @@
-"""Differentiable functional ops: input validation + autograd + backend dispatch.
+"""Differentiable functional ops: argument checks + one ``torch.library`` custom op call each.
 
-Grouped by paper; each op dispatches to Triton (CUDA), C++ (CPU) or its plain-torch
-reference through :func:`tgrep._backend.choose`.
+Grouped by paper. The ops under them (``torch.ops.tgrep.*``, defined in :mod:`tgrep.library`)
+run the C++ kernel on CPU, the Triton kernel on CUDA and the plain-torch reference elsewhere.
 """
 # PRODIGE: batched stochastic shortest paths and the REINFORCE sums over what they read
 from .shortest_path import ShortestPaths, edge_presence, shortest_paths

@@ -14,7 +14,7 @@ cheapest to reach from :math:`\rho_0`:
 ``v`` at cost :math:`c_{uv}`; PyG lists undirected edges in both directions, directed and
 mixed graphs follow from the edges given, Sec. 2 of the paper). With support weights
 :math:`\epsilon \in [0, 1]^V` and :math:`\rho_1` eliminated (our derivation of Theorem 5,
-``DESIGN.md``) the problem is the saddle point
+``docs/architecture.md``, Method notes) the problem is the saddle point
 
 .. math::
     \min_{\epsilon \in E_k} \max_{t \in T,\ \zeta}\ \psi(\epsilon, t, \zeta) =

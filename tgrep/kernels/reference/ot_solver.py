@@ -2,7 +2,7 @@
 NeurIPS 2019, Algorithm 2), batched over graphs: the executable spec of
 ``csrc/cpu/ot_compress.cpp::mirror_prox``.
 
-Sign convention (``DESIGN.md``): for a directed edge ``u -> v`` of cost ``c`` (mass may move
+Sign convention (``docs/architecture.md``, Method notes): for a directed edge ``u -> v`` of cost ``c`` (mass may move
 from ``u`` to ``v`` at cost ``c`` per unit) the dual potentials satisfy ``t_u - t_v <= c``; an
 undirected edge is listed in both directions (PyG style), which gives ``|t_u - t_v| <= c``.
 The saddle function is
