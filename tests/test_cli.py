@@ -222,7 +222,7 @@ def test_progress_quiet_everywhere(not_a_terminal, monkeypatch):
 
 
 def test_progress_bar_when_forced(not_a_terminal, monkeypatch):
-    from tqdm.auto import tqdm
+    from tqdm import tqdm
 
     monkeypatch.setenv("TGREP_PROGRESS", "bar")
     bar = prog.progress(range(3), desc="z")

@@ -16,7 +16,7 @@ import os
 import sys
 import time
 
-from tqdm.auto import tqdm
+from tqdm import tqdm  # the text bar (tqdm.auto warns in notebooks without ipywidgets)
 
 __all__ = ["progress", "log", "quiet", "mode"]
 
