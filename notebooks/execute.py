@@ -22,10 +22,13 @@ def execute(path: Path, out: Path | None = None, small: bool = False, timeout: i
     from nbclient import NotebookClient
 
     nb = nbformat.read(path, as_version=4)
-    env_before = {k: os.environ.get(k) for k in ("TGREP_NOTEBOOK_SMALL", "TGREP_QUIET", "MPLBACKEND")}
+    env_before = {k: os.environ.get(k) for k in ("TGREP_NOTEBOOK_SMALL", "TGREP_QUIET", "MPLBACKEND",
+                                                 "PYTHONWARNINGS", "PYTHONPATH")}
     os.environ["TGREP_NOTEBOOK_SMALL"] = "1" if small else "0"
     os.environ["TGREP_QUIET"] = "1"  # no progress lines in committed outputs
     os.environ["MPLBACKEND"] = "module://matplotlib_inline.backend_inline"
+    # PyG imports tqdm.auto, which warns without ipywidgets: not worth a line in every notebook
+    os.environ["PYTHONWARNINGS"] = "ignore:IProgress not found"
     root = str(Path(__file__).resolve().parents[1])
     os.environ["PYTHONPATH"] = root + os.pathsep + os.environ.get("PYTHONPATH", "")  # this checkout's tgrep
     try:
