@@ -31,6 +31,13 @@ try:
 except ImportError:  # pragma: no cover
     sys.exit("this example needs Lightning: pip install 'tgrep[lightning]' (keeps your torch: see README)")
 
+import logging  # noqa: E402
+import warnings  # noqa: E402
+
+logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)  # no GPU/TPU/tips banners
+warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")  # lightning 2.6 on torch 2.13
+warnings.filterwarnings("ignore", message=r".*does not have many workers")
+
 
 class TUDataModule(L.LightningDataModule):
     """A stratified train/val/test split of a TU dataset, as PyG ``DataLoader`` s."""
