@@ -30,6 +30,8 @@ import torch.nn.functional as F
 from tgrep.nn import ProdigeEmbedding, ProdigeGraph
 from tgrep.nn.pool import OTCoarsening
 
+pytestmark = pytest.mark.slow  # one spawn of 2 processes (~20 s) for the whole file
+
 WORLD = 2
 N, B, T = 24, 6, 4          # graph vertices, rows per rank, targets per row
 LAM = 0.3

@@ -28,6 +28,7 @@ def test_every_example_is_tested():
     assert scripts == tested, f"untested examples: {scripts - tested}"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("pool", ["both", "ot --cost learned"])
 def test_graph_classification(pool, data_root, tmp_path, capsys):
     pytest.importorskip("lightning")

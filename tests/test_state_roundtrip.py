@@ -209,6 +209,7 @@ def test_every_public_module_has_a_case():
     assert not missing, f"add a state round-trip case for {sorted(missing)}"
 
 
+@pytest.mark.slow  # one child process for all the modules (~10 s)
 @pytest.mark.parametrize("name", [
     pytest.param(n, marks=pytest.mark.xfail(strict=False, raises=AssertionError, reason=KNOWN[n])) if n in KNOWN
     else n for n in CASES])
