@@ -260,15 +260,7 @@ def test_prodige_embedding_checkpoint_roundtrip(graph_seed, tmp_path):
         torch.testing.assert_close(model(tokens), loaded(tokens), rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("refresh_every", [
-    1,
-    pytest.param(5, marks=pytest.mark.xfail(strict=False, raises=AssertionError, reason=(
-        "EDRepLoss keeps its k-means labels and call counter as plain attributes, not in state_dict: "
-        "a module reloaded from a checkpoint re-clusters y on its first call, while the original reuses "
-        "the labels of an earlier y until calls % refresh_every == 0, so the resumed loss differs "
-        "(refresh_every > 1). Fix in tgrep/nn/edrep.py: keep labels/calls as persistent "
-        "buffers or get_extra_state/set_extra_state"))),
-])
+@pytest.mark.parametrize("refresh_every", [1, 5])
 def test_edrep_loss_checkpoint_roundtrip(refresh_every, tmp_path):
     model, loaded = _fit_and_reload(EDRepEmbedding(refresh_every=refresh_every), tmp_path, steps=3)
     _same_state(model, loaded)

@@ -118,6 +118,19 @@ def _use_edge_cost_net(m):
         return [m(b.x, b.edge_index)]
 
 
+def _build_select_ot():
+    from tgrep.nn.pool import SelectOT
+
+    return SelectOT(0.5)
+
+
+def _use_select_ot(m):
+    b = _graphs()
+    cost = torch.ones(b.edge_index.size(1))
+    out = m(b.edge_index, cost, batch=b.batch)
+    return [out.node_index, out.weight]
+
+
 def _build_edrep_model():
     from tgrep.datasets import dcsbm
     from tgrep.models import EDRep
@@ -139,6 +152,7 @@ CASES = {
     "tgrep.nn.pool.OTCoarsening": (_build_otcoarsening, _use_otcoarsening),
     "tgrep.nn.pool.EdgeCostNet": (_build_edge_cost_net, _use_edge_cost_net),
     "tgrep.models.EDRep": (_build_edrep_model, _use_edrep_model),
+    "tgrep.nn.pool.SelectOT": (_build_select_ot, _use_select_ot),  # no state: the round trip is trivial
 }
 
 KNOWN = {  # cases that fail today: what breaks, precisely (the module owners fix it)
@@ -147,14 +161,6 @@ KNOWN = {  # cases that fail today: what breaks, precisely (the module owners fi
         "coalesced, so its edge count depends on the seed: load_state_dict into a module built under "
         "another seed raises 'size mismatch' for graph.weight_logit/presence_logit/edge_index/... "
         "(tgrep/nn/prodige_embedding.py)"),
-    "tgrep.nn.EDRepLoss": (
-        "EDRepLoss's k-means labels and call counter are plain attributes, not in state_dict: the "
-        "reloaded module re-clusters y on its first call, while the saved one reuses its labels until "
-        "calls % refresh_every == 0, so the losses differ (tgrep/nn/edrep.py)"),
-    "tgrep.models.EDRep": (
-        "EDRep's fitted embedding and labels are plain attributes, not buffers: state_dict() is empty, "
-        "so loading restores nothing (a fresh model then raises 'call fit_transform first'; one fitted "
-        "under another seed keeps its own embedding) (tgrep/models/edrep.py)"),
 }
 
 
@@ -211,7 +217,7 @@ def test_every_public_module_has_a_case():
 
 @pytest.mark.slow  # one child process for all the modules (~10 s)
 @pytest.mark.parametrize("name", [
-    pytest.param(n, marks=pytest.mark.xfail(strict=False, raises=AssertionError, reason=KNOWN[n])) if n in KNOWN
+    pytest.param(n, marks=pytest.mark.xfail(strict=True, raises=AssertionError, reason=KNOWN[n])) if n in KNOWN
     else n for n in CASES])
 def test_state_dict_roundtrip_in_another_process(roundtrip, name):
     saved, child = roundtrip

@@ -8,6 +8,7 @@ import torch
 from torch import Tensor
 
 from .. import ops
+from ..utils.state import adopt_buffers
 from ..utils import check
 from ..utils.progress import log, progress
 
@@ -107,11 +108,17 @@ class EDRep(torch.nn.Module):
         self.verbose = verbose
         self.reset_parameters()
 
+    _FITTED = ("embedding", "target_embedding", "labels")
+
     def reset_parameters(self) -> None:
-        """Forget the fitted embeddings and labels."""
-        self.embedding: Tensor | None = None
-        self.target_embedding: Tensor | None = None
-        self.labels: Tensor | None = None
+        """Forget the fitted embeddings and labels (buffers: they are saved in the ``state_dict``
+        and a checkpoint reloads into a fresh model)."""
+        for name in self._FITTED:
+            self.register_buffer(name, None)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        adopt_buffers(self, state_dict, prefix, self._FITTED)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     # ------------------------------------------------------------------ P as an operator
     def _factor(self, p, name: str) -> Tensor:

@@ -14,6 +14,7 @@ from torch import Tensor
 from .. import ops
 from ..kernels.reference.kmeans import all_reduce_sum, dist_ready
 from ..ops.softmax_norm import _check_float, _estimate
+from ..utils.state import adopt_buffers
 from ..utils import check
 
 __all__ = ["EDRepLoss", "edrep_loss", "normalize_target"]
@@ -248,8 +249,9 @@ class EDRepLoss(torch.nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """Forget the cached cluster labels, the call counter and the last check."""
-        self.labels: Tensor | None = None
+        """Forget the cached cluster labels, the call counter and the last check (labels and
+        counter are in the ``state_dict``, so a resumed run refreshes at the same steps)."""
+        self.register_buffer("labels", None)
         self.calls = 0
         self.sampled_error: float | None = None
         self.last_check: dict | None = None
@@ -269,6 +271,16 @@ class EDRepLoss(torch.nn.Module):
         if stale:
             self.labels = ops.kmeans(ys.detach(), self.num_clusters, seed=self.seed, distributed=dist, iters=10)
         return _spread(self.labels, y, dist)
+
+    def get_extra_state(self) -> dict:
+        return {"calls": self.calls}
+
+    def set_extra_state(self, state: dict) -> None:
+        self.calls = int(state.get("calls", 0))
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        adopt_buffers(self, state_dict, prefix, ("labels",))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def forward(self, x: Tensor, y: Tensor, target) -> Tensor:
         _check_inputs(x, y, self.reduction, self.mode, self.empty_rows)
