@@ -6,7 +6,11 @@ import time
 
 import torch
 
-from ..nn.prodige import ProdigeGraph, coalesce_edges
+from ..nn.prodige import ProdigeGraph, undirected_edges
+
+
+def coalesce_edges(ei, n, directed):
+    return undirected_edges(ei, n)
 from ..utils import check, log, progress
 
 
