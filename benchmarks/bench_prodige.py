@@ -1,9 +1,9 @@
 """PRODIGE benchmarks (Mazur et al., NeurIPS 2019): the paper's sanity check, distance-preserving
 compression of scikit-learn's digits against MDS/PCA, training speed against a scipy
 implementation of the same update, collaborative filtering and classification with
-``ProdigeEmbedding``.
+``ProdigeEmbedding`` (training-step time against nn.Embedding, eager and torch.compile).
 
-    python benchmarks/bench_prodige.py [--quick] [--only sanity,digits,speed,cf,clf]
+    python benchmarks/bench_prodige.py [--quick] [--only sanity,digits,speed,cf,clf,embedding]
 
 Writes ``benchmarks/results/prodige-<device>.json`` (and ``prodige_digits_curve.png``).
 """
@@ -345,7 +345,7 @@ def clf(report, quick, verbose):
     for name in ("prodige", "embedding"):
         torch.manual_seed(0)
         if name == "prodige":
-            emb = ProdigeEmbedding(V, K, item_edges=4, anchor_edges=2, default_distance=10.0)
+            emb = ProdigeEmbedding(V, K)  # defaults: as many stored numbers as nn.Embedding(V, K)
         else:
             emb = torch.nn.Embedding(V, K)
         model = ConvClassifier(emb, K)
@@ -355,7 +355,7 @@ def clf(report, quick, verbose):
             for idx in torch.randperm(1500).split(50):
                 loss = torch.nn.functional.cross_entropy(model(xtr[idx]), ytr[idx])
                 if name == "prodige":
-                    loss = loss + 0.5 * emb.sparsity() + emb.reinforce(loss)
+                    loss = loss + emb.reinforce(loss)
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
@@ -384,7 +384,63 @@ def clf(report, quick, verbose):
                embedding_numbers=V * K, equal_size_embedding_dim=dim_eq, equal_size_embedding_acc=acc_eq)
 
 
-SECTIONS = {"sanity": sanity, "digits": digits_compression, "speed": speed, "cf": cf, "clf": clf}
+class BagOfWords(torch.nn.Module):
+    """Mean of the token embeddings -> linear (the issue's step-time model)."""
+
+    def __init__(self, emb, dim):
+        super().__init__()
+        self.emb, self.lin = emb, torch.nn.Linear(dim, 2)
+
+    def forward(self, x):
+        return self.lin(self.emb(x).mean(1))
+
+
+def _bow_step(model, x, y, opt, reinforce):
+    loss = torch.nn.functional.cross_entropy(model(x), y)
+    if reinforce:
+        loss = loss + model.emb.reinforce(loss)
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+
+
+def embedding_step(report, quick, verbose):
+    """Training step (forward + backward + Adam) of a bag-of-words model, batch 64 x 50 tokens,
+    ProdigeEmbedding(2000, 16) (defaults: the stored numbers of nn.Embedding(2000, 16)) against
+    nn.Embedding(2000, 16); without and with REINFORCE; eager and torch.compile."""
+    V, K = 2000, 16
+    gen = torch.Generator().manual_seed(0)
+    x, y = torch.randint(0, V, (64, 50), generator=gen), torch.randint(0, 2, (64,), generator=gen)
+    reps = 5 if quick else 20
+    torch.manual_seed(0)
+    base = BagOfWords(torch.nn.Embedding(V, K), K)
+    opt = torch.optim.Adam(base.parameters(), lr=0.01)
+    t_base = timeit(lambda: _bow_step(base, x, y, opt, False), repeat=reps * 5, warmup=3)["median"]
+    for reinforce in (False, True):
+        torch.manual_seed(0)
+        model = BagOfWords(ProdigeEmbedding(V, K), K)
+        opt = torch.optim.Adam(model.parameters(), lr=0.01)
+        t = timeit(lambda: _bow_step(model, x, y, opt, reinforce), repeat=reps, warmup=2)["median"]
+        report.add(f"bag-of-words step, ProdigeEmbedding({V}, {K}){' + reinforce' if reinforce else ''}, 64x50",
+                   t, t_base, peer=f"nn.Embedding({V}, {K}) step", step_ratio=t / t_base,
+                   stored_numbers=model.emb.num_stored_parameters(), embedding_numbers=V * K)
+    # torch.compile: the embedding forward compiled (fullgraph), the search stays one opaque op
+    torch.manual_seed(0)
+    model = BagOfWords(ProdigeEmbedding(V, K), K)
+    opt = torch.optim.Adam(model.parameters(), lr=0.01)
+    t_eager = timeit(lambda: _bow_step(model, x, y, opt, False), repeat=reps, warmup=2)["median"]
+    torch._dynamo.reset()
+    compiled = torch.compile(model, fullgraph=True, dynamic=True)
+    t0 = time.perf_counter()
+    _bow_step(compiled, x, y, opt, False)
+    t_compile = time.perf_counter() - t0
+    t_comp = timeit(lambda: _bow_step(compiled, x, y, opt, False), repeat=reps, warmup=2)["median"]
+    report.add(f"torch.compile(fullgraph, dynamic) bag-of-words ProdigeEmbedding({V}, {K}) step", t_comp, t_eager,
+               peer="eager step", compile_s=t_compile, step_ratio_eager=t_comp / t_eager)
+
+
+SECTIONS = {"sanity": sanity, "digits": digits_compression, "speed": speed, "cf": cf, "clf": clf,
+            "embedding": embedding_step}
 
 
 def main():
