@@ -215,3 +215,13 @@ def test_from_pretrained_preserves_distances_to_centroids():
     target = torch.cdist(x, c)
     mse = float(((out - target) ** 2).mean())
     assert mse < 0.2 * float(target.var())  # far better than a constant
+
+
+def test_frozen_embedding_is_deterministic_in_training_mode():
+    torch.manual_seed(0)
+    emb = ProdigeEmbedding(30, 4).requires_grad_(False)  # what from_pretrained(freeze=True) gives
+    x = torch.randint(0, 30, (5, 6))
+    emb.train()
+    a = emb(x)
+    emb.eval()
+    torch.testing.assert_close(a, emb(x))

@@ -286,7 +286,8 @@ class ProdigeGraph(nn.Module):
         r"""Distances from ``src`` ``[B]`` to ``dst``: ``[B]`` (one target per row), ``[B, T]``
         (``T`` targets per row) or ``None`` (all vertices, ``[B, N]``).
 
-        In training mode row :math:`b` searches its own sampled graph (``seed``, an int or a
+        In training mode (unless ``presence_logit`` is frozen, e.g. ``requires_grad_(False)``)
+        row :math:`b` searches its own sampled graph (``seed``, an int or a
         0-d int64 tensor, fixes the samples; default: a fresh one) and the samples are
         remembered for :meth:`reinforce`. Unreachable pairs get ``default_distance``. Index
         ranges are checked inside the op (``ValueError``), so there is no host sync here.
@@ -300,7 +301,7 @@ class ProdigeGraph(nn.Module):
                 raise ValueError(f"'dst' must have {src.size(0)} rows like 'src', got shape {tuple(dst.shape)}")
             targets = dst.unsqueeze(1) if dst.dim() == 1 else dst
         seed_t = _seed(seed, device)
-        if self.training:
+        if self.training and self.presence_logit.requires_grad:  # frozen presence: the deterministic graph
             w = self._csr_weight(False)
             p = torch.sigmoid(self.presence_logit.detach())[self.perm]
             dist, pred = torch.ops.tgrep.shortest_paths(self.indptr, self.indices, w, src, targets, p, seed_t, True)
