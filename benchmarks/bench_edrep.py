@@ -30,7 +30,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from harness import RESULTS, Report, timeit  # noqa: E402
 from edrep_peers import (bethe_hessian_embedding, deepwalk_node2vec, nystrom_log_z,  # noqa: E402
-                         random_features_log_z, regularized_spectral_embedding, sampling_log_z)
+                         original_compute_zest, random_features_log_z, regularized_spectral_embedding,
+                         sampling_log_z)
 
 import tgrep  # noqa: E402
 from tgrep.nn import EDRepLoss  # noqa: E402
@@ -346,10 +347,69 @@ def bench_gpu(quick: bool, verbose: bool) -> None:
     rep.finish()
 
 
+# ----------------------------------------------------------------------------- vs the original package
+def bench_original(quick: bool, verbose: bool) -> None:
+    """Z estimate at k = 5: tgrep ``log_normalizer`` vs the original ``EDRep.computeZest`` (faiss
+    k-means), same rows, same thread count, error against the exact value."""
+    try:
+        import faiss
+    except ImportError:
+        print("faiss / the original EDRep package are not installed: skipping (pip install edrep)")
+        return
+    faiss.omp_set_num_threads(torch.get_num_threads())
+    rep = Report("edrep_original", "cpu", threads=torch.get_num_threads(),
+                 peer="EDRep.computeZest (pip edrep 0.1.2, faiss-cpu)")
+    for n, d in ((10_000, 32), (50_000, 64)) if not quick else ((10_000, 32),):
+        x = clustered(n, d, k=8, seed=3)
+        idx = np.arange(n)
+        xn = x.numpy().astype(np.float64)
+        sub = slice(0, 5000)  # error measured on 5,000 rows (exact float64 is O(n m d))
+        exact = exact_log_normalizer(x[sub].double(), x.double()).numpy()
+        t_ours = timeit(lambda: log_normalizer(x, x, num_clusters=5), repeat=5, warmup=1)["median"]
+        t_orig = timeit(lambda: original_compute_zest(xn, idx, k=5), repeat=3, warmup=1)["median"]
+        e_ours = np.abs(log_normalizer(x, x, num_clusters=5).double().numpy()[sub] - exact)
+        e_orig = np.abs(original_compute_zest(xn, idx, k=5)[sub] - exact)
+        rep.add(f"Z estimate k=5, n = m = {n}, d = {d}", t_ours, t_orig, peer="EDRep.computeZest k=5",
+                median_abs_err_tgrep=float(np.median(e_ours)), median_abs_err_peer=float(np.median(e_orig)),
+                p90_abs_err_tgrep=float(np.quantile(e_ours, 0.9)), p90_abs_err_peer=float(np.quantile(e_orig, 0.9)))
+    rep.finish()
+
+
+# ----------------------------------------------------------------------------- norm regime
+def bench_regime(quick: bool, verbose: bool) -> None:
+    """EDRepLoss (defaults) vs the exact loss on 4 Gaussian clusters, d = 32, mean norms 1, 2, 4:
+    relative error, whether the sampled check warned, and its sampled error."""
+    import warnings
+
+    n, d = (2000, 32) if quick else (8000, 32)
+    g = torch.Generator().manual_seed(0)
+    centers = torch.randn(4, d, generator=g)
+    v = centers[torch.randint(0, 4, (n,), generator=g)] + 0.5 * torch.randn(n, d, generator=g)
+    idx = torch.stack([torch.arange(n).repeat_interleave(10), torch.randint(0, n, (10 * n,), generator=g)])
+    target = (idx, torch.ones(10 * n))
+    rep = Report("edrep_regime", "cpu", n=n, d=d, data="4 Gaussian clusters, spread 0.5, 10 random targets/row",
+                 target="within 5% of exact, or a warning")
+    for norm in (1.0, 2.0, 4.0):
+        x = norm * v / v.norm(dim=1, keepdim=True).mean()
+        exact = float(EDRepLoss(mode="exact")(x, x, target))
+        for k in (1, 4):
+            loss_fn = EDRepLoss(num_clusters=k)
+            with warnings.catch_warnings(record=True) as rec:
+                warnings.simplefilter("always")
+                est = float(loss_fn(x, x, target))
+            warned = any("EDRepLoss" in str(r.message) for r in rec)
+            rel = (est - exact) / abs(exact)
+            rep.add(f"mean norm {norm:g}, num_clusters={k}", est_loss=est, exact_loss=exact, rel_error=rel,
+                    warned=warned, sampled_error=loss_fn.sampled_error,
+                    ok=bool(abs(rel) <= 0.05 or warned))
+    rep.finish()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="smaller problems")
-    ap.add_argument("--part", default="all", choices=("speed", "memory", "accuracy", "community", "gpu", "all"))
+    ap.add_argument("--part", default="all", choices=("speed", "memory", "accuracy", "community", "gpu", "original", "regime",
+                                                       "all"))
     ap.add_argument("--quiet", action="store_true")
     ap.add_argument("--threads", type=int, default=1,
                     help="torch threads (default 1: on a shared, oversubscribed 2-core machine OpenMP "
@@ -367,6 +427,10 @@ def main() -> None:
         bench_community(args.quick, verbose)
     if args.part in ("gpu", "all"):
         bench_gpu(args.quick, verbose)
+    if args.part in ("original", "all"):
+        bench_original(args.quick, verbose)
+    if args.part in ("regime", "all"):
+        bench_regime(args.quick, verbose)
 
 
 if __name__ == "__main__":

@@ -123,3 +123,15 @@ def sampling_log_z(x, y, num_samples: int, seed: int = 0):
     g = torch.Generator().manual_seed(seed)
     idx = torch.randint(y.shape[0], (num_samples,), generator=g)
     return torch.logsumexp(x @ y[idx].t(), 1) + math.log(y.shape[0] / num_samples)
+
+
+# ----------------------------------------------------------------------------- the original package
+def original_compute_zest(x: np.ndarray, indices: np.ndarray, k: int = 5):
+    """The original EDRep package's ``computeZest`` (``pip install edrep``, Dall'Amico &
+    Belliardo; faiss spherical k-means, niter 25, <= 256 training points per centroid), called
+    as its README does: ``Z_i`` for the rows ``indices`` of ``x`` against all rows of ``x``.
+    Returns ``log Z`` (float64 numpy) or raises ImportError when the package is missing."""
+    from EDRep import computeZest  # the original package (needs faiss-cpu)
+
+    z = computeZest(x, indices, k=k).Zest
+    return np.log(z)

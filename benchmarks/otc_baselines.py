@@ -1,14 +1,17 @@
 """Baselines for the OT graph compression benchmarks (Garg & Jaakkola, NeurIPS 2019).
 
-* :func:`paper_otc`      -- the paper's algorithm as published, one graph at a time in dense
-  NumPy: Mirror Prox with fixed steps 0.1, T = 25, lambda = 1, bisection for the capped
-  simplex, projected-gradient dual for T, top-k rounding (the "dense NumPy copy" peer).
 * :func:`random_select`  -- k uniformly random nodes (induced subgraph).
 * :func:`heavy_edge`     -- multilevel heavy-edge matching (Dhillon et al. 2007, weights
   1 / max(d_u, d_v) as in Loukas' graph-coarsening code), contract until <= k nodes.
 * :func:`rec`            -- randomized edge contraction (Loukas & Vandergheynst 2018):
   contract random edges of a random maximal matching, level after level, until <= k nodes.
+* :func:`algebraic`      -- algebraic-distance coarsening (Ron, Safro & Brandt 2011; Chen &
+  Safro 2011): matching on the smallest algebraic distance of relaxed test vectors.
+* :func:`affinity`       -- affinity coarsening (Livne & Brandt's LAMG 2012): matching on the
+  largest affinity of relaxed test vectors.
 * :func:`wl_features`    -- Weisfeiler-Lehman subtree features (Shervashidze et al. 2011).
+
+(The paper's own Algorithm 2 is in ``otc_alg2_peer.py``.)
 
 A compressed graph is ``(labels [n'], edges [(u, v), ...] undirected, each once)``.
 """
@@ -16,69 +19,6 @@ from __future__ import annotations
 
 import numpy as np
 import scipy.sparse as sp
-
-
-# ----------------------------------------------------------------------------- paper's algorithm
-def _proj_capped_bisection(y, k, iters=60):
-    x = np.clip(y, 0, 1)
-    if x.sum() <= k:
-        return x
-    lo, hi = 0.0, float(y.max())
-    for _ in range(iters):
-        mid = (lo + hi) / 2
-        if np.clip(y - mid, 0, 1).sum() > k:
-            lo = mid
-        else:
-            hi = mid
-    return np.clip(y - hi, 0, 1)
-
-
-def _proj_T(y, A, c, L, iters=50):
-    mu = np.zeros(A.shape[0])
-    for _ in range(iters):
-        t = y - A.T @ mu
-        mu = np.maximum(0, mu - (c - A @ t) / L)
-    return y - A.T @ mu
-
-
-def paper_otc(n, edges, cost, k, lam=1.0, T=25, step=0.1, rho0=None):
-    """The published Algorithm 2 on one graph (dense NumPy). Returns kept node indices."""
-    edges = np.asarray(edges, dtype=np.int64).reshape(-1, 2)
-    cost = np.asarray(cost, dtype=np.float64)
-    if k >= n:
-        return np.arange(n)
-    # both directions: t_u - t_v <= c and t_v - t_u <= c
-    E = len(edges)
-    A = np.zeros((2 * E, n))
-    A[np.arange(E), edges[:, 0]] = 1
-    A[np.arange(E), edges[:, 1]] = -1
-    A[E + np.arange(E), edges[:, 1]] = 1
-    A[E + np.arange(E), edges[:, 0]] = -1
-    c = np.concatenate([cost, cost])
-    if rho0 is None:
-        deg = np.bincount(edges.ravel(), minlength=n).astype(float)
-        rho0 = deg / deg.sum() if deg.sum() > 0 else np.full(n, 1.0 / n)
-    L = max(1.0, float(np.linalg.norm(A, 2) ** 2)) if E else 1.0
-    eps, t, z = np.full(n, k / n), np.zeros(n), 0.0
-    acc, wsum = np.zeros(n), 0.0
-
-    def grads(e, t, z):
-        r = np.maximum(t + z, 0)
-        rho1 = e * r / lam
-        return -r * r / (2 * lam), rho0 - rho1, 1 - rho1.sum()
-
-    for _ in range(T + 1):
-        ge, gt, gz = grads(eps, t, z)
-        eh = _proj_capped_bisection(eps - step * ge, k)
-        th = _proj_T(t + step * gt, A, c, L) if E else t + step * gt
-        zh = z + step * gz
-        ge, gt, gz = grads(eh, th, zh)
-        eps = _proj_capped_bisection(eps - step * ge, k)
-        t = _proj_T(t + step * gt, A, c, L) if E else t + step * gt
-        z = z + step * gz
-        acc += step * eh
-        wsum += step
-    return np.sort(np.argsort(-(acc / wsum), kind="stable")[:k])
 
 
 # ----------------------------------------------------------------------------- selection / contraction
@@ -148,6 +88,42 @@ def heavy_edge(labels, edges, k, rng):
 def rec(labels, edges, k, rng):
     """Randomized edge contraction: random maximal matchings, contracted until <= k nodes."""
     return _coarsen(labels, edges, k, rng, lambda edges, n: None)
+
+
+def _test_vectors(edges, n, rng, R=10, iters=20, omega=0.5):
+    """``R`` random vectors after ``iters`` Jacobi over-relaxation sweeps of ``L x = 0``
+    (``x <- (1 - omega) x + omega D^-1 A x``), each rescaled to ``[-1/2, 1/2]``."""
+    e = np.asarray(edges, dtype=np.int64).reshape(-1, 2)
+    A = sp.csr_matrix((np.ones(2 * len(e)), (np.r_[e[:, 0], e[:, 1]], np.r_[e[:, 1], e[:, 0]])), shape=(n, n))
+    d = np.asarray(A.sum(1)).ravel()
+    d[d == 0] = 1
+    X = rng.uniform(-0.5, 0.5, size=(n, R))
+    for _ in range(iters):
+        X = (1 - omega) * X + omega * (A @ X) / d[:, None]
+    lo, hi = X.min(0), X.max(0)
+    return (X - lo) / np.where(hi > lo, hi - lo, 1) - 0.5
+
+
+def algebraic(labels, edges, k, rng):
+    """Algebraic-distance matching: contract edges by increasing ``max_r |x_u^r - x_v^r|``,
+    test vectors recomputed at every level (Chen & Safro 2011)."""
+    def w(edges, n):
+        X = _test_vectors(edges, n, rng)
+        e = np.asarray(edges)
+        return -np.abs(X[e[:, 0]] - X[e[:, 1]]).max(1) + 1e-12 * rng.random(len(edges))
+    return _coarsen(labels, edges, k, rng, w)
+
+
+def affinity(labels, edges, k, rng):
+    """Affinity matching: contract edges by decreasing ``(X_u . X_v)^2 / (|X_u|^2 |X_v|^2)``
+    (Livne & Brandt 2012), test vectors recomputed at every level."""
+    def w(edges, n):
+        X = _test_vectors(edges, n, rng)
+        e = np.asarray(edges)
+        num = (X[e[:, 0]] * X[e[:, 1]]).sum(1) ** 2
+        den = (X[e[:, 0]] ** 2).sum(1) * (X[e[:, 1]] ** 2).sum(1)
+        return num / np.maximum(den, 1e-300) + 1e-12 * rng.random(len(edges))
+    return _coarsen(labels, edges, k, rng, w)
 
 
 # ----------------------------------------------------------------------------- WL kernel

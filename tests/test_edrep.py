@@ -75,16 +75,18 @@ def test_bad_targets():
     x, y = torch.randn(4, 3), torch.randn(5, 3)
     loss_fn = EDRepLoss()
     p = torch.rand(4, 5)
-    with pytest.raises(ValueError, match="non-negative"):
+    with pytest.raises(ValueError, match="'target weight' must be >= 0"):
         loss_fn(x, y, p - 2.0)
     p_empty = p.clone()
     p_empty[2] = 0
-    with pytest.raises(ValueError, match="row"):
-        loss_fn(x, y, p_empty.to_sparse())
+    with pytest.raises(ValueError, match="1 row.*without positive weight.*row 2"):
+        EDRepLoss(empty_rows="error")(x, y, p_empty.to_sparse())
     with pytest.raises(ValueError, match="shape"):
         loss_fn(x, y, torch.rand(5, 4))
-    with pytest.raises(ValueError, match="non-negative"):
+    with pytest.raises(ValueError, match="'target weight' contains NaN"):
         loss_fn(x, y, p.masked_fill(p > 0.5, float("nan")).to_sparse())
+    with pytest.raises(ValueError, match="'target weight' contains NaN"):
+        loss_fn(x, y, p.masked_fill(p > 0.5, float("nan")))
     with pytest.raises(ValueError, match="'x' contains NaN"):
         loss_fn(torch.full((4, 3), float("nan")), y, p)
     with pytest.raises(ValueError, match="column index"):
@@ -114,15 +116,96 @@ def test_model_gradient_is_loss_gradient(seed):
     data = dcsbm(80, 2, mean_degree=6, c_out=1.0, theta=torch.ones(80), seed=seed)
     n = 80
     model = EDRep(8, walk_length=3, verbose=False)
-    fwd, bwd, power, _ = model._operator(data.edge_index, n)
+    fs, fs_t, sums, _, _ = model._operator(data.edge_index, n)
+    op = ([f.to(torch.float64) for f in fs], [f.to(torch.float64) for f in fs_t], sums, n, n)
     t = random_walk_operator(data.edge_index, n, dtype=torch.float64).to_dense()
     p = (t + t @ t + t @ t @ t) / 3
     x = torch.randn(n, 8, dtype=torch.float64)
     x = x / x.norm(dim=1, keepdim=True)
     labels = torch.arange(n) % 2
-    g = model.gradient([f.to(torch.float64) for f in fwd], [b.to(torch.float64) for b in bwd], power, x, labels)
+    g, _ = model.gradient(op, x, None, labels)
     xg = x.clone().requires_grad_()
     loss = edrep_loss(xg, xg, p, labels=labels, reduction="sum")
+    (want,) = torch.autograd.grad(loss, xg)
+    torch.testing.assert_close(g, want)
+
+
+def _sparse_factor(r, c, density, dtype=torch.float64):
+    a = torch.rand(r, c, dtype=dtype) * (torch.rand(r, c) < density)
+    a[torch.arange(r), torch.randint(0, c, (r,))] += 0.3
+    return a
+
+
+def _loss_nonsym(x, y, p, p0, labels):
+    """The loss whose gradients the original package's sym=False update uses (Z's statistics
+    of Y held fixed), written with a dense P."""
+    from tgrep.ops import log_normalizer
+
+    n = x.shape[0]
+    e = p0.sum()
+    lz = log_normalizer(x, y.detach(), labels=labels)
+    sx, sp = x.sum(0), (p0[:, None] * y).sum(0)
+    return (-(p * (x @ y.t())).sum() + lz.sum() + sx @ sp / e + (sx @ sx) / (2 * n) + (sp @ sp) / (2 * e))
+
+
+@pytest.mark.parametrize("sum_partials", [False, True])
+def test_model_factors_p0_and_nonsym_match_dense_reference(seed, sum_partials):
+    """P as a list of sparse factors (product, or mean of partial products), p0 and sym=False,
+    against a dense P and autograd."""
+    n, m, d = 12, 9, 4
+    if sum_partials:
+        dense = [_sparse_factor(n, n, 0.3) for _ in range(3)]
+    else:
+        dense = [_sparse_factor(7, m, 0.3), _sparse_factor(5, 7, 0.4), _sparse_factor(n, 5, 0.3)]
+    normed = [a / a.sum(1, keepdim=True) for a in dense]
+    if sum_partials:
+        prods, acc = [], torch.eye(n, dtype=torch.float64)
+        for f in normed:
+            acc = f @ acc
+            prods.append(acc)
+        p = sum(prods) / len(prods)
+        m = n
+    else:
+        p = normed[2] @ normed[1] @ normed[0]
+    model = EDRep(d, sym=False, sum_partials=sum_partials, verbose=False)
+    fs, fs_t, sums, nn_, mm_ = model._operator([a.to_sparse() for a in dense], None)
+    assert (nn_, mm_) == (n, m)
+    op = ([f.to(torch.float64) for f in fs], [f.to(torch.float64) for f in fs_t], sums, n, m)
+    x = F.normalize(torch.randn(n, d, dtype=torch.float64), dim=1)
+    y = F.normalize(torch.randn(m, d, dtype=torch.float64), dim=1)
+    p0 = torch.rand(m, dtype=torch.float64) + 0.1
+    labels = torch.arange(m) % 2
+    gx, gy = model.gradient(op, x, y, labels, p0)
+    xg, yg = x.clone().requires_grad_(), y.clone().requires_grad_()
+    wx, wy = torch.autograd.grad(_loss_nonsym(xg, yg, p, p0, labels), (xg, yg))
+    torch.testing.assert_close(gx, wx)
+    torch.testing.assert_close(gy, wy)
+    # the whole fit runs, returns X [n, d] and keeps Y [m, d]
+    emb = EDRep(d, sym=False, sum_partials=sum_partials, epochs=3, num_clusters=2, verbose=False).fit_transform(
+        [a.to_sparse() for a in dense], p0=p0.float())
+    assert emb.shape == (n, d)
+    with pytest.raises(ValueError, match="sym=False"):
+        EDRep(d, verbose=False).fit_transform([_sparse_factor(n, m + 1, 0.5).to_sparse()])
+    with pytest.raises(ValueError, match="'p0'"):
+        EDRep(d, sym=False, verbose=False).fit_transform([a.to_sparse() for a in dense], p0=-torch.ones(m))
+
+
+def test_model_sym_p0_matches_dense_reference(seed):
+    """sym=True with p0: the gradient of the summed loss with centering (1/E)(sum x).(sum p0 x)."""
+    n, d = 10, 4
+    a = _sparse_factor(n, n, 0.3)
+    p = a / a.sum(1, keepdim=True)
+    model = EDRep(d, verbose=False)
+    fs, fs_t, sums, _, _ = model._operator(a.to_sparse(), None)
+    op = ([f.to(torch.float64) for f in fs], [f.to(torch.float64) for f in fs_t], sums, n, n)
+    x = F.normalize(torch.randn(n, d, dtype=torch.float64), dim=1)
+    p0 = torch.rand(n, dtype=torch.float64) + 0.1
+    g, _ = model.gradient(op, x, None, None, p0)
+    xg = x.clone().requires_grad_()
+    from tgrep.ops import log_normalizer
+
+    loss = (-(p * (xg @ xg.t())).sum() + log_normalizer(xg, xg.detach()).sum()
+            + xg.sum(0) @ (p0[:, None] * xg).sum(0) / p0.sum())
     (want,) = torch.autograd.grad(loss, xg)
     torch.testing.assert_close(g, want)
 

@@ -8,6 +8,7 @@ from scipy.sparse import csr_matrix
 from scipy.sparse.csgraph import dijkstra
 
 import tgrep
+import tgrep._ext
 from tgrep import _backend
 from tgrep.kernels.reference import shortest_path as ref
 from tgrep.ops import edge_presence, shortest_paths
@@ -17,12 +18,7 @@ BACKENDS = ["reference", "cpp", "triton"]
 
 
 def usable(backend, device="cpu"):
-    try:
-        with tgrep.use_backend(backend):
-            _backend.choose(device, cpp_name="shortest_path")
-        return True
-    except RuntimeError:
-        return False
+    return _backend._usable(backend, device, tgrep._ext.cpp_kernel("shortest_path", "shortest_paths"))[0]
 
 
 @pytest.fixture(params=BACKENDS)
@@ -496,10 +492,256 @@ def test_triton_path_gradient_equals_reference(seed, with_targets):
     torch.testing.assert_close(got, exp)
 
 
-def test_graph_validation_cache_sees_in_place_edits():
+def test_in_place_edits_are_rechecked():
+    # the op re-validates on every call (no cache keyed on tensor._version)
     indptr, indices = torch.tensor([0, 1, 2, 2]), torch.tensor([1, 2])
     w = torch.tensor([1.0, 1.0])
-    shortest_paths(indptr, indices, w, torch.tensor([0]))  # validated and remembered
-    indices[1] = 9  # in-place edit bumps the version: must be re-checked
+    shortest_paths(indptr, indices, w, torch.tensor([0]))
+    indices[1] = 9
     with pytest.raises(ValueError, match="indices"):
         shortest_paths(indptr, indices, w, torch.tensor([0]))
+
+
+# ----------------------------------------------------------------------------------------
+# Issue 12: memory safety (subprocess: a signal fails the test), inf weights in Triton,
+# exact double backward on every backend
+# ----------------------------------------------------------------------------------------
+from _isolated import PRELUDE, run_isolated  # noqa: E402
+
+
+def test_writes_that_do_not_bump_version_are_caught_not_a_segfault():
+    # issue 12 item 3: a NumPy view / `.data` write after a first call does not bump
+    # tensor._version; a cache keyed on it ran the C++ kernel on out-of-range indices
+    lines = run_isolated(PRELUDE + """
+import numpy as np
+from tgrep.ops import shortest_paths
+arr = np.array([1, 2], dtype=np.int64)
+indices = torch.from_numpy(arr)
+indptr, w, src = torch.tensor([0, 1, 2, 2]), torch.tensor([1.0, 1.0]), torch.tensor([0])
+print(outcome(lambda: shortest_paths(indptr, indices, w, src)))
+arr[0] = 2**31 + 7
+print(outcome(lambda: shortest_paths(indptr, indices, w, src)))
+arr[0] = 1
+ip2 = torch.tensor([0, 1, 2, 2])
+print(outcome(lambda: shortest_paths(ip2, indices, w, src)))
+ip2.data[1] = 10**6
+print(outcome(lambda: shortest_paths(ip2, indices, w, src)))
+s2 = torch.tensor([0])
+print(outcome(lambda: shortest_paths(indptr, indices, w, s2)))
+s2.data[0] = -(2**40)
+print(outcome(lambda: shortest_paths(indptr, indices, w, s2)))
+""")
+    assert lines[0] == "OK" and lines[2] == "OK" and lines[4] == "OK", lines
+    assert lines[1].startswith("ValueError") and "indices" in lines[1], lines
+    assert lines[3].startswith("ValueError") and "indptr" in lines[3], lines
+    assert lines[5].startswith("ValueError") and "sources" in lines[5], lines
+
+
+def test_reinforce_bad_indptr_is_a_value_error_not_a_signal():
+    # issue 12 item 1: the kernel indexed thr[e] / out[e] with unchecked indptr entries
+    lines = run_isolated(PRELUDE + """
+from tgrep.ops import reinforce_coefficients
+pred = torch.tensor([[-1, 0]])
+src, p, adv = torch.tensor([0]), torch.full((3,), 0.5), torch.tensor([1.0])
+for ip in ([0, 1_000_000, 3], [-100000, 1, 3], [0, 2, 1], [0, 1, 2], [0, 4, 3]):
+    print(outcome(lambda: reinforce_coefficients(torch.tensor(ip), pred, src, 0, p, adv)))
+print(outcome(lambda: reinforce_coefficients(torch.tensor([0, 1, 3]), pred, torch.tensor([7]), 0, p, adv)))
+print(outcome(lambda: reinforce_coefficients(torch.tensor([0, 1, 3]), pred, src, 0, p, adv)))
+""")
+    assert all(line.startswith("ValueError") and "indptr" in line for line in lines[:5]), lines
+    assert lines[5].startswith("ValueError") and "sources" in lines[5], lines
+    assert lines[6] == "OK", lines
+
+
+# direct calls into the C++ extension (bypassing the op's checks): every malformed input is a
+# ValueError/TypeError naming the argument; nothing is read or written out of range
+_CPP_DIRECT_SP = [
+    ("indptr", "ip=[0, 1_000_000, 2, 2]"), ("indptr", "ip=[-100000, 1, 2, 2]"), ("indptr", "ip=[0, 2, 1, 2]"),
+    ("indptr", "ip=[0, 1, 2, 5]"), ("indptr", "ip=[1, 1, 2, 2]"), ("indptr", "ip=[0, 2**31 - 1, 2, 2]; ipd=torch.int32"),
+    ("indices", "ix=[1, 2**31 + 7]"), ("indices", "ix=[-1, 2]"), ("indices", "ix=[1, 3]"),
+    ("indices", "ix=[1, -(2**31)]; ixd=torch.int32"),
+    ("sources", "src=[3]"), ("sources", "src=[-1]"), ("sources", "src=[2**40]"),
+    ("targets", "tg=[[2**33]]"), ("targets", "tg=[[-5]]"), ("targets", "tg=[[0], [1]]"),
+    ("weight", "w=[1.0]"), ("weight", "w=[1.0, 1.0, 1.0]"), ("weight", "w=[-1.0, 1.0]"), ("weight", "w=[float('nan'), 1.0]"),
+    ("edge_prob", "pr=[0.5]"), ("edge_prob", "pr=[0.5, float('nan')]"), ("edge_prob", "pr=[0.5, 7.0]"),
+    ("edge_prob", "pr=[0.5] * 9"),
+]
+
+
+def test_cpp_shortest_paths_direct_call_never_out_of_range():
+    if not usable("cpp"):
+        pytest.skip("C++ backend not available here")
+    code = PRELUDE + """
+from tgrep._ext import load_cpp
+sp = load_cpp("shortest_path").shortest_paths
+CASES = %r
+for name, spec in CASES:
+    ip, ix, w, src, tg, pr, ipd, ixd = [0, 1, 2, 2], [1, 2], [1.0, 1.0], [0], None, None, torch.long, torch.long
+    exec(spec)
+    t = lambda v, d=None: None if v is None else torch.tensor(v, dtype=d)
+    for need_pred in (True, False):
+        print(name, outcome(lambda: sp(t(ip, ipd), t(ix, ixd), t(w), t(src), t(tg), t(pr), 3, need_pred)))
+print("good", outcome(lambda: sp(torch.tensor([0, 1, 2, 2]), torch.tensor([1, 2]), torch.tensor([1.0, 1.0]),
+                                 torch.tensor([0]), None, torch.tensor([0.5, 1.0]), 3, True)))
+""" % (_CPP_DIRECT_SP,)
+    lines = run_isolated(code)
+    assert lines[-1] == "good OK", lines[-1]
+    assert len(lines) == 2 * len(_CPP_DIRECT_SP) + 1
+    for line in lines[:-1]:
+        name, rest = line.split(" ", 1)
+        assert rest.startswith(("ValueError", "TypeError")) and name in rest, line
+
+
+_CPP_DIRECT_RF = [
+    ("indptr", "ip=[0, 1_000_000, 3]"), ("indptr", "ip=[-100000, 1, 3]"), ("indptr", "ip=[0, 3, 1]"),
+    ("indptr", "ip=[0, 1]"), ("indptr", "ip=[0, 1, 2**40]"),
+    ("sources", "src=[5]"), ("sources", "src=[-3]"), ("sources", "src=[0, 1]"),
+    ("advantage", "adv=[1.0, 2.0]"), ("pred", "pred=[-1, 0]"),
+    ("edge_prob", "p=[0.5, float('nan'), 0.5]"), ("edge_prob", "p=[0.5, -1.0, 0.5]"),
+]
+
+
+def test_cpp_reinforce_direct_call_never_out_of_range():
+    if not usable("cpp"):
+        pytest.skip("C++ backend not available here")
+    code = PRELUDE + """
+from tgrep._ext import load_cpp
+rf = load_cpp("prodige_reinforce").reinforce_coefficients
+CASES = %r
+for name, spec in CASES:
+    ip, pred, src, p, adv = [0, 1, 3], [[-1, 0]], [0], [0.5, 0.5, 0.5], [1.0]
+    exec(spec)
+    print(name, outcome(lambda: rf(torch.tensor(ip), torch.tensor(pred), torch.tensor(src), 0, torch.tensor(p),
+                                   torch.tensor(adv))))
+""" % (_CPP_DIRECT_RF,)
+    for line in run_isolated(code):
+        name, rest = line.split(" ", 1)
+        assert rest.startswith(("ValueError", "TypeError")) and name in rest, line
+
+
+def _inf_chain():
+    # s=0 -(1)-> 1 -(0)-> 2 -(0)-> 3 -(0)-> 4, and 1 -(inf)-> 5 (unreachable), 5 -(0)-> 4
+    ei = torch.tensor([[0, 1, 1, 2, 3, 5], [1, 2, 5, 3, 4, 4]])
+    w = torch.tensor([1.0, 0.0, float("inf"), 0.0, 0.0, 0.0])
+    return to_csr(ei, 6, w)
+
+
+def test_infinite_weight_is_never_tight(backend):
+    # issue 12 item 4: inf == inf was "tight" in the Triton predecessor pass, so the
+    # unreachable vertex 5 got a predecessor, the pass count was reached early and the end
+    # of the zero-weight chain (vertex 4) lost its own
+    indptr, indices, weight = _inf_chain()
+    for dtype in (torch.float32, torch.float64):
+        for tg in (None, torch.tensor([[4, 3]])):
+            dist, pred = shortest_paths(indptr, indices, weight.to(dtype), torch.tensor([0]), tg,
+                                        return_predecessors=True)
+            full = [0.0, 1.0, 1.0, 1.0, 1.0, float("inf")]
+            assert dist.tolist() == ([full] if tg is None else [[1.0, 1.0]])
+            e = pred[0].tolist()
+            assert e[0] == -1 and e[5] == -1, e
+            assert [int(indices[k]) for k in e[1:5]] == [1, 2, 3, 4], e
+            src = torch.repeat_interleave(torch.arange(6), indptr.diff())
+            assert [int(src[k]) for k in e[1:5]] == [0, 1, 2, 3], e
+
+
+def test_zero_weight_cycle_never_closes_a_predecessor_cycle(backend):
+    # s=2 -(1)-> 0, s -(1)-> 1, 0 <-(0)-> 1: the zero-weight edges have the smallest ids, so a
+    # predecessor pass that took equal-distance edges too early would pick both of them
+    ei = torch.tensor([[0, 1, 2, 2], [1, 0, 0, 1]])
+    w = torch.tensor([0.0, 0.0, 1.0, 1.0], dtype=torch.float64)
+    indptr, indices, weight = to_csr(ei, 3, w)
+    dist, pred = shortest_paths(indptr, indices, weight, torch.tensor([2]), return_predecessors=True)
+    assert dist.tolist() == [[1.0, 1.0, 0.0]]
+    edge_src = torch.repeat_interleave(torch.arange(3), indptr.diff())
+    assert pred[0, 2] == -1 and edge_src[pred[0, 0]] in (1, 2) and edge_src[pred[0, 1]] in (0, 2)
+    assert not (edge_src[pred[0, 0]] == 1 and edge_src[pred[0, 1]] == 0), pred  # a 2-cycle
+    _tree_ok(dist, pred, indptr, indices, weight, torch.tensor([2]))
+    # a zero-weight cycle through the source: the source never gets a predecessor
+    ei = torch.tensor([[0, 1, 2, 1], [1, 2, 0, 0]])
+    indptr, indices, weight = to_csr(ei, 3, torch.zeros(4, dtype=torch.float64))
+    dist, pred = shortest_paths(indptr, indices, weight, torch.tensor([0]), return_predecessors=True)
+    assert dist.tolist() == [[0.0, 0.0, 0.0]] and pred[0, 0] == -1
+    _tree_ok(dist, pred, indptr, indices, weight, torch.tensor([0]))
+
+
+def _inf_zero_graph(n, e, dtype, g):
+    ei = torch.randint(0, n, (2, e), generator=g)
+    w = torch.randint(1, 4, (e,), generator=g).to(dtype) / 2  # ties
+    kind = torch.rand(e, generator=g)
+    w[kind < 0.25] = 0
+    w[kind > 0.8] = float("inf")
+    return to_csr(ei, n, w)
+
+
+@pytest.mark.parametrize("small_blocks", [False, True])
+def test_triton_inf_and_zero_weights_match_cpp_and_reference(seed, monkeypatch, small_blocks):
+    # random graphs with many inf and zero weights (and ties): Triton == reference == C++ on
+    # distances and settled sets, its predecessors are a valid tree of tight present edges, and
+    # on tie-free weights its gradients equal the C++ path's; small_blocks: many programs, so
+    # the order in which predecessor candidates meet matters (as on a GPU)
+    if not usable("triton"):
+        pytest.skip("backend triton not available here")
+    from tgrep.kernels.triton import shortest_path as tri
+
+    if small_blocks:
+        monkeypatch.setattr(tri, "_launch_cfg", lambda total: (16, 4, 4))
+    g = torch.Generator().manual_seed(seed)
+    for trial in range(6):
+        dtype = (torch.float32, torch.float64)[trial % 2]
+        n = 24
+        indptr, indices, weight = _inf_zero_graph(n, 90, dtype, g)
+        sources = torch.randint(0, n, (3,), generator=g)
+        targets = torch.randint(0, n, (3, 2), generator=g) if trial % 3 == 2 else None
+        prob = torch.rand(weight.numel(), generator=g) if trial >= 3 else None
+        exp = ref.shortest_paths(indptr, indices, weight, sources, targets, prob, seed, True)
+        got = tri.shortest_paths(indptr, indices, weight, sources, targets, prob, seed, True)
+        assert torch.equal(got[0], exp[0])
+        settled = _settled(got[1], sources)
+        assert torch.equal(settled, _settled(exp[1], sources))
+        full = ref.shortest_paths(indptr, indices, weight, sources, None, prob, seed, False)[0]
+        _tree_ok(torch.where(settled, full, torch.inf), got[1], indptr, indices, weight, sources, prob, seed)
+        if usable("cpp"):
+            with tgrep.use_backend("cpp"):
+                c = shortest_paths(indptr, indices, weight, sources, targets, edge_prob=prob, seed=seed,
+                                   return_predecessors=True)
+            assert torch.equal(c.dist, exp[0]) and torch.equal(c.pred, exp[1])
+    # gradients: continuous weights (no ties) with inf edges -> one shortest path per pair
+    for trial in range(3):
+        n = 20
+        ei = torch.randint(0, n, (2, 70), generator=g)
+        w = torch.rand(70, generator=g, dtype=torch.float64) + 0.01
+        w[torch.rand(70, generator=g) < 0.25] = float("inf")
+        indptr, indices, weight = to_csr(ei, n, w)
+        sources = torch.randint(0, n, (4,), generator=g)
+        targets = torch.randint(0, n, (4, 3), generator=g)
+        grads = []
+        for b in ("reference", "triton") + (("cpp",) if usable("cpp") else ()):
+            wg = weight.clone().requires_grad_()
+            with tgrep.use_backend(b):
+                d = shortest_paths(indptr, indices, wg, sources, targets)
+            torch.where(torch.isfinite(d), d, 0).sum().backward()
+            grads.append(wg.grad)
+        for other in grads[1:]:
+            assert torch.equal(other, grads[0])
+
+
+def test_gradient_penalty_double_backward_is_exact(backend):
+    # issue 12 item 5: d = w0 + w1 along 0 -> 1 -> 2; L = d^2 / 2, g = dL/dw = (d, d),
+    # P = |g|^2 = 2 d^2, dP/dw = (4 d, 4 d) = (8, 8) at d = 2 (Triton used to give [2, 4])
+    ei = torch.tensor([[0, 1, 0], [1, 2, 2]])
+    w = torch.tensor([0.5, 1.5, 5.0], dtype=torch.float64)
+    indptr, indices, weight = to_csr(ei, 3, w)
+    weight.requires_grad_()
+    d = shortest_paths(indptr, indices, weight, torch.tensor([0]), torch.tensor([[2]]))
+    (g,) = torch.autograd.grad((d**2 / 2).sum(), weight, create_graph=True)
+    edge_src = torch.repeat_interleave(torch.arange(3), indptr.diff())
+    on_path = ((edge_src == 0) & (indices == 1)) | ((edge_src == 1) & (indices == 2))
+    torch.testing.assert_close(g.detach(), torch.where(on_path, 2.0, 0.0).double())
+    (h,) = torch.autograd.grad((g**2).sum(), weight)
+    torch.testing.assert_close(h, torch.where(on_path, 8.0, 0.0).double())
+    # third order: P' = 4 d along the path, so d(sum P')/dw = 4 * 2 per path edge
+    d = shortest_paths(indptr, indices, weight, torch.tensor([0]), torch.tensor([[2]]))
+    (g,) = torch.autograd.grad((d**2 / 2).sum(), weight, create_graph=True)
+    (h,) = torch.autograd.grad((g**2).sum(), weight, create_graph=True)
+    (k,) = torch.autograd.grad(h.sum(), weight)
+    torch.testing.assert_close(k, torch.where(on_path, 8.0, 0.0).double())

@@ -138,7 +138,7 @@ def test_bad_inputs():
         log_normalizer(x, y, labels=torch.tensor([0, 1, 2, 3, 4, -1]))
     with pytest.raises(ValueError, match="'labels'"):
         log_normalizer(x, y, labels=torch.tensor([0, 1]))
-    with pytest.raises(ValueError, match="'weights' must be non-negative"):
+    with pytest.raises(ValueError, match="'weights' must be >= 0"):
         log_normalizer(x, y, weights=-torch.ones(6))
     with pytest.raises(ValueError, match="'y' must have at least one row"):
         log_normalizer(x, torch.zeros(0, 3))

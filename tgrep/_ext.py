@@ -43,6 +43,18 @@ def _fail(name: str, reason: str, warn: bool) -> None:
                       f"instead ({reason})", RuntimeWarning, stacklevel=3)
 
 
+def _stage(build: Path, src: Path) -> Path:
+    """Copy ``src`` and the shared headers into ``build`` once (atomically; never rewritten, so
+    their mtimes stay put and ninja does not rebuild)."""
+    for f in [src, *sorted(CSRC.glob("*.h"))]:
+        dst = build / f.name
+        if not dst.exists():
+            tmp = build / f".{f.name}.{os.getpid()}.tmp"
+            tmp.write_bytes(f.read_bytes())
+            os.replace(tmp, dst)
+    return build / src.name
+
+
 def load_cpp(name: str) -> ModuleType | None:
     """Compile (once, cached on disk) and import ``csrc/cpu/<name>.cpp``; ``None`` on failure."""
     with _lock:
@@ -60,12 +72,16 @@ def load_cpp(name: str) -> ModuleType | None:
         digest = hashlib.sha1(src.read_bytes() + headers + torch.__version__.encode()).hexdigest()[:12]
         build = cache_dir() / "ext" / f"{name}-{digest}"
         build.mkdir(parents=True, exist_ok=True)
+        # compile a copy kept in the build folder: the build then does not depend on where this
+        # checkout lives, so every checkout with the same sources shares one build instead of
+        # rebuilding over each other (ninja records absolute source paths)
+        copy = _stage(build, src)
         try:
             from torch.utils.cpp_extension import load
 
             flags = ["-O3", "-fopenmp", "-march=x86-64-v2"] if os.uname().machine == "x86_64" \
                 else ["-O3", "-fopenmp"]
-            mod = load(name=f"tgrep_{name}_{digest}", sources=[str(src)], build_directory=str(build),
+            mod = load(name=f"tgrep_{name}_{digest}", sources=[str(copy)], build_directory=str(build),
                        extra_cflags=flags, extra_ldflags=["-fopenmp"], verbose=False)
         except Exception as exc:  # compiler missing, ninja missing, compile error ...
             first = str(exc).strip().splitlines()[-1:] or [""]

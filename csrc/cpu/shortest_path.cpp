@@ -35,6 +35,43 @@ constexpr int64_t kSerialEdges = int64_t(1) << 22;
 
 using tgrep::mix32;
 
+// Memory safety: whatever reaches this file (the op validates first, but the extension can be
+// called directly), no read or write leaves its buffer. Every index the search dereferences is
+// checked once per call by an O(N + E + B*T) pass: 'indptr' (starts at 0, non-decreasing, ends
+// at E), 'indices' (in the packing pass), 'sources', 'targets'; the search loop itself then
+// needs no checks. Errors are codes set inside the parallel regions and raised after them.
+enum Err : int { kOk = 0, kIndptr, kIndices, kWeight, kSources, kTargets, kProb };
+
+const char* err_message(int err) {
+  switch (err) {
+    case kIndptr: return "shortest_paths (C++): 'indptr' must start at 0, be non-decreasing and end at len(indices)";
+    case kIndices: return "shortest_paths (C++): 'indices' has entries outside [0, N)";
+    case kWeight: return "shortest_paths (C++): 'weight' must be >= 0 (no NaN)";
+    case kSources: return "shortest_paths (C++): 'sources' has entries outside [0, N)";
+    case kTargets: return "shortest_paths (C++): 'targets' has entries outside [0, N)";
+    case kProb: return "shortest_paths (C++): 'edge_prob' must lie in [0, 1] (and not be NaN)";
+    default: return "shortest_paths (C++): invalid input";
+  }
+}
+
+template <typename IP>
+bool indptr_ok(const at::Tensor& indptr, int64_t E) {
+  const IP* ip = indptr.data_ptr<IP>();
+  const int64_t n = indptr.numel() - 1;
+  if (static_cast<int64_t>(ip[0]) != 0 || static_cast<int64_t>(ip[n]) != E) return false;
+  bool ok = true;
+  for (int64_t i = 0; i < n; ++i) ok &= ip[i] <= ip[i + 1];
+  return ok;
+}
+
+bool all_in_range(const at::Tensor& idx, int64_t n) {  // idx: contiguous int64
+  const int64_t* p = idx.data_ptr<int64_t>();
+  const uint64_t un = static_cast<uint64_t>(n);
+  bool ok = true;
+  for (int64_t i = 0, m = idx.numel(); i < m; ++i) ok &= static_cast<uint64_t>(p[i]) < un;
+  return ok;
+}
+
 // Edges are repacked once per call into one array of {target, weight} so a relaxation streams
 // a single record (8 bytes for float32). The sampling thresholds stay in their own array:
 // they are only read for the few edges that would improve a distance.
@@ -279,7 +316,7 @@ void run_all(const Problem<D, IP, Edge>& P) {
 }
 
 template <typename D, typename IP, typename IX, bool kProb>
-void launch_packed(const at::Tensor& indptr, const at::Tensor& indices, const at::Tensor& weight,
+int launch_packed(const at::Tensor& indptr, const at::Tensor& indices, const at::Tensor& weight,
                    const at::Tensor& thr, const at::Tensor& sources, const at::Tensor& targets, uint32_t seed_mix,
                    at::Tensor& dist, at::Tensor& pred, int64_t n, int64_t T) {
   const int64_t E = indices.numel();
@@ -288,12 +325,24 @@ void launch_packed(const at::Tensor& indptr, const at::Tensor& indices, const at
   const IX* ix = indices.data_ptr<IX>();
   const D* wt = weight.data_ptr<D>();
   Edge* pk = packed.data();
+  // the packing pass doubles as the bounds check of 'indices' (and the sign check of
+  // 'weight'): one flag per chunk, raised by the caller after the parallel region
+  std::atomic<int> bad{kOk};
+  const uint64_t un = static_cast<uint64_t>(n);
   at::parallel_for(0, E, kSerialEdges, [&](int64_t a, int64_t z) {
+    bool bad_ix = false, bad_w = false;
     for (int64_t e = a; e < z; ++e) {
-      pk[e].v = static_cast<int32_t>(ix[e]);
-      pk[e].w = wt[e];
+      const IX v = ix[e];
+      const D w = wt[e];
+      bad_ix |= static_cast<uint64_t>(static_cast<int64_t>(v)) >= un;
+      bad_w |= !(w >= D(0));  // negative or NaN (+inf is allowed: an absent edge)
+      pk[e].v = static_cast<int32_t>(v);
+      pk[e].w = w;
     }
+    if (bad_ix) bad.store(kIndices, std::memory_order_relaxed);
+    else if (bad_w) bad.store(kWeight, std::memory_order_relaxed);
   });
+  if (bad.load() != kOk) return bad.load();
   Problem<D, IP, Edge> P;
   P.n = n;
   P.B = sources.numel();
@@ -307,82 +356,111 @@ void launch_packed(const at::Tensor& indptr, const at::Tensor& indices, const at
   P.out_dist = dist.data_ptr<D>();
   P.out_pred = pred.defined() ? pred.data_ptr<int64_t>() : nullptr;
   run_all<D, IP, Edge, kProb>(P);
+  return kOk;
 }
 
 template <typename D, typename IP, typename IX>
-void launch(const at::Tensor& indptr, const at::Tensor& indices, const at::Tensor& weight,
+int launch(const at::Tensor& indptr, const at::Tensor& indices, const at::Tensor& weight,
             const at::Tensor& thr, const at::Tensor& sources, const at::Tensor& targets, uint32_t seed_mix,
             at::Tensor& dist, at::Tensor& pred, int64_t n, int64_t T) {
   if (thr.defined())
-    launch_packed<D, IP, IX, true>(indptr, indices, weight, thr, sources, targets, seed_mix, dist, pred, n, T);
-  else
-    launch_packed<D, IP, IX, false>(indptr, indices, weight, thr, sources, targets, seed_mix, dist, pred, n, T);
+    return launch_packed<D, IP, IX, true>(indptr, indices, weight, thr, sources, targets, seed_mix, dist, pred, n, T);
+  return launch_packed<D, IP, IX, false>(indptr, indices, weight, thr, sources, targets, seed_mix, dist, pred, n, T);
 }
 
 template <typename D, typename IP>
-void dispatch_ix(const at::Tensor& indptr, const at::Tensor& indices, const at::Tensor& weight,
+int dispatch_ix(const at::Tensor& indptr, const at::Tensor& indices, const at::Tensor& weight,
                  const at::Tensor& thr, const at::Tensor& sources, const at::Tensor& targets, uint32_t seed_mix,
                  at::Tensor& dist, at::Tensor& pred, int64_t n, int64_t T) {
   if (indices.scalar_type() == at::kInt)
-    launch<D, IP, int32_t>(indptr, indices, weight, thr, sources, targets, seed_mix, dist, pred, n, T);
-  else
-    launch<D, IP, int64_t>(indptr, indices, weight, thr, sources, targets, seed_mix, dist, pred, n, T);
+    return launch<D, IP, int32_t>(indptr, indices, weight, thr, sources, targets, seed_mix, dist, pred, n, T);
+  return launch<D, IP, int64_t>(indptr, indices, weight, thr, sources, targets, seed_mix, dist, pred, n, T);
 }
 
 template <typename D>
-void dispatch_ip(const at::Tensor& indptr, const at::Tensor& indices, const at::Tensor& weight,
+int dispatch_ip(const at::Tensor& indptr, const at::Tensor& indices, const at::Tensor& weight,
                  const at::Tensor& thr, const at::Tensor& sources, const at::Tensor& targets, uint32_t seed_mix,
                  at::Tensor& dist, at::Tensor& pred, int64_t n, int64_t T) {
   if (indptr.scalar_type() == at::kInt)
-    dispatch_ix<D, int32_t>(indptr, indices, weight, thr, sources, targets, seed_mix, dist, pred, n, T);
-  else
-    dispatch_ix<D, int64_t>(indptr, indices, weight, thr, sources, targets, seed_mix, dist, pred, n, T);
+    return dispatch_ix<D, int32_t>(indptr, indices, weight, thr, sources, targets, seed_mix, dist, pred, n, T);
+  return dispatch_ix<D, int64_t>(indptr, indices, weight, thr, sources, targets, seed_mix, dist, pred, n, T);
 }
 
 }  // namespace
 
-// Same contract as tgrep.kernels.reference.shortest_path.shortest_paths (inputs validated by
-// tgrep.ops.shortest_paths): returns (dist [B, T] or [B, N], pred [B, N] int64 or None).
+// Same contract as tgrep.kernels.reference.shortest_path.shortest_paths (tgrep.ops.shortest_paths
+// validates the inputs first; this function re-checks everything it dereferences, so a direct
+// call with bad input raises ValueError instead of reading out of range): returns
+// (dist [B, T] or [B, N], pred [B, N] int64 or None).
 std::tuple<at::Tensor, c10::optional<at::Tensor>> shortest_paths(
     at::Tensor indptr, at::Tensor indices, at::Tensor weight, at::Tensor sources,
     c10::optional<at::Tensor> targets, c10::optional<at::Tensor> edge_prob, int64_t seed, bool need_pred) {
-  TORCH_CHECK(weight.device().is_cpu(), "shortest_paths (C++): tensors must be on the CPU");
-  TORCH_CHECK(weight.scalar_type() == at::kFloat || weight.scalar_type() == at::kDouble,
-              "shortest_paths (C++): 'weight' must be float32 or float64");
-  TORCH_CHECK(indptr.scalar_type() == at::kInt || indptr.scalar_type() == at::kLong,
-              "shortest_paths (C++): 'indptr' must be int32 or int64");
-  TORCH_CHECK(indices.scalar_type() == at::kInt || indices.scalar_type() == at::kLong,
-              "shortest_paths (C++): 'indices' must be int32 or int64");
+  const bool has_tg = targets.has_value() && targets->defined();
+  const bool has_prob = edge_prob.has_value() && edge_prob->defined();
+  for (const at::Tensor* t : {&indptr, &indices, &weight, &sources})
+    TORCH_CHECK_VALUE(t->device().is_cpu() && t->layout() == at::kStrided,
+                      "shortest_paths (C++): tensors must be dense and on the CPU");
+  if (has_tg) TORCH_CHECK_VALUE(targets->device().is_cpu() && targets->layout() == at::kStrided,
+                                "shortest_paths (C++): 'targets' must be dense and on the CPU");
+  if (has_prob) TORCH_CHECK_VALUE(edge_prob->device().is_cpu() && edge_prob->layout() == at::kStrided,
+                                  "shortest_paths (C++): 'edge_prob' must be dense and on the CPU");
+  TORCH_CHECK_TYPE(weight.scalar_type() == at::kFloat || weight.scalar_type() == at::kDouble,
+                   "shortest_paths (C++): 'weight' must be float32 or float64");
+  TORCH_CHECK_TYPE(indptr.scalar_type() == at::kInt || indptr.scalar_type() == at::kLong,
+                   "shortest_paths (C++): 'indptr' must be int32 or int64");
+  TORCH_CHECK_TYPE(indices.scalar_type() == at::kInt || indices.scalar_type() == at::kLong,
+                   "shortest_paths (C++): 'indices' must be int32 or int64");
+  TORCH_CHECK_TYPE(!at::isFloatingType(sources.scalar_type()) && !at::isComplexType(sources.scalar_type()),
+                   "shortest_paths (C++): 'sources' must be an integer tensor");
+  TORCH_CHECK_VALUE(indptr.dim() == 1 && indptr.numel() >= 1, "shortest_paths (C++): 'indptr' must be [N + 1]");
   const int64_t n = indptr.numel() - 1;
   const int64_t E = indices.numel();
-  TORCH_CHECK(n >= 0 && n < std::numeric_limits<int32_t>::max(), "shortest_paths (C++): N must be < 2^31 - 1");
-  TORCH_CHECK(E <= (int64_t(1) << 32), "shortest_paths (C++): at most 2^32 edges");
+  TORCH_CHECK_VALUE(n < std::numeric_limits<int32_t>::max(), "shortest_paths (C++): N must be < 2^31 - 1");
+  TORCH_CHECK_VALUE(E <= (int64_t(1) << 32), "shortest_paths (C++): at most 2^32 edges");
+  TORCH_CHECK_VALUE(weight.numel() == E, "shortest_paths (C++): 'weight' must have len(indices) = ", E,
+                    " entries, got ", weight.numel());
   indptr = indptr.contiguous();
   indices = indices.contiguous();
   weight = weight.detach().contiguous();
   sources = sources.to(at::kLong).contiguous();
   const int64_t B = sources.numel();
+  const bool ip_ok = indptr.scalar_type() == at::kInt ? indptr_ok<int32_t>(indptr, E) : indptr_ok<int64_t>(indptr, E);
+  TORCH_CHECK_VALUE(ip_ok, err_message(kIndptr));
+  TORCH_CHECK_VALUE(all_in_range(sources, n), err_message(kSources));
   at::Tensor tg;
   int64_t T = -1;
-  if (targets.has_value() && targets->defined()) {
+  if (has_tg) {
+    TORCH_CHECK_TYPE(!at::isFloatingType(targets->scalar_type()) && !at::isComplexType(targets->scalar_type()),
+                     "shortest_paths (C++): 'targets' must be an integer tensor");
     tg = targets->to(at::kLong).contiguous();
-    TORCH_CHECK(tg.dim() == 2 && tg.size(0) == B, "shortest_paths (C++): 'targets' must be [B, T]");
+    TORCH_CHECK_VALUE(tg.dim() == 2 && tg.size(0) == B, "shortest_paths (C++): 'targets' must be [B, T]");
     T = tg.size(1);
+    TORCH_CHECK_VALUE(all_in_range(tg, n), err_message(kTargets));
   }
   at::Tensor thr;
-  if (edge_prob.has_value() && edge_prob->defined()) {
+  if (has_prob) {
+    TORCH_CHECK_VALUE(edge_prob->numel() == E, "shortest_paths (C++): 'edge_prob' must have len(indices) = ", E,
+                      " entries, got ", edge_prob->numel());
     // u < p  <=>  k < ceil(p * 2^24) for u = k * 2^-24 (exact in float64)
     at::Tensor p = edge_prob->detach();
     if (p.scalar_type() != at::kFloat && p.scalar_type() != at::kDouble) p = p.to(at::kFloat);  // exact
     p = p.contiguous();
     thr = at::empty({E}, p.options().dtype(at::kInt));
     int32_t* t = thr.data_ptr<int32_t>();
+    std::atomic<bool> bad_p{false};
     AT_DISPATCH_FLOATING_TYPES(p.scalar_type(), "edge_thresholds", [&] {
       const scalar_t* pp = p.data_ptr<scalar_t>();
       at::parallel_for(0, E, kSerialEdges, [&](int64_t a, int64_t z) {
-        for (int64_t e = a; e < z; ++e) t[e] = static_cast<int32_t>(std::ceil(static_cast<double>(pp[e]) * 16777216.0));
+        bool bad = false;
+        for (int64_t e = a; e < z; ++e) {
+          const double q = static_cast<double>(pp[e]);
+          bad |= !(q >= 0.0 && q <= 1.0);
+          t[e] = static_cast<int32_t>(std::ceil(std::min(std::max(q, 0.0), 1.0) * 16777216.0));
+        }
+        if (bad) bad_p.store(true, std::memory_order_relaxed);
       });
     });
+    TORCH_CHECK_VALUE(!bad_p.load(), err_message(kProb));
   }
   const auto fopts = weight.options();
   const double inf = std::numeric_limits<double>::infinity();
@@ -390,13 +468,15 @@ std::tuple<at::Tensor, c10::optional<at::Tensor>> shortest_paths(
   at::Tensor pred;
   if (need_pred) pred = at::full({B, n}, -1, weight.options().dtype(at::kLong));
   const uint32_t seed_mix = tgrep::seed_key(seed);
+  int err = kOk;
   if (B > 0 && n > 0) {
     pybind11::gil_scoped_release no_gil;
     if (weight.scalar_type() == at::kFloat)
-      dispatch_ip<float>(indptr, indices, weight, thr, sources, tg, seed_mix, dist, pred, n, T);
+      err = dispatch_ip<float>(indptr, indices, weight, thr, sources, tg, seed_mix, dist, pred, n, T);
     else
-      dispatch_ip<double>(indptr, indices, weight, thr, sources, tg, seed_mix, dist, pred, n, T);
+      err = dispatch_ip<double>(indptr, indices, weight, thr, sources, tg, seed_mix, dist, pred, n, T);
   }
+  TORCH_CHECK_VALUE(err == kOk, err_message(err));
   c10::optional<at::Tensor> pred_out;
   if (need_pred) pred_out = pred;
   return std::make_tuple(dist, pred_out);

@@ -6,5 +6,6 @@ one template they are all defined with (see ``docs/architecture.md``).
 """
 from ._register import kernel_op
 from . import shortest_paths  # noqa: F401  (registers tgrep::shortest_paths, path_gradient, ...)
+from . import softmax_norm  # noqa: F401  (registers tgrep::cluster_log_normalizer, kmeans, ...)
 
 __all__ = ["kernel_op"]

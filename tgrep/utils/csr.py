@@ -24,9 +24,7 @@ def to_csr(edge_index: torch.Tensor, num_nodes: int | None = None, edge_weight: 
         ``(indptr [N+1], indices [E'], weight [E'])`` (and ``perm``), sorted by source
         then target; ``indptr``/``indices`` are int64.
     """
-    check.tensor("edge_index", edge_index, dtypes=check.INDEX_DTYPES, dim=2)
-    if edge_index.size(0) != 2:
-        raise ValueError(f"'edge_index' must have shape [2, E], got {tuple(edge_index.shape)}")
+    check.edge_index("edge_index", edge_index)
     edge_index = edge_index.long()
     if num_nodes is None:
         num_nodes = int(edge_index.max()) + 1 if edge_index.numel() else 0

@@ -14,8 +14,17 @@ Here ``log_pi`` already holds :math:`\log m + \log \pi_\alpha = \log |V_\alpha|`
 * :func:`cluster_lse_forward` / :func:`cluster_lse_backward` -- the CPU (and fallback) kernel:
   row blocks, one GEMM ``X_B @ [Omega_1 ... Omega_k]`` per block, so the memory is
   ``O(block * k * d)``; never ``[n, k, d]``.
+* :func:`cluster_lse_grads` -- the backward written in differentiable torch (materializes
+  ``[n, k, d]``): used when a graph of the gradient is needed (double backward).
+* :func:`cluster_outer` / :func:`cluster_matvec` -- per-cluster sums of outer products and
+  per-row products with the row's cluster matrix (each the other's transpose): the second
+  moments of the statistics and their gradients.
 * :func:`exact_lse_forward` / :func:`exact_lse_backward` -- the exact value, chunked over
   rows (memory ``O(chunk * m)``).
+
+Values beyond the dtype's range: a logit that overflows (``x`` of norm ``1e20``) makes
+:math:`\log Z_i = +\infty`, as the exact value is then; never NaN (a NaN logit can only
+come from ``inf - inf`` in such an overflow and is read as ``+inf``).
 """
 from __future__ import annotations
 
@@ -39,7 +48,16 @@ def _logits_block(xb: Tensor, log_pi: Tensor, mu: Tensor, omega_cat: Tensor, k: 
     b, d = xb.shape
     xo = (xb @ omega_cat).view(b, k, d)  # [B, k, d], only for this block
     quad = (xo * xb[:, None, :]).sum(-1)
-    return log_pi[None, :] + xb @ mu.t() + 0.5 * quad, xo
+    logits = log_pi[None, :] + xb @ mu.t() + 0.5 * quad
+    return torch.nan_to_num(logits, nan=float("inf"), posinf=float("inf"), neginf=float("-inf")), xo
+
+
+def _lse_rows(logits: Tensor) -> Tensor:
+    """Row log-sum-exp shifted by the row max; ``+inf`` when a logit is ``+inf``."""
+    top = logits.max(1, keepdim=True).values
+    safe = torch.where(torch.isfinite(top), top, torch.zeros_like(top))
+    out = safe.squeeze(1) + torch.log(torch.exp(logits - safe).sum(1))
+    return torch.where(torch.isinf(top.squeeze(1)), top.squeeze(1), out)
 
 
 def cluster_lse_forward(x: Tensor, log_pi: Tensor, mu: Tensor, omega: Tensor, block: int | None = None) -> Tensor:
@@ -51,8 +69,7 @@ def cluster_lse_forward(x: Tensor, log_pi: Tensor, mu: Tensor, omega: Tensor, bl
     out = x.new_empty(n)
     for s in range(0, n, block):
         logits, _ = _logits_block(x[s:s + block], log_pi, mu, omega_cat, k)
-        top = logits.max(1, keepdim=True).values
-        out[s:s + block] = top.squeeze(1) + torch.log(torch.exp(logits - top).sum(1))
+        out[s:s + block] = _lse_rows(logits)
     return out
 
 
@@ -73,7 +90,8 @@ def cluster_lse_backward(grad: Tensor, x: Tensor, log_pi: Tensor, mu: Tensor, om
     for s in range(0, n, block):
         xb = x[s:s + block]
         logits, xo = _logits_block(xb, log_pi, mu, omega_cat, k)
-        gw = torch.exp(logits - lse[s:s + block, None]) * grad[s:s + block, None]  # [B, k]
+        gw = torch.softmax(logits, 1) * grad[s:s + block, None]  # [B, k] (stable when lse overflows)
+        gw = torch.nan_to_num(gw)
         if need_x:
             dx[s:s + block] = gw @ mu + torch.bmm(gw[:, None, :], xo).squeeze(1)
         if need_stats:
@@ -89,6 +107,55 @@ def stats_grads(gw: Tensor, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     dmu = gw.t() @ x
     domega = torch.stack([0.5 * (x * gw[:, a:a + 1]).t() @ x for a in range(gw.shape[1])])
     return dlog_pi, dmu, domega
+
+
+def cluster_lse_grads(grad: Tensor, x: Tensor, log_pi: Tensor, mu: Tensor, omega: Tensor):
+    """The backward of :func:`cluster_lse_formula` in differentiable torch ops (any order of
+    derivative is then exact): ``(dx, dlog_pi, dmu, dOmega)``; ``Omega`` need not be symmetric."""
+    om_sym = 0.5 * (omega + omega.transpose(1, 2))
+    quad = torch.einsum("nd,kde,ne->nk", x, omega, x)
+    gw = torch.softmax(log_pi[None, :] + x @ mu.t() + 0.5 * quad, 1) * grad[:, None]
+    dx = gw @ mu + torch.einsum("nk,kde,ne->nd", gw, om_sym, x)
+    return dx, gw.sum(0), gw.t() @ x, 0.5 * torch.einsum("nk,nd,ne->kde", gw, x, x)
+
+
+def _segments(labels: Tensor, k: int):
+    """``(order, [(cluster, start, stop), ...])`` of the non-empty clusters, rows sorted by cluster."""
+    order = torch.argsort(labels, stable=True)
+    counts = torch.bincount(labels, minlength=k).tolist()
+    segs, start = [], 0
+    for a, c in enumerate(counts):
+        if c:
+            segs.append((a, start, start + c))
+        start += c
+    return order, segs
+
+
+def cluster_outer(a: Tensor, b: Tensor, labels: Tensor, num_clusters: int) -> Tensor:
+    """``[k, p, q]``: ``out_c = sum_{i: labels_i = c} a_i b_i^T`` (``a [m, p]``, ``b [m, q]``)."""
+    k = num_clusters
+    if k == 1:
+        return (a.t() @ b)[None]
+    out = a.new_zeros(k, a.shape[1], b.shape[1])
+    order, segs = _segments(labels, k)
+    a_s = a[order]
+    b_s = a_s if b is a else b[order]
+    for c, s, e in segs:
+        out[c] = a_s[s:e].t() @ b_s[s:e]
+    return out
+
+
+def cluster_matvec(mats: Tensor, v: Tensor, labels: Tensor) -> Tensor:
+    """``[m, p]``: ``out_i = mats[labels_i] @ v_i`` (``mats [k, p, q]``, ``v [m, q]``)."""
+    k = mats.shape[0]
+    if k == 1:
+        return v @ mats[0].t()
+    out = v.new_zeros(v.shape[0], mats.shape[1])
+    order, segs = _segments(labels, k)
+    for c, s, e in segs:
+        idx = order[s:e]
+        out[idx] = v[idx] @ mats[c].t()
+    return out
 
 
 def exact_lse_forward(x: Tensor, y: Tensor, chunk: int) -> Tensor:

@@ -33,7 +33,10 @@ on ``(level << 32 | edge id)``: in pass ``k`` a settled ``v`` may take a tight e
 the source, or ``u`` got its own predecessor in an earlier pass. Levels strictly grow along
 equal-distance edges, so the predecessor graph is a tree; pass 0 settles every vertex that
 has a strictly shorter tight in-neighbour (all of them unless zero-length edges tie), so one
-pass is the common case. Edge ids must fit in 32 bits.
+pass is the common case. An edge is tight only if ``d_v`` is finite (an edge of infinite
+weight is never tight, as in the spec where ``d + inf < inf`` never relaxes), so unreachable
+vertices never take a predecessor and the pass count only counts reached ones. Edge ids
+must fit in 32 bits.
 
 Backward: :func:`path_gradient` walks the predecessor edges of every (row, target) pair in
 one kernel (``atomic_add`` of the pair's gradient on each edge), without a host sync per hop.
@@ -164,7 +167,10 @@ def _pred_kernel(dist_ptr, pred_ptr, bound_ptr, sources_ptr, indptr_ptr, indices
         nd = du[:, None] + w
         slot = row[:, None] * N + v
         dv = tl.load(dist_ptr + slot, mask=em, other=0).to(W_T, bitcast=True)
-        em = em & (nd == dv) & (v != src[:, None]) & ((du[:, None] < dv) | ready[:, None])
+        # tight: fl(d_u + w) == d_v < inf (an edge of infinite weight, or a sum that overflows,
+        # is never tight: it is no edge; without `dv < inf`, inf == inf would hand predecessors
+        # to unreachable vertices)
+        em = em & (nd == dv) & (dv < float("inf")) & (v != src[:, None]) & ((du[:, None] < dv) | ready[:, None])
         if HAS_BOUND:
             em = em & (dv <= bnd[:, None])
         if HAS_PROB:
@@ -292,7 +298,7 @@ def shortest_paths(indptr: torch.Tensor, indices: torch.Tensor, weight: torch.Te
         while True:
             _pred_kernel[grid](di, key, bound, src, indptr, indices, weight, thr, rowhash, n, total, level, level << 32,
                                HAS_PROB=has_prob, HAS_BOUND=tg is not None, BLOCK=BLOCK, CH=CH, num_warps=warps)
-            got = int((key != _MAXKEY).sum())
+            got = int(((key != _MAXKEY) & reached).sum())  # only reached vertices can take one
             if got >= want:
                 break
             level += 1

@@ -7,8 +7,13 @@ loops over the ``k`` clusters: ``x_B @ Omega_a`` (``tl.dot``), the logits
 responsibilities ``g_i softmax_a`` from the saved ``lse`` and accumulates
 ``dx_i = sum_a g_i w_ia (mu_a + Omega_a x_i)``; it also writes the ``[n, k]``
 responsibilities when the statistics need gradients (their reductions are GEMMs done by
-the host). ``d`` up to 128 (padded to a power of two >= 16); the ops layer falls back to
-the row-blocked torch kernel above that.
+the host). ``d`` up to 128 (padded to a power of two >= 16); the library falls back to
+the row-blocked torch kernel above that and for float64.
+
+Offsets are int64 (``n * d`` and ``k * d * d`` may pass ``2**31``); the prologue (row block
+load) and the per-cluster logit are shared ``@triton.jit`` helpers, and :func:`launch_config`
+is the one place block sizes and the grid are chosen. Overflowing logits give ``+inf``
+(never NaN), as in the reference.
 """
 from __future__ import annotations
 
@@ -20,79 +25,98 @@ MAX_D = 128
 
 
 @triton.jit
-def _cluster_lse_fwd(X, LW, MU, OM, OUT, n, d, k, stride_x,
-                     BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
-    pid = tl.program_id(0)
-    rows = pid * BLOCK_N + tl.arange(0, BLOCK_N)
-    cols = tl.arange(0, BLOCK_D)
+def _row_block(X, n, d, stride_x, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+    """Rows of this program (int64), column offsets, masks and the float32 block of ``x``."""
+    pid = tl.program_id(0).to(tl.int64)
+    rows = pid * BLOCK_N + tl.arange(0, BLOCK_N).to(tl.int64)
+    cols = tl.arange(0, BLOCK_D).to(tl.int64)
     rmask = rows < n
     cmask = cols < d
-    x = tl.load(X + rows[:, None] * stride_x + cols[None, :], mask=rmask[:, None] & cmask[None, :], other=0.0)
-    x = x.to(tl.float32)
+    xmask = rmask[:, None] & cmask[None, :]
+    x = tl.load(X + rows[:, None] * stride_x + cols[None, :], mask=xmask, other=0.0).to(tl.float32)
+    return x, rows, cols, rmask, cmask, xmask
+
+
+@triton.jit
+def _cluster_logit(x, LW, MU, OM, a, d, cols, cmask):
+    """``(logit [BLOCK_N], mu_a, x Omega_a)`` of cluster ``a``; a NaN logit (inf - inf) reads +inf."""
+    a64 = tl.cast(a, tl.int64)
+    lw = tl.load(LW + a64).to(tl.float32)
+    mu = tl.load(MU + a64 * d + cols, mask=cmask, other=0.0).to(tl.float32)
+    om = tl.load(OM + a64 * d * d + cols[:, None] * d + cols[None, :],
+                 mask=cmask[:, None] & cmask[None, :], other=0.0).to(tl.float32)
+    xo = tl.dot(x, om, input_precision="ieee")
+    logit = lw + tl.sum(x * mu[None, :], 1) + 0.5 * tl.sum(xo * x, 1)
+    logit = tl.where(logit != logit, float("inf"), logit)
+    return logit, mu, xo
+
+
+@triton.jit
+def _cluster_lse_fwd(X, LW, MU, OM, OUT, n, d, k, stride_x,
+                     BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+    x, rows, cols, rmask, cmask, xmask = _row_block(X, n, d, stride_x, BLOCK_N, BLOCK_D)
     m_run = tl.full([BLOCK_N], float("-inf"), tl.float32)
     s_run = tl.zeros([BLOCK_N], tl.float32)
     for a in range(k):
-        lw = tl.load(LW + a).to(tl.float32)
-        mu = tl.load(MU + a * d + cols, mask=cmask, other=0.0).to(tl.float32)
-        om = tl.load(OM + a * d * d + cols[:, None] * d + cols[None, :],
-                     mask=cmask[:, None] & cmask[None, :], other=0.0).to(tl.float32)
-        xo = tl.dot(x, om, input_precision="ieee")
-        logit = lw + tl.sum(x * mu[None, :], 1) + 0.5 * tl.sum(xo * x, 1)
+        logit, mu, xo = _cluster_logit(x, LW, MU, OM, a, d, cols, cmask)
         m_new = tl.maximum(m_run, logit)
-        s_run = s_run * tl.exp(m_run - m_new) + tl.exp(logit - m_new)
+        finite = m_new < float("inf")
+        shift = tl.where(finite, m_new, 0.0)
+        s_run = s_run * tl.exp(m_run - shift) + tl.exp(logit - shift)
         m_run = m_new
-    tl.store(OUT + rows, m_run + tl.log(s_run), mask=rmask)
+    out = tl.where(m_run < float("inf"), m_run + tl.log(s_run), float("inf"))
+    tl.store(OUT + rows, out, mask=rmask)
 
 
 @triton.jit
 def _cluster_lse_bwd(X, LW, MU, OM, LSE, G, DX, GW, n, d, k, stride_x,
                      BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, STORE_GW: tl.constexpr):
-    pid = tl.program_id(0)
-    rows = pid * BLOCK_N + tl.arange(0, BLOCK_N)
-    cols = tl.arange(0, BLOCK_D)
-    rmask = rows < n
-    cmask = cols < d
-    xmask = rmask[:, None] & cmask[None, :]
-    x = tl.load(X + rows[:, None] * stride_x + cols[None, :], mask=xmask, other=0.0).to(tl.float32)
+    x, rows, cols, rmask, cmask, xmask = _row_block(X, n, d, stride_x, BLOCK_N, BLOCK_D)
     lse = tl.load(LSE + rows, mask=rmask, other=0.0).to(tl.float32)
     g = tl.load(G + rows, mask=rmask, other=0.0).to(tl.float32)
     dx = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
     for a in range(k):
-        lw = tl.load(LW + a).to(tl.float32)
-        mu = tl.load(MU + a * d + cols, mask=cmask, other=0.0).to(tl.float32)
-        om = tl.load(OM + a * d * d + cols[:, None] * d + cols[None, :],
-                     mask=cmask[:, None] & cmask[None, :], other=0.0).to(tl.float32)
-        xo = tl.dot(x, om, input_precision="ieee")
-        logit = lw + tl.sum(x * mu[None, :], 1) + 0.5 * tl.sum(xo * x, 1)
+        logit, mu, xo = _cluster_logit(x, LW, MU, OM, a, d, cols, cmask)
         gw = tl.exp(logit - lse) * g
+        gw = tl.where(gw == gw, gw, 0.0)  # an overflowed row (lse = inf) has no finite gradient
         dx += gw[:, None] * (mu[None, :] + xo)
         if STORE_GW:
             tl.store(GW + rows * k + a, gw, mask=rmask)
-    tl.store(DX + rows[:, None] * stride_x + cols[None, :], dx, mask=xmask)
+    tl.store(DX + rows[:, None] * d + cols[None, :], dx, mask=xmask)
 
 
-def _blocks(d: int) -> tuple[int, int]:
+def launch_config(n: int, d: int) -> tuple[tuple[int], int, int]:
+    """``(grid, BLOCK_N, BLOCK_D)`` for ``n`` rows of dimension ``d`` (the one launch-config helper)."""
     block_d = max(16, triton.next_power_of_2(d))
     block_n = 64 if block_d <= 64 else 32
-    return block_n, block_d
+    return (triton.cdiv(n, block_n),), block_n, block_d
+
+
+def supports(x: torch.Tensor) -> bool:
+    """Whether these kernels take ``x`` (float32 / half, ``d <= MAX_D``)."""
+    return x.dtype != torch.float64 and x.shape[1] <= MAX_D
 
 
 def cluster_lse_forward(x: torch.Tensor, log_w: torch.Tensor, mu: torch.Tensor, omega: torch.Tensor) -> torch.Tensor:
     n, d = x.shape
     k = mu.shape[0]
-    block_n, block_d = _blocks(d)
+    grid, block_n, block_d = launch_config(n, d)
     out = torch.empty(n, dtype=torch.float32, device=x.device)
-    _cluster_lse_fwd[(triton.cdiv(n, block_n),)](x, log_w, mu, omega, out, n, d, k, x.stride(0),
-                                                 BLOCK_N=block_n, BLOCK_D=block_d)
+    if n:
+        _cluster_lse_fwd[grid](x, log_w.contiguous(), mu.contiguous(), omega.contiguous(), out, n, d, k, x.stride(0),
+                               BLOCK_N=block_n, BLOCK_D=block_d)
     return out.to(x.dtype)
 
 
 def cluster_lse_backward(grad, x, log_w, mu, omega, lse, need_stats: bool = False):
+    """``(dx [n, d], gw [n, k] or None)``; ``omega`` must be symmetric."""
     n, d = x.shape
     k = mu.shape[0]
-    block_n, block_d = _blocks(d)
+    grid, block_n, block_d = launch_config(n, d)
     dx = torch.empty((n, d), dtype=torch.float32, device=x.device)
     gw = torch.empty((n, k), dtype=torch.float32, device=x.device) if need_stats else dx
-    _cluster_lse_bwd[(triton.cdiv(n, block_n),)](x, log_w, mu, omega, lse, grad, dx, gw, n, d, k, x.stride(0),
-                                                 BLOCK_N=block_n, BLOCK_D=block_d, STORE_GW=need_stats)
+    if n:
+        _cluster_lse_bwd[grid](x, log_w.contiguous(), mu.contiguous(), omega.contiguous(), lse.contiguous(),
+                               grad.contiguous(), dx, gw, n, d, k, x.stride(0),
+                               BLOCK_N=block_n, BLOCK_D=block_d, STORE_GW=need_stats)
     return dx.to(x.dtype), (gw.to(x.dtype) if need_stats else None)
