@@ -1,9 +1,9 @@
 """PRODIGE benchmarks (Mazur et al., NeurIPS 2019): the paper's sanity check, distance-preserving
 compression of scikit-learn's digits against MDS/PCA, training speed against a scipy
 implementation of the same update, collaborative filtering and classification with
-``ProdigeEmbedding``.
+``ProdigeEmbedding`` (training-step time against nn.Embedding, eager and torch.compile).
 
-    python benchmarks/bench_prodige.py [--quick] [--only sanity,digits,speed,cf,clf]
+    python benchmarks/bench_prodige.py [--quick] [--only sanity,digits,speed,cf,clf,embedding]
 
 Writes ``benchmarks/results/prodige-<device>.json`` (and ``prodige_digits_curve.png``).
 """
@@ -65,14 +65,13 @@ def essential_edges(ei, w, D):
 def sanity(report, quick, verbose):
     graphs = 10 if quick else 100
     gen = torch.Generator().manual_seed(0)
-    rec_all, err_ok, errs, kept_edges, true_edges = 0, 0, [], [], []
+    rec_all, err_ok, compact, errs, kept_edges, true_edges, need_edges = 0, 0, 0, [], [], [], []
     t0 = time.perf_counter()
     for i in progress(range(graphs), verbose=verbose, desc="sanity ER graphs"):
         n = int(torch.randint(10, 26, (1,), generator=gen))
         ei, w = weighted_erdos_renyi(n, 0.25, generator=gen)
         D = shortest_paths(*to_csr(ei, n, w.double(), undirected=True), torch.arange(n))
-        m = ProdigeCompression(epochs=SANITY_EPOCHS, lr=0.05, sparsity=SANITY_LAMBDA, init_weight="random",
-                               finetune_epochs=SANITY_FINETUNE, batch_size=max(2, n // 4), verbose=False, seed=i)
+        m = ProdigeCompression(verbose=False, seed=i)  # the defaults
         m.fit(distances=D.float())
         P = m.pairwise_distances().double()
         err = pair_mse(P, D)
@@ -82,65 +81,51 @@ def sanity(report, quick, verbose):
         need = essential_edges(ei, w, D)
         rec_all += all(e in kept for e in need)
         err_ok += err < 1e-3
+        compact += len(kept) <= 1.5 * len(need)
         kept_edges.append(len(kept))
         true_edges.append(ei.size(1))
-    report.add("sanity: ER 10-25 vertices, p=0.25, U(0,1)", time.perf_counter() - t0, peer="paper 91/100, 100/100",
-               graphs=graphs, recovered_all_path_edges=rec_all, error_below_1e_3=err_ok,
-               median_error=float(np.median(errs)), max_error=float(np.max(errs)),
-               mean_kept_edges=float(np.mean(kept_edges)), mean_true_edges=float(np.mean(true_edges)))
-
-
-SANITY_EPOCHS, SANITY_FINETUNE, SANITY_LAMBDA = 400, 300, 0.02
+        need_edges.append(len(need))
+    report.add("sanity: ER 10-25 vertices, p=0.25, U(0,1), defaults", time.perf_counter() - t0,
+               peer="paper 91/100, 100/100", graphs=graphs, recovered_all_path_edges=rec_all, error_below_1e_3=err_ok,
+               kept_at_most_1_5x_needed=compact, median_error=float(np.median(errs)), max_error=float(np.max(errs)),
+               mean_kept_edges=float(np.mean(kept_edges)), mean_true_edges=float(np.mean(true_edges)),
+               mean_needed_edges=float(np.mean(need_edges)),
+               median_kept_over_needed=float(np.median(np.array(kept_edges) / np.maximum(need_edges, 1))))
 
 
 # ----------------------------------------------------------------------------- digits compression
 def digits_compression(report, quick, verbose):
+    """``ProdigeCompression(target_params_per_instance=B).fit(x)`` with the defaults, against
+    metric MDS and PCA with B dimensions (all pairs of the 1,797 digits, distances / mean)."""
     from sklearn.decomposition import PCA
     from sklearn.manifold import MDS
 
     x, D = digits()
-    t0 = time.perf_counter()
-    z = PCA(4).fit_transform(x.numpy())
-    pca = pair_mse(torch.cdist(torch.tensor(z), torch.tensor(z)), D)
-    t_pca = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    mds = MDS(4, dissimilarity="precomputed", metric=True, n_init=1, max_iter=300, random_state=0,
-              normalized_stress=False).fit_transform(D.double().numpy())
-    mds = pair_mse(torch.cdist(torch.tensor(mds), torch.tensor(mds)), D)
-    t_mds = time.perf_counter() - t0
-    epochs = 3 if quick else DIGITS_EPOCHS
-    # hub candidates (every row to its 4 nearest of 40 farthest-point hubs, all hub pairs) + 8-NN,
-    # lambda = 0 while training, then 8 rounds of pruning by shortest-path usage to the budget
-    t0 = time.perf_counter()
-    m = ProdigeCompression(knn=8, random_edges=0, hubs=40, hub_links=4, sparsity=0.0, select="usage",
-                           prune_rounds=3 if quick else 8, lr_decay=True, target_params_per_instance=4.0,
-                           epochs=epochs, batch_size=32, targets_per_row=256, lr=0.05,
-                           finetune_epochs=2 if quick else DIGITS_FINETUNE, verbose=verbose, seed=0).fit(x)
-    t_fit = time.perf_counter() - t0
-    P = m.pairwise_distances()
-    mse = pair_mse(P, D)
-    ppi = m.parameters_per_instance()
-    report.add("digits 1797x64 <= 4 params/item: PRODIGE vs MDS-4", t_fit, t_mds, peer="sklearn MDS(4)",
-               prodige_mse=mse, mds_mse=mds, pca_mse=pca, params_per_instance=ppi,
-               mse_ratio_mds=mds / mse, mse_ratio_pca=pca / mse, pca_s=t_pca, epochs=epochs)
-    if not quick:  # the previous recipe (16-NN + 16 random, lambda controller, selection by probability)
+    if quick:
+        x, D = x[:400], D[:400, :400]
+    history = {}
+    for budget in (4, 8):
         t0 = time.perf_counter()
-        m0 = ProdigeCompression(knn=16, random_edges=16, target_params_per_instance=4.0, epochs=40,
-                                batch_size=32, targets_per_row=32, lr=0.05, finetune_epochs=80, verbose=verbose,
-                                seed=0).fit(x)
-        t0 = time.perf_counter() - t0
-        mse0 = pair_mse(m0.pairwise_distances(), D)
-        report.add("digits <= 4 params/item, previous recipe (lambda controller, keep most probable)", t0, t_mds,
-                   peer="sklearn MDS(4)", prodige_mse=mse0, mds_mse=mds, pca_mse=pca,
-                   params_per_instance=m0.parameters_per_instance(), mse_ratio_mds=mds / mse0,
-                   mse_ratio_pca=pca / mse0)
-    (RESULTS / "prodige_digits_history.json").write_text(json.dumps(
-        {"history": m.history_, "mds_mse": mds, "pca_mse": pca, "prodige_mse": mse, "params_per_instance": ppi},
-        indent=1) + "\n")
-    plot_digits_curve(RESULTS / "prodige_digits_history.json")
-
-
-DIGITS_EPOCHS, DIGITS_FINETUNE = 10, 30
+        z = PCA(budget).fit_transform(x.numpy())
+        pca = pair_mse(torch.cdist(torch.tensor(z), torch.tensor(z)), D)
+        t0 = time.perf_counter()
+        mds = MDS(budget, dissimilarity="precomputed", metric=True, n_init=1, max_iter=300, random_state=0,
+                  normalized_stress=False).fit_transform(D.double().numpy())
+        t_mds = time.perf_counter() - t0
+        mds = pair_mse(torch.cdist(torch.tensor(mds), torch.tensor(mds)), D)
+        t0 = time.perf_counter()
+        m = ProdigeCompression(target_params_per_instance=float(budget), verbose=verbose, seed=0).fit(x)
+        t_fit = time.perf_counter() - t0
+        mse = pair_mse(m.pairwise_distances(), D)
+        ppi = m.parameters_per_instance()
+        report.add(f"digits {x.size(0)}x64 <= {budget} params/item: PRODIGE defaults vs MDS-{budget}", t_fit, t_mds,
+                   peer=f"sklearn MDS({budget})", prodige_mse=mse, mds_mse=mds, pca_mse=pca, params_per_instance=ppi,
+                   mse_ratio_mds=mds / mse, mse_ratio_pca=pca / mse, fit_time_ratio_mds=t_fit / t_mds)
+        history[budget] = {"history": m.history_, "mds_mse": mds, "pca_mse": pca, "prodige_mse": mse,
+                           "params_per_instance": ppi}
+    if not quick:
+        (RESULTS / "prodige_digits_history.json").write_text(json.dumps(history[4], indent=1) + "\n")
+        plot_digits_curve(RESULTS / "prodige_digits_history.json")
 
 
 def plot_digits_curve(path):
@@ -360,7 +345,7 @@ def clf(report, quick, verbose):
     for name in ("prodige", "embedding"):
         torch.manual_seed(0)
         if name == "prodige":
-            emb = ProdigeEmbedding(V, K, item_edges=4, anchor_edges=2, default_distance=10.0)
+            emb = ProdigeEmbedding(V, K)  # defaults: as many stored numbers as nn.Embedding(V, K)
         else:
             emb = torch.nn.Embedding(V, K)
         model = ConvClassifier(emb, K)
@@ -370,7 +355,7 @@ def clf(report, quick, verbose):
             for idx in torch.randperm(1500).split(50):
                 loss = torch.nn.functional.cross_entropy(model(xtr[idx]), ytr[idx])
                 if name == "prodige":
-                    loss = loss + 0.5 * emb.sparsity() + emb.reinforce(loss)
+                    loss = loss + emb.reinforce(loss)
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
@@ -399,7 +384,63 @@ def clf(report, quick, verbose):
                embedding_numbers=V * K, equal_size_embedding_dim=dim_eq, equal_size_embedding_acc=acc_eq)
 
 
-SECTIONS = {"sanity": sanity, "digits": digits_compression, "speed": speed, "cf": cf, "clf": clf}
+class BagOfWords(torch.nn.Module):
+    """Mean of the token embeddings -> linear (the issue's step-time model)."""
+
+    def __init__(self, emb, dim):
+        super().__init__()
+        self.emb, self.lin = emb, torch.nn.Linear(dim, 2)
+
+    def forward(self, x):
+        return self.lin(self.emb(x).mean(1))
+
+
+def _bow_step(model, x, y, opt, reinforce):
+    loss = torch.nn.functional.cross_entropy(model(x), y)
+    if reinforce:
+        loss = loss + model.emb.reinforce(loss)
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+
+
+def embedding_step(report, quick, verbose):
+    """Training step (forward + backward + Adam) of a bag-of-words model, batch 64 x 50 tokens,
+    ProdigeEmbedding(2000, 16) (defaults: the stored numbers of nn.Embedding(2000, 16)) against
+    nn.Embedding(2000, 16); without and with REINFORCE; eager and torch.compile."""
+    V, K = 2000, 16
+    gen = torch.Generator().manual_seed(0)
+    x, y = torch.randint(0, V, (64, 50), generator=gen), torch.randint(0, 2, (64,), generator=gen)
+    reps = 5 if quick else 20
+    torch.manual_seed(0)
+    base = BagOfWords(torch.nn.Embedding(V, K), K)
+    opt = torch.optim.Adam(base.parameters(), lr=0.01)
+    t_base = timeit(lambda: _bow_step(base, x, y, opt, False), repeat=reps * 5, warmup=3)["median"]
+    for reinforce in (False, True):
+        torch.manual_seed(0)
+        model = BagOfWords(ProdigeEmbedding(V, K), K)
+        opt = torch.optim.Adam(model.parameters(), lr=0.01)
+        t = timeit(lambda: _bow_step(model, x, y, opt, reinforce), repeat=reps, warmup=2)["median"]
+        report.add(f"bag-of-words step, ProdigeEmbedding({V}, {K}){' + reinforce' if reinforce else ''}, 64x50",
+                   t, t_base, peer=f"nn.Embedding({V}, {K}) step", step_ratio=t / t_base,
+                   stored_numbers=model.emb.num_stored_parameters(), embedding_numbers=V * K)
+    # torch.compile: the embedding forward compiled (fullgraph), the search stays one opaque op
+    torch.manual_seed(0)
+    model = BagOfWords(ProdigeEmbedding(V, K), K)
+    opt = torch.optim.Adam(model.parameters(), lr=0.01)
+    t_eager = timeit(lambda: _bow_step(model, x, y, opt, False), repeat=reps, warmup=2)["median"]
+    torch._dynamo.reset()
+    compiled = torch.compile(model, fullgraph=True, dynamic=True)
+    t0 = time.perf_counter()
+    _bow_step(compiled, x, y, opt, False)
+    t_compile = time.perf_counter() - t0
+    t_comp = timeit(lambda: _bow_step(compiled, x, y, opt, False), repeat=reps, warmup=2)["median"]
+    report.add(f"torch.compile(fullgraph, dynamic) bag-of-words ProdigeEmbedding({V}, {K}) step", t_comp, t_eager,
+               peer="eager step", compile_s=t_compile, step_ratio_eager=t_comp / t_eager)
+
+
+SECTIONS = {"sanity": sanity, "digits": digits_compression, "speed": speed, "cf": cf, "clf": clf,
+            "embedding": embedding_step}
 
 
 def main():

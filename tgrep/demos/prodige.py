@@ -35,11 +35,10 @@ def _run(quick: bool, verbose: bool):
     n = 14
     ei, w = weighted_erdos_renyi(n, 0.25, generator=gen)
     D = shortest_paths(*to_csr(ei, n, w.double(), undirected=True), torch.arange(n))
-    print(f"Weighted Erdős–Rényi graph: {n} vertices, {ei.size(1)} edges; fitting all-pairs candidates "
-          f"({n * (n - 1) // 2}) from random initial lengths")
+    print(f"Weighted Erdős–Rényi graph: {n} vertices, {ei.size(1)} edges; fitting its distance matrix "
+          f"({n * (n - 1) // 2} pairs) with the defaults")
     t0 = time.perf_counter()
-    m = ProdigeCompression(epochs=100 if quick else 150, lr=0.05, sparsity=0.03, init_weight="random",
-                           finetune_epochs=50, batch_size=4, verbose=verbose, seed=0).fit(distances=D.float())
+    m = ProdigeCompression(verbose=verbose, seed=0).fit(distances=D.float())  # the defaults
     err = _mse(m.pairwise_distances(), D)
     print(f"  distance MSE {err:.2e}, kept {m.graph.prune()[0].size(1)} edges ({time.perf_counter() - t0:.1f} s)")
     yield {"what": f"ER graph n={n}: distance MSE", "tgrep": f"{err:.1e}", "peer": "paper: < 1e-3", "ratio": ""}
@@ -93,11 +92,9 @@ def _run(quick: bool, verbose: bool):
     Dx = torch.cdist(x, x)
     scale = Dx.sum() / (npts * (npts - 1))
     x, Dx = x / scale, Dx / scale
-    print(f"Compressing digits[:{npts}] to <= 4 numbers per item (hub candidates, usage pruning) vs MDS-4")
+    print(f"Compressing digits[:{npts}] to <= 4 numbers per item (defaults) vs MDS-4")
     t0 = time.perf_counter()
-    m = ProdigeCompression(knn=8, random_edges=0, hubs=30, hub_links=4, sparsity=0.0, select="usage",
-                           prune_rounds=8, lr_decay=True, target_params_per_instance=4.0, epochs=10,
-                           finetune_epochs=30, batch_size=32, targets_per_row=256, verbose=verbose, seed=0).fit(x)
+    m = ProdigeCompression(target_params_per_instance=4.0, verbose=verbose, seed=0).fit(x)
     err = _mse(m.pairwise_distances(), Dx)
     t_fit = time.perf_counter() - t0
     with warnings.catch_warnings():

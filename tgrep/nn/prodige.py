@@ -8,23 +8,23 @@ edge (training) or in the deterministic graph of the edges with :math:`p_e \ge 0
 from __future__ import annotations
 
 import math
-import warnings
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch_geometric.utils import coalesce, remove_self_loops
 
-from ..ops import reinforce_coefficients, shortest_paths
+from .. import library  # noqa: F401  (registers torch.ops.tgrep.*)
+from ..ops import knn as ops_knn
+from ..ops import reinforce_coefficients
+from ..ops.shortest_path import seed_tensor
 from ..utils import check, to_csr
 
 
-
-_MAX_RECORDS = 64  # training forwards remembered until reinforce() consumes them
-
-
 class _SparseGather(torch.autograd.Function):
-    """``param[index]`` whose gradient w.r.t. ``param`` is a sparse COO tensor holding only the
-    non-zero entries (what :class:`torch.optim.SparseAdam` expects)."""
+    """``param[index]`` whose gradient w.r.t. ``param`` is a sparse COO tensor (what
+    :class:`torch.optim.SparseAdam` expects; it coalesces). No data-dependent shapes, so it
+    traces under ``torch.compile``."""
 
     @staticmethod
     def forward(ctx, param, index):
@@ -35,10 +35,7 @@ class _SparseGather(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         (index,) = ctx.saved_tensors
-        nz = grad != 0
-        g = torch.sparse_coo_tensor(index[nz].unsqueeze(0), grad[nz], ctx.shape,
-                                    check_invariants=False).coalesce()
-        return g, None
+        return torch.sparse_coo_tensor(index.unsqueeze(0), grad, ctx.shape, check_invariants=False), None
 
 
 def gather(param: torch.Tensor, index: torch.Tensor, sparse: bool) -> torch.Tensor:
@@ -50,48 +47,33 @@ def inverse_softplus(w: torch.Tensor) -> torch.Tensor:
     return torch.where(w > 20, w, torch.log(torch.expm1(w.clamp_max(20))))
 
 
-def knn_graph(x: torch.Tensor, k: int, *, metric: str = "euclidean", block: int = 1024) -> torch.Tensor:
-    """``[2, N k]`` edges ``i -> j`` to the ``k`` nearest other rows (blocked ``cdist`` + ``topk``)."""
-    check.one_of("metric", metric, ("euclidean", "cosine"))
-    n = x.size(0)
-    k = min(k, n - 1)
-    if k <= 0:
-        return torch.empty(2, 0, dtype=torch.long, device=x.device)
-    if metric == "cosine":
-        x = F.normalize(x, dim=1)
-    out = []
-    for start in range(0, n, block):
-        xb = x[start:start + block]
-        d = -(xb @ x.T) if metric == "cosine" else torch.cdist(xb, x)
-        d[torch.arange(xb.size(0)), torch.arange(start, start + xb.size(0))] = float("inf")
-        out.append(d.topk(k, dim=1, largest=False).indices)
-    dst = torch.cat(out).reshape(-1)
-    src = torch.arange(n, device=x.device).repeat_interleave(k)
-    return torch.stack([src, dst])
+def undirected_edges(edge_index: torch.Tensor, num_nodes: int, weight: torch.Tensor | None = None):
+    """Undirected edges once each as ``u < v`` (``(u, v)`` and ``(v, u)`` merged, self-loops
+    dropped; with ``weight``, the smallest of the merged copies): ``edge_index`` or
+    ``(edge_index, weight)``. PyG's :func:`~torch_geometric.utils.coalesce` does the merging."""
+    src, dst = edge_index.long()
+    ei = torch.stack([torch.minimum(src, dst), torch.maximum(src, dst)])
+    ei, weight = remove_self_loops(ei, weight)
+    if weight is None:
+        return coalesce(ei, num_nodes=num_nodes)
+    return coalesce(ei, weight, num_nodes=num_nodes, reduce="min")
 
 
-def coalesce_edges(edge_index: torch.Tensor, num_nodes: int, directed: bool) -> torch.Tensor:
-    """Drop self-loops and duplicates (for undirected graphs ``(u, v)`` and ``(v, u)`` are the
-    same edge, kept once as ``u < v``)."""
-    src, dst = edge_index
-    keep = src != dst
-    src, dst = src[keep], dst[keep]
-    if not directed:
-        src, dst = torch.minimum(src, dst), torch.maximum(src, dst)
-    key = torch.unique(src * num_nodes + dst)
-    return torch.stack([key // num_nodes, key % num_nodes])
+def bool_arg(name: str, value) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"'{name}' must be a bool, got {type(value).__name__}")
+    return value
 
 
-def merge_undirected(edge_index: torch.Tensor, num_nodes: int, weight: torch.Tensor):
-    """Undirected candidate edges once each as ``u < v`` (``(u, v)`` and ``(v, u)`` merged,
-    self-loops dropped), with the smallest ``weight`` of the merged copies."""
-    src, dst = edge_index
-    keep = src != dst
-    lo, hi = torch.minimum(src, dst)[keep], torch.maximum(src, dst)[keep]
-    key, inverse = torch.unique(lo * num_nodes + hi, return_inverse=True)
-    merged = torch.full((key.numel(),), math.inf, dtype=weight.dtype, device=weight.device)
-    merged.scatter_reduce_(0, inverse, weight[keep], reduce="amin")
-    return torch.stack([key // num_nodes, key % num_nodes]), merged
+def _seed(seed, device) -> torch.Tensor:
+    """The 0-d int64 seed tensor the ops take (``None``: drawn from torch's generator, no sync)."""
+    if isinstance(seed, torch.Tensor):
+        if seed.dim() != 0 or seed.dtype != torch.int64:
+            raise TypeError("'seed' must be an int or a 0-d int64 tensor")
+        return seed
+    if seed is not None:
+        check.seed("seed", seed)
+    return seed_tensor(seed, device)
 
 
 class ProdigeGraph(nn.Module):
@@ -107,10 +89,10 @@ class ProdigeGraph(nn.Module):
     or ``default_distance`` when no path exists. In training mode every search (row) draws its
     own graph; in eval mode the graph is deterministic: the edges with :math:`p_e \ge 0.5`.
 
-    **Sampling.** Edge presence is drawn lazily per row by :func:`tgrep.ops.shortest_paths`,
-    keyed by ``(seed, row, CSR edge)``. An undirected candidate edge is stored twice in CSR
-    (once per direction) and *the two directions are sampled independently* with the same
-    probability :math:`p_e`; both directions share the parameters :math:`\theta^w_e,\theta^b_e`.
+    **Sampling.** Edge presence is drawn lazily per row by ``tgrep::shortest_paths``, keyed by
+    ``(seed, row, CSR edge)``. An undirected candidate edge is stored twice in CSR (once per
+    direction) and *the two directions are sampled independently* with the same probability
+    :math:`p_e`; both directions share the parameters :math:`\theta^w_e,\theta^b_e`.
 
     **Gradients.** Lengths get the path gradient (:math:`\partial d / \partial w_e = 1` on the
     returned shortest path). Presence logits get the REINFORCE estimator of eq. 3–4,
@@ -130,9 +112,17 @@ class ProdigeGraph(nn.Module):
         loss.backward()
 
     :meth:`reinforce` returns a surrogate whose value is ``0`` and whose gradient w.r.t. the
-    presence logits is :math:`\hat g` (it uses the samples of the last training-mode
-    :meth:`forward`). If rows' losses are coupled (e.g. a classifier over several items' distances),
-    pass the scalar loss instead: ``graph.reinforce(loss)``.
+    presence logits is :math:`\hat g`, for the samples of the *last* training-mode
+    :meth:`forward`. If rows' losses are coupled (e.g. a classifier over several items'
+    distances), pass the scalar loss instead: ``graph.reinforce(loss)``. Without
+    :meth:`reinforce` only the lengths (and a learnable ``default_distance``) are trained; the
+    presence probabilities stay where they are, so training-mode searches act as edge dropout.
+
+    **Checkpoints.** The graph structure (``edge_index``, CSR arrays, initial lengths) lives in
+    buffers, the number of vertices and the direction in the extra state: a ``state_dict``
+    loads into any ``ProdigeGraph`` (built with another seed or other candidate edges) and
+    rebuilds it to the checkpoint's structure. ``forward`` makes no host synchronisation
+    (value checks run inside the custom op), so it works under ``torch.compile(fullgraph=True)``.
 
     Args:
         edge_index (LongTensor): ``[2, M]`` candidate edges. When undirected, an edge may be
@@ -144,7 +134,8 @@ class ProdigeGraph(nn.Module):
             (default: ``1.0``).
         init_prob (float, optional): initial presence probability in ``(0, 1)``
             (default: ``0.9``).
-        default_distance (float, optional): the distance of unreachable pairs (default: ``10.0``).
+        default_distance (float, optional): the distance of unreachable pairs, ``> 0``
+            (default: ``10.0``).
         learn_default_distance (bool, optional): make ``default_distance`` a parameter
             (default: ``False``).
         sparse (bool, optional): gradients of the edge parameters are sparse COO tensors, for
@@ -156,14 +147,14 @@ class ProdigeGraph(nn.Module):
                  learn_default_distance: bool = False, sparse: bool = False):
         super().__init__()
         check.positive_int("num_nodes", num_nodes)
-        check.tensor("edge_index", edge_index, dtypes=check.INDEX_DTYPES, dim=2)
-        if edge_index.size(0) != 2:
-            raise ValueError(f"'edge_index' must have shape [2, M], got {tuple(edge_index.shape)}")
+        check.edge_index("edge_index", edge_index, num_nodes)
         if edge_index.size(1) == 0:
             raise ValueError("'edge_index' is empty: a ProdigeGraph needs at least one candidate edge")
-        check.index_range("edge_index", edge_index, num_nodes)
+        bool_arg("directed", directed)
+        bool_arg("learn_default_distance", learn_default_distance)
+        bool_arg("sparse", sparse)
         check.in_range("init_prob", init_prob, 0.0, 1.0, lo_open=True, hi_open=True)
-        check.in_range("default_distance", default_distance, 0.0, math.inf, hi_open=True)
+        check.in_range("default_distance", default_distance, 0.0, math.inf, lo_open=True, hi_open=True)
         edge_index = edge_index.long()
         M = edge_index.size(1)
         if isinstance(init_weight, torch.Tensor):
@@ -174,30 +165,60 @@ class ProdigeGraph(nn.Module):
         else:
             check.in_range("init_weight", init_weight, 0.0, math.inf, lo_open=True, hi_open=True)
             w0 = torch.full((M,), float(init_weight), device=edge_index.device)
-        if not directed:
-            edge_index, w0 = merge_undirected(edge_index, num_nodes, w0)
-            if edge_index.size(1) == 0:
-                raise ValueError("'edge_index' holds only self-loops: a ProdigeGraph needs at least one edge")
-            M = edge_index.size(1)
+        if directed:
+            edge_index, w0 = remove_self_loops(edge_index, w0)
+            if edge_index.size(1):
+                edge_index, w0 = coalesce(edge_index, w0, num_nodes=num_nodes, reduce="min")
+        else:
+            edge_index, w0 = undirected_edges(edge_index, num_nodes, w0)
+        if edge_index.size(1) == 0:
+            raise ValueError("'edge_index' holds only self-loops: a ProdigeGraph needs at least one edge")
         self.num_nodes, self.directed, self.sparse = num_nodes, directed, sparse
-        self.init_prob = float(init_prob)
-        self.register_buffer("edge_index", edge_index)
-        self.register_buffer("init_weight", w0)
-        indptr, indices, _, perm = to_csr(edge_index, num_nodes, None, undirected=not directed, return_perm=True)
-        self.register_buffer("indptr", indptr)
-        self.register_buffer("indices", indices)
-        self.register_buffer("perm", perm)  # CSR edge -> parameter
-        self.weight_logit = nn.Parameter(torch.empty(M, device=edge_index.device))
-        self.presence_logit = nn.Parameter(torch.empty(M, device=edge_index.device))
+        self.init_prob, self.learn_default_distance = float(init_prob), learn_default_distance
+        self._init_default = float(default_distance)
         dd = torch.tensor(float(default_distance), device=edge_index.device)
         if learn_default_distance:
             self.default_distance = nn.Parameter(dd)
         else:
             self.register_buffer("default_distance", dd)
-        self._init_default = float(default_distance)
-        self._records: list[dict] = []
-        self._ema = None
+        self._set_structure(edge_index, w0)
         self.reset_parameters()
+
+    def _set_structure(self, edge_index: torch.Tensor, w0: torch.Tensor) -> None:
+        """(Re)build the buffers and edge parameters for ``edge_index`` (canonical: coalesced,
+        ``u < v`` when undirected)."""
+        M, dev = edge_index.size(1), edge_index.device
+        indptr, indices, _, perm = to_csr(edge_index, self.num_nodes, None, undirected=not self.directed,
+                                          return_perm=True)
+        for name, t in (("edge_index", edge_index), ("init_weight", w0), ("indptr", indptr), ("indices", indices),
+                        ("perm", perm)):  # perm: CSR edge -> parameter
+            self.register_buffer(name, t)
+        self.weight_logit = nn.Parameter(torch.empty(M, device=dev))
+        self.presence_logit = nn.Parameter(torch.empty(M, device=dev))
+        self._last = None  # the samples of the last training forward, for reinforce()
+        self._ema = None
+
+    # ------------------------------------------------------------------ checkpoints
+    def get_extra_state(self) -> dict:
+        return {"num_nodes": self.num_nodes, "directed": self.directed}
+
+    def set_extra_state(self, state: dict) -> None:
+        pass  # applied in _load_from_state_dict, before the tensors are copied
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs):
+        extra = state_dict.get(prefix + "_extra_state")
+        ei = state_dict.get(prefix + "edge_index")
+        if isinstance(extra, dict) and isinstance(ei, torch.Tensor) and (
+                extra.get("num_nodes") != self.num_nodes or extra.get("directed") != self.directed
+                or ei.shape != self.edge_index.shape or not torch.equal(ei.to(self.edge_index.device),
+                                                                          self.edge_index)):
+            # another candidate graph: rebuild to the checkpoint's structure, then copy values
+            dev = self.edge_index.device
+            self.num_nodes, self.directed = int(extra["num_nodes"]), bool(extra["directed"])
+            self._set_structure(ei.to(dev).long(), state_dict[prefix + "init_weight"].to(dev).float())
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
 
     # ------------------------------------------------------------------ parameters
     def reset_parameters(self):
@@ -205,7 +226,7 @@ class ProdigeGraph(nn.Module):
             self.weight_logit.copy_(inverse_softplus(self.init_weight))
             self.presence_logit.fill_(math.log(self.init_prob / (1 - self.init_prob)))
             self.default_distance.fill_(self._init_default)
-        self._records, self._ema = [], None
+        self._last, self._ema = None, None
 
     @property
     def num_edges(self) -> int:
@@ -229,6 +250,10 @@ class ProdigeGraph(nn.Module):
             idx = torch.arange(self.num_edges, device=self.presence_logit.device)
             return torch.sigmoid(gather(self.presence_logit, idx, True)).mean()
         return self.edge_prob.mean()
+
+    def expected_stored_numbers(self) -> float:
+        r""":math:`N + 2\sum_e p_e`: the expected :meth:`num_stored_parameters` of a sampled graph."""
+        return self.num_nodes + 2 * float(self.edge_prob.detach().sum())
 
     def prune(self, threshold: float = 0.5) -> tuple[torch.Tensor, torch.Tensor]:
         """The deterministic graph: ``(edge_index [2, K], edge_weight [K])`` of the candidate
@@ -261,43 +286,38 @@ class ProdigeGraph(nn.Module):
         r"""Distances from ``src`` ``[B]`` to ``dst``: ``[B]`` (one target per row), ``[B, T]``
         (``T`` targets per row) or ``None`` (all vertices, ``[B, N]``).
 
-        In training mode row :math:`b` searches its own sampled graph (``seed`` fixes the
-        samples; default: a fresh one) and the samples are remembered for :meth:`reinforce`.
-        Unreachable pairs get ``default_distance``.
+        In training mode (unless ``presence_logit`` is frozen, e.g. ``requires_grad_(False)``)
+        row :math:`b` searches its own sampled graph (``seed``, an int or a
+        0-d int64 tensor, fixes the samples; default: a fresh one) and the samples are
+        remembered for :meth:`reinforce`. Unreachable pairs get ``default_distance``. Index
+        ranges are checked inside the op (``ValueError``), so there is no host sync here.
         """
         device = self.indptr.device
         check.tensor("src", src, dtypes=check.INDEX_DTYPES, dim=1, device=device)
-        check.index_range("src", src, self.num_nodes)
         targets = None
         if dst is not None:
             check.tensor("dst", dst, dtypes=check.INDEX_DTYPES, dim=(1, 2), device=device)
             if dst.size(0) != src.size(0):
                 raise ValueError(f"'dst' must have {src.size(0)} rows like 'src', got shape {tuple(dst.shape)}")
-            check.index_range("dst", dst, self.num_nodes)
             targets = dst.unsqueeze(1) if dst.dim() == 1 else dst
-        if self.training:
-            if seed is None:
-                seed = int(torch.randint(0, 2**31 - 1, (1,)))
+        seed_t = _seed(seed, device)
+        if self.training and self.presence_logit.requires_grad:  # frozen presence: the deterministic graph
             w = self._csr_weight(False)
             p = torch.sigmoid(self.presence_logit.detach())[self.perm]
-            dist, pred = shortest_paths(self.indptr, self.indices, w, src, targets, edge_prob=p, seed=seed,
-                                        return_predecessors=True)
-            if len(self._records) >= _MAX_RECORDS:
-                warnings.warn(f"ProdigeGraph: {_MAX_RECORDS} training forwards without reinforce(); dropping the "
-                              "oldest samples (call reinforce(loss) each step, or use eval mode)", RuntimeWarning)
-                self._records.pop(0)
-            self._records.append({"seed": seed, "src": src, "pred": pred, "p": p})
+            dist, pred = torch.ops.tgrep.shortest_paths(self.indptr, self.indices, w, src, targets, p, seed_t, True)
+            self._last = (seed_t, src, pred, p)  # one slot (a list would recompile per length)
         else:
-            dist = shortest_paths(self.indptr, self.indices, self._csr_weight(True), src, targets)
+            w = self._csr_weight(True)
+            need_pred = w.requires_grad and torch.is_grad_enabled()
+            dist, _ = torch.ops.tgrep.shortest_paths(self.indptr, self.indices, w, src, targets, None, seed_t,
+                                                     need_pred)
         dist = torch.where(torch.isinf(dist), self.default_distance.to(dist.dtype), dist)
         return dist.squeeze(1) if dst is not None and dst.dim() == 1 else dist
 
     # ------------------------------------------------------------------ REINFORCE
     def reinforce(self, loss: torch.Tensor, *, baseline: str = "auto", momentum: float = 0.9) -> torch.Tensor:
         r"""Surrogate whose gradient w.r.t. ``presence_logit`` is the REINFORCE estimate for
-        the samples of the training-mode :meth:`forward` calls since the previous ``reinforce``
-        (value ``0``; add it to the loss). Per-row losses need exactly one such forward; a scalar
-        loss may depend on several (e.g. two embedding lookups in one step).
+        the samples of the last training-mode :meth:`forward` (value ``0``; add it to the loss).
 
         Args:
             loss (Tensor): ``[B]`` per-row losses (row ``b``'s loss may depend only on row
@@ -307,21 +327,20 @@ class ProdigeGraph(nn.Module):
                 per-row losses with ``B >= 2`` only), ``"ema"`` (moving average of past batches'
                 mean loss), ``"none"``, or ``"auto"`` (``"loo"`` when possible, else ``"ema"``).
                 All keep the estimator unbiased (default: ``"auto"``).
-            momentum (float, optional): decay of the ``"ema"`` baseline (default: ``0.9``).
+            momentum (float, optional): decay of the ``"ema"`` baseline, in ``[0, 1)``
+                (default: ``0.9``).
         """
-        recs = self._records
-        if not recs:
-            raise RuntimeError("reinforce() needs a training-mode forward() first (samples are taken from it)")
         check.tensor("loss", loss, dtypes=check.FLOAT_DTYPES, dim=(0, 1))
         check.one_of("baseline", baseline, ("auto", "loo", "ema", "none"))
+        check.in_range("momentum", momentum, 0.0, 1.0, hi_open=True)
+        if self._last is None:
+            raise RuntimeError("reinforce() needs a training-mode forward() first (samples are taken from it)")
+        seed, src, pred, p = self._last
         L = loss.detach().double().to(self.indptr.device)
         if bool(torch.isnan(L).any()):
             raise ValueError("'loss' contains NaN")
         per_row = L.dim() == 1
-        if per_row and len(recs) > 1:
-            raise ValueError(f"'loss' is per-row but {len(recs)} training forwards ran since the last reinforce(); "
-                             "pass the scalar loss (it may depend on all of them)")
-        B = recs[0]["src"].numel()
+        B = src.numel()
         if per_row and L.numel() != B:
             raise ValueError(f"'loss' must have one entry per row of the last forward ({B}), got {L.numel()}")
         if baseline == "auto":
@@ -336,25 +355,18 @@ class ProdigeGraph(nn.Module):
             self._ema = mean if self._ema is None else momentum * self._ema + (1 - momentum) * mean
         else:
             base = torch.zeros_like(L)
-        if per_row:
-            coef = self._reinforce_coef(recs[0], (L - base) / B)
-        else:
-            coef = sum(self._reinforce_coef(r, (L - base).expand(r["src"].numel())) for r in recs)
-        self._records = []
-        idx = coef.nonzero().squeeze(1)
-        theta = gather(self.presence_logit, idx, self.sparse)
-        s = (theta * coef[idx].to(theta.dtype)).sum()
+        adv = (L - base) / B if per_row else (L - base).expand(B)
+        coef = reinforce_coefficients(self.indptr, pred, src, seed, p, adv)
+        coef = torch.zeros(self.num_edges, dtype=torch.float64, device=coef.device).index_add_(0, self.perm, coef)
+        self._last = None
+        theta = gather(self.presence_logit, torch.arange(self.num_edges, device=coef.device), self.sparse) \
+            if self.sparse else self.presence_logit
+        s = (theta * coef.to(theta.dtype)).sum()
         return s - s.detach()
 
     def forget_samples(self) -> None:
-        """Drop the samples remembered for :meth:`reinforce` (e.g. after training-mode forwards
-        whose loss should not train the presence logits)."""
-        self._records = []
-
-    def _reinforce_coef(self, rec: dict, adv: torch.Tensor) -> torch.Tensor:
-        """``[M]`` Σ over rows and inspected CSR edges of ``adv[row] * (b - p)``, per parameter."""
-        coef = reinforce_coefficients(self.indptr, rec["pred"], rec["src"], rec["seed"], rec["p"], adv)
-        return torch.zeros(self.num_edges, dtype=torch.float64, device=coef.device).index_add_(0, self.perm, coef)
+        """Drop the samples remembered for :meth:`reinforce`."""
+        self._last = None
 
     # ------------------------------------------------------------------ constructors
     @classmethod
@@ -362,34 +374,38 @@ class ProdigeGraph(nn.Module):
                      metric: str = "euclidean", init_weight: str | float = "distance",
                      generator: torch.Generator | None = None, **kwargs) -> "ProdigeGraph":
         """Candidate edges from data (Sec. 3.3): each row of ``x`` ``[N, F]`` is linked to its
-        ``knn`` nearest rows under ``metric`` and to ``random_edges`` uniformly random vertices
-        (self-loops and duplicates dropped). ``init_weight="distance"`` starts each edge at the
-        ``metric`` distance of its endpoints; a number starts all edges there. Other keyword
-        arguments go to :class:`ProdigeGraph`."""
+        ``knn`` nearest rows under ``metric`` (:func:`tgrep.ops.knn`; ``"cosine"`` searches the
+        normalised rows) and to ``random_edges`` uniformly random vertices (self-loops and
+        duplicates dropped). ``init_weight="distance"`` starts each edge at the ``metric``
+        distance of its endpoints; a number starts all edges there. Other keyword arguments go
+        to :class:`ProdigeGraph`."""
         check.tensor("x", x, dtypes=check.FLOAT_DTYPES, dim=2, finite=True)
         n = x.size(0)
         if n < 2:
             raise ValueError(f"'x' must have at least 2 rows, got {n}")
         check.positive_int("knn", knn, allow_zero=True)
         check.positive_int("random_edges", random_edges, allow_zero=True)
+        check.one_of("metric", metric, ("euclidean", "cosine"))
+        bool_arg("directed", directed)
         if knn + random_edges == 0:
             raise ValueError("'knn' + 'random_edges' must be > 0")
-        parts = [knn_graph(x.float(), knn, metric=metric)]
+        xf = x.detach().float()
+        if metric == "cosine":
+            xf = F.normalize(xf, dim=1)
+        ei = knn_edges(xf, knn)
         if random_edges:
             src = torch.arange(n, device=x.device).repeat_interleave(random_edges)
             dst = torch.randint(0, n, (src.numel(),), generator=generator).to(x.device)
-            parts.append(torch.stack([src, dst]))
-        ei = coalesce_edges(torch.cat(parts, 1), n, directed)
+            ei = torch.cat([ei, torch.stack([src, dst])], 1)
+        ei, _ = remove_self_loops(ei)
+        ei = coalesce(ei, num_nodes=n) if directed else undirected_edges(ei, n)
         if isinstance(init_weight, str):
             check.one_of("init_weight", init_weight, ("distance",))
-            xf = x.float()
             if metric == "cosine":
-                xf = F.normalize(xf, dim=1)
                 d = (1 - (xf[ei[0]] * xf[ei[1]]).sum(1)).clamp_min(0)
             else:
                 d = (xf[ei[0]] - xf[ei[1]]).norm(dim=1)
-            floor = 1e-3 * float(d.mean()) if float(d.mean()) > 0 else 1e-3
-            init_weight = d.clamp_min(floor)
+            init_weight = d.clamp_min(1e-3 * float(d.mean()) if float(d.mean()) > 0 else 1e-3)
         return cls(ei, n, directed=directed, init_weight=init_weight, **kwargs)
 
     @classmethod
@@ -398,30 +414,66 @@ class ProdigeGraph(nn.Module):
         """Collaborative-filtering graph (Sec. 4.2): vertices ``0..U-1`` are users and
         ``U..U+I-1`` items; candidate edges are every observed interaction ``interactions``
         ``[2, nnz]`` (user, item), plus each user's ``user_knn`` and each item's ``item_knn``
-        nearest neighbours by cosine similarity of the rows / columns of the binary
-        user-item matrix (``0`` for a purely bipartite graph). Undirected; keyword arguments go
-        to :class:`ProdigeGraph`."""
+        nearest neighbours by cosine similarity of their interaction sets (computed from the
+        sparse interaction matrix in blocks; ``0`` for a purely bipartite graph). Undirected;
+        keyword arguments go to :class:`ProdigeGraph`."""
         check.positive_int("num_users", num_users)
         check.positive_int("num_items", num_items)
+        check.positive_int("user_knn", user_knn, allow_zero=True)
+        check.positive_int("item_knn", item_knn, allow_zero=True)
         check.tensor("interactions", interactions, dtypes=check.INDEX_DTYPES, dim=2)
         if interactions.size(0) != 2 or interactions.size(1) == 0:
             raise ValueError(f"'interactions' must have shape [2, nnz > 0], got {tuple(interactions.shape)}")
         check.index_range("interactions[0] (users)", interactions[0], num_users)
         check.index_range("interactions[1] (items)", interactions[1], num_items)
-        inter = interactions.long()
+        if kwargs.get("directed", False):
+            raise ValueError("'directed': a bipartite PRODIGE graph is undirected")
+        inter = coalesce(interactions.long(), num_nodes=max(num_users, num_items))
         parts = [torch.stack([inter[0], inter[1] + num_users])]
-        if user_knn or item_knn:
-            Fm = torch.zeros(num_users, num_items, device=inter.device)
-            Fm[inter[0], inter[1]] = 1.0
-            if user_knn:
-                parts.append(knn_graph(Fm, user_knn, metric="cosine"))
-            if item_knn:
-                parts.append(knn_graph(Fm.T.contiguous(), item_knn, metric="cosine") + num_users)
+        if user_knn:
+            parts.append(cosine_knn_sparse(inter, num_users, num_items, user_knn))
+        if item_knn:
+            parts.append(cosine_knn_sparse(inter.flip(0), num_items, num_users, item_knn) + num_users)
         n = num_users + num_items
-        ei = coalesce_edges(torch.cat(parts, 1), n, directed=False)
-        kwargs.pop("directed", None)
-        return cls(ei, n, directed=False, **kwargs)
+        return cls(undirected_edges(torch.cat(parts, 1), n), n, **kwargs)
 
     def extra_repr(self) -> str:
         return (f"num_nodes={self.num_nodes}, num_edges={self.num_edges}, directed={self.directed}, "
-                f"default_distance={float(self.default_distance):g}, sparse={self.sparse}")
+                f"init_prob={self.init_prob:g}, default_distance={self._init_default:g}, "
+                f"learn_default_distance={self.learn_default_distance}, sparse={self.sparse}")
+
+
+def knn_edges(x: torch.Tensor, k: int) -> torch.Tensor:
+    """``[2, n k]`` edges ``i -> j`` to the ``k`` nearest other rows of ``x`` (:func:`tgrep.ops.knn`;
+    padding dropped)."""
+    n = x.size(0)
+    k = min(k, n - 1)
+    if k <= 0:
+        return torch.empty(2, 0, dtype=torch.long, device=x.device)
+    _, idx = ops_knn(x, k)
+    src = torch.arange(n, device=x.device).repeat_interleave(k)
+    ei = torch.stack([src, idx.reshape(-1).long()])
+    return ei[:, ei[1] >= 0]
+
+
+def cosine_knn_sparse(pairs: torch.Tensor, num_rows: int, num_cols: int, k: int, block: int = 1024) -> torch.Tensor:
+    """``[2, ·]`` edges from each row of the binary sparse matrix given by ``pairs`` ``[2, nnz]``
+    (row, col) to its ``k`` most cosine-similar other rows (rows sharing no column excluded);
+    ``block`` rows at a time, so memory is ``O(block * num_rows + nnz)``, never rows x cols."""
+    dev = pairs.device
+    ones = torch.ones(pairs.size(1), device=dev)
+    A = torch.sparse_coo_tensor(pairs, ones, (num_rows, num_cols)).coalesce()
+    At = torch.sparse_coo_tensor(pairs.flip(0), ones, (num_cols, num_rows)).coalesce()
+    norm = torch.bincount(pairs[0], minlength=num_rows).float().clamp_min(1).sqrt()
+    out = []
+    kk = min(k, num_rows - 1)
+    if kk <= 0:
+        return torch.empty(2, 0, dtype=torch.long, device=dev)
+    for start in range(0, num_rows, block):
+        rows = torch.arange(start, min(start + block, num_rows), device=dev)
+        S = torch.sparse.mm(A.index_select(0, rows), At).to_dense() / (norm[rows, None] * norm[None, :])
+        S[torch.arange(rows.numel(), device=dev), rows] = -1.0
+        val, idx = S.topk(kk, dim=1)
+        keep = val > 0
+        out.append(torch.stack([rows[:, None].expand_as(idx)[keep], idx[keep]]))
+    return torch.cat(out, 1)

@@ -1,78 +1,178 @@
 r"""``ProdigeEmbedding``: items as distances to anchor vertices of a PRODIGE graph (Sec. 4.3, eq. 7)."""
 from __future__ import annotations
 
+import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..utils import check
-from .prodige import ProdigeGraph, coalesce_edges
+from .prodige import ProdigeGraph, bool_arg, undirected_edges
+
+
+def _budget_edges(n: int, K: int, budget: float, num_items: int) -> int:
+    """Candidate edges so that ``N + 2|E|`` (anchors included) is ``budget`` numbers per item."""
+    return int(math.floor((budget * num_items - (n + K)) / 2))
 
 
 class ProdigeEmbedding(nn.Module):
-    r"""A drop-in replacement for ``nn.Embedding(num_embeddings, num_anchors)`` whose vectors are
-    shortest-path distances in a learnable stochastic graph (PRODIGE, Mazur et al. 2019, eq. 7):
+    r"""A drop-in replacement for ``nn.Embedding(num_embeddings, embedding_dim)`` whose vectors
+    are shortest-path distances in a learnable stochastic graph (PRODIGE, Mazur et al. 2019, eq. 7):
 
     .. math::
-        \mathrm{emb}(i) = \big(d_G(v_i, a_1), \dots, d_G(v_i, a_K)\big),
+        \mathrm{emb}(i) = \big(d_G(v_i, a_1), \dots, d_G(v_i, a_K)\big), \qquad K = \text{embedding\_dim},
 
     where :math:`v_0..v_{n-1}` are item vertices and :math:`a_1..a_K` extra anchor vertices
-    (vertices ``n .. n+K-1`` of the graph). Unreachable anchors give the graph's
-    ``default_distance``. Gradients reach the edge lengths (path gradients) in an ordinary
-    training loop; for the presence logits add one line (the loss couples rows, so pass the
-    scalar loss; a moving-average baseline keeps it unbiased)::
+    (vertices ``n .. n+K-1`` of the graph). Unreachable anchors give the graph's (learnable)
+    ``default_distance``.
+
+    **Storage budget.** ``budget`` is the number of stored numbers per item, counted as the
+    paper does (``N + 2|E|`` for the graph, anchors included, divided by ``num_embeddings``);
+    by default it equals ``embedding_dim``, the numbers per item of an ``nn.Embedding``. The
+    candidate graph is built at that size: each item is linked to one random anchor (every
+    anchor gets items) and to random other items, initial lengths ``U(0.5, 1.5)``.
+
+    **Training.** In an ordinary training loop (no extra line) the edge *lengths* and the
+    default distance learn by path gradients; each training-mode search samples the edges with
+    their presence probability (0.9 at start, so this acts as edge dropout), the deterministic
+    eval-mode graph uses every edge with :math:`p_e \ge 0.5`. To also learn *which* edges to keep
+    (REINFORCE, eq. 3–4), add one term; the graph then can only get sparser than the budget::
 
         loss = F.cross_entropy(model(tokens), y)
-        (loss + lam * emb.sparsity() + emb.reinforce(loss)).backward()
+        (loss + emb.reinforce(loss)).backward()
 
-    **Search direction.** A batch with ``U`` distinct items needs either ``U`` searches from the
-    items, each stopping once all ``K`` anchors are settled, or ``K`` full searches from the
-    anchors (undirected graphs only). ``direction="auto"`` runs the fewer searches. In training
-    mode every search draws its own graph sample, so the two directions share the marginal
-    distribution of each distance but not the joint one; eval mode is deterministic and
-    identical either way.
+    **Cost.** One forward runs ``K`` full searches from the anchors (undirected graphs) and
+    gathers every token's row from the resulting ``[n, K]`` table, so each distinct item is
+    computed once and the cost does not depend on the batch size; no host synchronisation, so
+    ``torch.compile(fullgraph=True)`` works (``direction="anchors"``).
+
+    **Checkpoints.** The graph structure is in the ``state_dict`` (buffers): a checkpoint loads
+    into a freshly built ``ProdigeEmbedding`` of the same ``num_embeddings`` and
+    ``embedding_dim`` whatever its seed or budget (the graph is rebuilt to the checkpoint's);
+    other sizes raise a ``ValueError`` saying which.
 
     Args:
         num_embeddings (int): number of items ``n``.
-        num_anchors (int): embedding size ``K``.
-        graph (ProdigeGraph, optional): a graph on ``n + K`` vertices, anchors last; by default
-            each item gets ``item_edges`` random item neighbours and ``anchor_edges`` random
-            anchors, undirected, lengths ``U(0.5, 1.5)`` (default: ``None``).
-        item_edges (int, optional): random item–item candidate edges per item (default: ``8``).
-        anchor_edges (int, optional): random item–anchor candidate edges per item (default: ``2``).
-        direction (str, optional): ``"auto"``, ``"items"`` or ``"anchors"`` (default: ``"auto"``).
-        **kwargs: passed to :class:`ProdigeGraph` when it is built here (``init_prob``,
-            ``default_distance``, ``learn_default_distance``, ``sparse``).
+        embedding_dim (int): embedding size ``K`` = number of anchor vertices.
+        padding_idx (int, optional): as in ``nn.Embedding``: this item's output is all zeros
+            and gets no gradient (its vertex has no edges) (default: ``None``).
+        budget (float, optional): stored numbers per item, ``> 2 + (K + 1) / n`` (default:
+            ``None``: ``embedding_dim``).
+        sparse (bool, optional): sparse gradients for the edge parameters, as in
+            ``nn.Embedding`` (for :class:`torch.optim.SparseAdam`) (default: ``False``).
+        graph (ProdigeGraph, optional): use this graph on ``n + K`` vertices, anchors last,
+            instead of building one (``budget`` is then ignored) (default: ``None``).
+        direction (str, optional): ``"anchors"`` (``K`` searches from the anchors; undirected
+            graphs) or ``"items"`` (one search per distinct item in the batch, stopping at the
+            anchors; any graph, not ``fullgraph``-compilable) (default: ``"anchors"``, or
+            ``"items"`` for a directed ``graph``).
+        generator (torch.Generator, optional): random source of the candidate graph
+            (default: ``None``: torch's global generator).
     """
 
-    def __init__(self, num_embeddings: int, num_anchors: int, *, graph: ProdigeGraph | None = None,
-                 item_edges: int = 8, anchor_edges: int = 2, direction: str = "auto", **kwargs):
+    def __init__(self, num_embeddings: int, embedding_dim: int, padding_idx: int | None = None, *,
+                 budget: float | None = None, sparse: bool = False, graph: ProdigeGraph | None = None,
+                 direction: str | None = None, generator: torch.Generator | None = None):
         super().__init__()
         check.positive_int("num_embeddings", num_embeddings)
-        check.positive_int("num_anchors", num_anchors)
-        check.one_of("direction", direction, ("auto", "items", "anchors"))
-        n, K = num_embeddings, num_anchors
+        check.positive_int("embedding_dim", embedding_dim)
+        bool_arg("sparse", sparse)
+        n, K = num_embeddings, embedding_dim
+        if padding_idx is not None:
+            if isinstance(padding_idx, bool) or not isinstance(padding_idx, int):
+                raise TypeError(f"'padding_idx' must be an int, got {type(padding_idx).__name__}")
+            if not -n <= padding_idx < n:
+                raise ValueError(f"'padding_idx' must be within num_embeddings ({n}), got {padding_idx}")
+            padding_idx = padding_idx + n if padding_idx < 0 else padding_idx
+        if direction is not None:
+            check.one_of("direction", direction, ("anchors", "items"))
         if graph is None:
-            check.positive_int("item_edges", item_edges, allow_zero=True)
-            check.positive_int("anchor_edges", anchor_edges)
-            src = torch.arange(n).repeat_interleave(item_edges)
-            parts = [torch.stack([src, torch.randint(0, n, (src.numel(),))])] if n > 1 else []
-            src = torch.arange(n).repeat_interleave(anchor_edges)
-            parts.append(torch.stack([src, n + torch.randint(0, K, (src.numel(),))]))
-            ei = coalesce_edges(torch.cat(parts, 1), n + K, directed=False)
-            w0 = 0.5 + torch.rand(ei.size(1))
-            graph = ProdigeGraph(ei, n + K, init_weight=w0, **kwargs)
+            budget = float(K) if budget is None else budget
+            lo = 2.0 + (K + 1) / n
+            check.in_range("budget", budget, lo, math.inf, lo_open=True, hi_open=True)
+            ei, w0 = self._candidates(n, K, budget, padding_idx, generator)
+            graph = ProdigeGraph(ei, n + K, init_weight=w0, learn_default_distance=True, sparse=sparse)
         elif not isinstance(graph, ProdigeGraph):
             raise TypeError(f"'graph' must be a ProdigeGraph, got {type(graph).__name__}")
         elif graph.num_nodes != n + K:
-            raise ValueError(f"'graph' must have num_embeddings + num_anchors = {n + K} vertices, "
+            raise ValueError(f"'graph' must have num_embeddings + embedding_dim = {n + K} vertices, "
                              f"got {graph.num_nodes}")
+        direction = direction or ("items" if graph.directed else "anchors")
         if direction == "anchors" and graph.directed:
             raise ValueError("direction='anchors' needs an undirected graph")
-        self.num_embeddings, self.num_anchors, self.direction = n, K, direction
-        self.embedding_dim = K
+        self.num_embeddings, self.embedding_dim, self.padding_idx = n, K, padding_idx
+        self.budget, self.direction, self.sparse = budget, direction, sparse
         self.graph = graph
         self.register_buffer("anchors", torch.arange(n, n + K, device=graph.indptr.device))
+
+    @staticmethod
+    def _candidates(n, K, budget, padding_idx, generator):
+        """``(edge_index, init_weight)``: one random anchor per item (a random
+        permutation, so every anchor is used), random item–item edges up to the budget."""
+        items = torch.arange(n)
+        if padding_idx is not None:
+            items = items[items != padding_idx]
+        m = items.numel()
+        total = _budget_edges(n, K, budget, n)
+        anchor = n + torch.randperm(max(m, K), generator=generator)[:m] % K
+        parts = [torch.stack([items, anchor])]
+        extra = total - m
+        if extra > 0 and m > 1:
+            src = items[torch.randint(0, m, (extra,), generator=generator)]
+            dst = items[torch.randint(0, m, (extra,), generator=generator)]
+            parts.append(torch.stack([src, dst]))
+        ei = undirected_edges(torch.cat(parts, 1), n + K)
+        w0 = 0.5 + torch.rand(ei.size(1), generator=generator)
+        return ei, w0
+
+    @classmethod
+    def from_pretrained(cls, embeddings: torch.Tensor, freeze: bool = True, padding_idx: int | None = None, *,
+                        embedding_dim: int | None = None, budget: float | None = None, sparse: bool = False,
+                        verbose: bool = False, seed: int = 0, **compression_kwargs) -> "ProdigeEmbedding":
+        r"""Start from pre-trained vectors ``embeddings`` ``[n, D]`` (paper Sec. 4.3): ``K``
+        anchors are placed at k-means centroids of the vectors (:func:`tgrep.ops.kmeans`), and
+        the ``n + K`` points are compressed into a graph of ``budget`` numbers per item by
+        distance-preserving compression (:class:`tgrep.models.ProdigeCompression`, eq. 5), so
+        :math:`\mathrm{emb}(i)_k \approx \lVert x_i - c_k \rVert`.
+
+        Args:
+            embeddings (Tensor): ``[n, D]`` vectors.
+            freeze (bool, optional): as in ``nn.Embedding.from_pretrained``: the graph is not
+                trained further (default: ``True``).
+            padding_idx (int, optional): see the class (default: ``None``).
+            embedding_dim (int, optional): anchors ``K`` (default: ``None``: ``D``).
+            budget (float, optional): stored numbers per item (default: ``None``: ``K``).
+            **compression_kwargs: passed to :class:`~tgrep.models.ProdigeCompression`.
+        """
+        from ..models.prodige import ProdigeCompression
+        from ..ops import kmeans
+
+        check.tensor("embeddings", embeddings, dtypes=check.FLOAT_DTYPES, dim=2, finite=True)
+        bool_arg("freeze", freeze)
+        n, D = embeddings.shape
+        K = D if embedding_dim is None else check.positive_int("embedding_dim", embedding_dim)
+        if n < 2 or K > n:
+            raise ValueError(f"'embeddings' must have at least 2 rows and embedding_dim ({K}) rows, got {n}")
+        budget = float(K) if budget is None else check.in_range("budget", budget, 2.0 + (K + 1) / n, math.inf,
+                                                                 lo_open=True, hi_open=True)
+        x = embeddings.detach().float()
+        _, centroids = kmeans(x, K, seed=seed, return_centroids=True)
+        pts = torch.cat([x, centroids.to(x)])
+        m = ProdigeCompression(target_params_per_instance=budget * n / (n + K), verbose=verbose, seed=seed,
+                               **compression_kwargs).fit(pts)
+        ei, w = m.graph.prune()
+        if padding_idx is not None:
+            p = padding_idx + n if padding_idx < 0 else padding_idx
+            keep = (ei[0] != p) & (ei[1] != p)
+            ei, w = ei[:, keep], w[keep]
+        graph = ProdigeGraph(ei.cpu(), n + K, init_weight=w.cpu().clamp_min(1e-6),
+                             default_distance=float(m.graph.default_distance), learn_default_distance=True,
+                             sparse=sparse)
+        emb = cls(n, K, padding_idx, sparse=sparse, graph=graph)
+        emb.budget = budget
+        emb.requires_grad_(not freeze)
+        return emb
 
     def reset_parameters(self):
         self.graph.reset_parameters()
@@ -90,26 +190,42 @@ class ProdigeEmbedding(nn.Module):
         """Numbers stored by the pruned graph (``N + 2|E_kept|``, anchors included)."""
         return self.graph.num_stored_parameters()
 
-    def choose_direction(self, num_items: int) -> str:
-        if self.direction != "auto":
-            return self.direction
-        return "anchors" if (not self.graph.directed and self.num_anchors < num_items) else "items"
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs):
+        a = state_dict.get(prefix + "anchors")
+        extra = state_dict.get(prefix + "graph._extra_state")
+        if isinstance(a, torch.Tensor) and isinstance(extra, dict):
+            n_ck = int(extra["num_nodes"]) - a.numel()
+            if a.numel() != self.embedding_dim or n_ck != self.num_embeddings:
+                raise ValueError(f"ProdigeEmbedding checkpoint is for num_embeddings={n_ck}, "
+                                 f"embedding_dim={a.numel()}; this module has num_embeddings={self.num_embeddings}, "
+                                 f"embedding_dim={self.embedding_dim}: build it with those sizes")
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
+
+    def table(self) -> torch.Tensor:
+        """``[n, K]`` the embedding of every item (one set of searches; in training mode a sample)."""
+        return self.graph(self.anchors, None)[:, :self.num_embeddings].T
 
     def forward(self, index: torch.Tensor) -> torch.Tensor:
         check.tensor("index", index, dtypes=check.INDEX_DTYPES, device=self.anchors.device)
-        check.index_range("index", index, self.num_embeddings)
-        flat = index.reshape(-1)
-        K = self.num_anchors
-        if flat.numel() == 0:
-            return self.graph.default_distance.new_zeros(*index.shape, K)
-        uniq, inv = torch.unique(flat, return_inverse=True)
-        if self.choose_direction(uniq.numel()) == "anchors":
-            d = self.graph(self.anchors, None)[:, uniq].T  # [U, K]
+        K = self.embedding_dim
+        if self.direction == "anchors":
+            out = F.embedding(index, self.table())  # out-of-range ids: IndexError, as nn.Embedding
         else:
-            d = self.graph(uniq, self.anchors.expand(uniq.numel(), K))
-        return d[inv].reshape(*index.shape, K)
+            flat = index.reshape(-1)
+            if flat.numel() == 0:
+                return self.graph.default_distance.new_zeros(*index.shape, K)
+            check.index_range("index", flat, self.num_embeddings)
+            uniq, inv = torch.unique(flat, return_inverse=True)
+            out = self.graph(uniq, self.anchors.expand(uniq.numel(), K))[inv].reshape(*index.shape, K)
+        if self.padding_idx is not None:
+            out = out.masked_fill((index == self.padding_idx).unsqueeze(-1), 0.0)
+        return out
 
     def extra_repr(self) -> str:
-        g = self.graph
-        return (f"{self.num_embeddings}, {self.num_anchors}, num_edges={g.num_edges}, "
-                f"direction={self.direction!r}, sparse={g.sparse}")
+        s = f"{self.num_embeddings}, {self.embedding_dim}"
+        if self.padding_idx is not None:
+            s += f", padding_idx={self.padding_idx}"
+        s += f", budget={self.budget}, num_edges={self.graph.num_edges}, direction={self.direction!r}"
+        return s + (", sparse=True" if self.sparse else "")

@@ -1,0 +1,227 @@
+"""ProdigeEmbedding as a drop-in for nn.Embedding: shapes, padding_idx, budget, checkpoints
+across processes, torch.compile, from_pretrained; ProdigeGraph's compile and state_dict."""
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+from tgrep.nn import ProdigeEmbedding, ProdigeGraph
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _count_compiles(fn, inputs):
+    """Compile ``fn`` (fullgraph, dynamic) and count the graphs Dynamo builds over ``inputs``."""
+    n = [0]
+
+    def backend(gm, example):
+        n[0] += 1
+        return gm.forward
+
+    torch._dynamo.reset()
+    f = torch.compile(fn, backend=backend, fullgraph=True, dynamic=True)
+    outs = [f(*a) for a in inputs]
+    return n[0], outs
+
+
+def test_shapes_directions_and_gradients(seed):
+    torch.manual_seed(seed)
+    emb = ProdigeEmbedding(20, 3, budget=8.0)
+    assert "20, 3" in repr(emb) and "budget=8.0" in repr(emb)
+    assert emb.num_stored_parameters() <= 8 * 20
+    idx = torch.randint(0, 20, (4, 5))
+    emb.eval()
+    ref = emb.graph(torch.arange(20), torch.arange(20, 23).expand(20, 3))  # items -> anchors
+    a = emb(idx)
+    emb.direction = "items"
+    b = emb(idx)
+    assert a.shape == (4, 5, 3)
+    torch.testing.assert_close(a, ref[idx])
+    torch.testing.assert_close(b, ref[idx])
+    emb.direction = "anchors"
+    # training: an ordinary loop reaches the lengths and the default distance, no warning
+    emb.train()
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for _ in range(70):
+            emb(idx).sum().backward()
+    assert emb.graph.weight_logit.grad.abs().sum() > 0
+    assert emb.graph.presence_logit.grad is None
+    # reinforce reaches the presence logits
+    y = emb(idx).sum(-1).mean()
+    (y + emb.reinforce(y)).backward()
+    assert emb.graph.presence_logit.grad.abs().sum() > 0
+    emb.reset_parameters()
+    assert torch.allclose(emb.graph.edge_prob, torch.full_like(emb.graph.edge_prob, 0.9))
+    assert emb(torch.empty(0, dtype=torch.long)).shape == (0, 3)
+    with pytest.raises(IndexError):
+        emb(torch.tensor([20]))  # an anchor vertex is not an item
+    with pytest.raises(ValueError, match="graph"):
+        ProdigeEmbedding(5, 2, graph=ProdigeGraph(torch.tensor([[0], [1]]), 3))
+    with pytest.raises(ValueError, match="budget"):
+        ProdigeEmbedding(20, 3, budget=2.0)
+    with pytest.raises(TypeError, match="padding_idx"):
+        ProdigeEmbedding(20, 3, padding_idx=1.5)
+    with pytest.raises(ValueError, match="padding_idx"):
+        ProdigeEmbedding(20, 3, padding_idx=20)
+    with pytest.raises(TypeError, match="sparse"):
+        ProdigeEmbedding(20, 3, sparse=1)
+
+
+def test_budget_counts_like_the_paper():
+    for n, K, budget in ((200, 8, 8.0), (500, 16, 16.0), (300, 4, 6.5)):
+        emb = ProdigeEmbedding(n, K, budget=budget, generator=torch.Generator().manual_seed(0))
+        stored = emb.num_stored_parameters()
+        assert stored <= budget * n and stored >= 0.9 * budget * n  # duplicates merged: a little under
+        deg = torch.bincount(emb.graph.edge_index.reshape(-1), minlength=n + K)
+        assert bool((deg[n:] > 0).all()) and bool((deg[:n] > 0).all())  # every anchor and item linked
+
+
+def test_padding_idx_zero_output_no_gradient():
+    torch.manual_seed(0)
+    emb = ProdigeEmbedding(30, 4, padding_idx=0)
+    ref = torch.nn.Embedding(30, 4, padding_idx=0)
+    assert int((emb.graph.edge_index == 0).sum()) == 0  # the padding vertex costs no edges
+    x = torch.tensor([[0, 3, 0], [5, 0, 7]])
+    out = emb(x)
+    assert torch.equal(out[x == 0], torch.zeros(3, 4)) and bool((out[x != 0] > 0).all())
+    assert torch.equal(ref(x)[x == 0], torch.zeros(3, 4))
+    out.sum().backward()
+    # the padding token contributes nothing: same gradient as without the padding positions
+    g1 = emb.graph.weight_logit.grad.clone()
+    emb.zero_grad()
+    emb.graph.weight_logit.grad = None
+    torch.manual_seed(1)
+    emb.eval()
+    (emb(x) * (x != 0).unsqueeze(-1)).sum().backward()
+    g2 = emb.graph.weight_logit.grad
+    emb.graph.weight_logit.grad = None
+    emb(x).sum().backward()
+    torch.testing.assert_close(emb.graph.weight_logit.grad, g2)
+    assert g1.abs().sum() > 0
+    assert ProdigeEmbedding(30, 4, padding_idx=-1).padding_idx == 29
+
+
+def test_sparse_gradients_with_sparse_adam():
+    torch.manual_seed(0)
+    emb = ProdigeEmbedding(40, 4, sparse=True)
+    opt = torch.optim.SparseAdam(list(emb.graph.parameters())[1:], lr=0.05)  # edge parameters
+    assert emb.graph.default_distance.requires_grad
+    before = emb.graph.weight_logit.detach().clone()
+    loss = emb(torch.randint(0, 40, (8, 5))).sum()
+    (loss + emb.reinforce(loss)).backward()
+    assert emb.graph.weight_logit.grad.is_sparse and emb.graph.presence_logit.grad.is_sparse
+    opt.step()
+    assert not torch.equal(before, emb.graph.weight_logit.detach())
+
+
+CKPT_SCRIPT = textwrap.dedent("""
+    import sys, torch
+    from tgrep.nn import ProdigeEmbedding
+    mode, path, seed = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    torch.manual_seed(seed)
+    model = torch.nn.Sequential(ProdigeEmbedding(50, 6, padding_idx=0), torch.nn.Flatten(), torch.nn.Linear(18, 2))
+    x = torch.tensor([[0, 1, 2], [3, 49, 7]])
+    if mode == "save":
+        opt = torch.optim.Adam(model.parameters(), lr=0.05)
+        for _ in range(5):
+            loss = model(x).square().mean()
+            opt.zero_grad(); (loss + model[0].reinforce(loss)).backward(); opt.step()
+        torch.save(model.state_dict(), path)
+    else:
+        model.load_state_dict(torch.load(path))
+    model.eval()
+    with torch.no_grad():
+        torch.save(model(x), path + "." + mode + ".out")
+""")
+
+
+def test_checkpoint_loads_in_another_process_with_another_seed(tmp_path):
+    script = tmp_path / "ckpt.py"
+    script.write_text(CKPT_SCRIPT)
+    path = str(tmp_path / "model.pt")
+    env = {"PYTHONPATH": str(ROOT), "TGREP_QUIET": "1", "PATH": "/usr/bin:/bin"}
+    for mode, seed in (("save", 1), ("load", 2)):
+        r = subprocess.run([sys.executable, str(script), mode, path, str(seed)], capture_output=True, text=True,
+                           env=env, timeout=300)
+        assert r.returncode == 0, r.stderr
+    a, b = torch.load(path + ".save.out"), torch.load(path + ".load.out")
+    torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_checkpoint_of_another_shape_rebuilds_or_errors():
+    torch.manual_seed(0)
+    a = ProdigeEmbedding(30, 4, budget=6.0)
+    b = ProdigeEmbedding(30, 4, budget=10.0)  # other candidate graph, other number of edges
+    assert a.graph.num_edges != b.graph.num_edges
+    b.load_state_dict(a.state_dict())
+    assert b.graph.num_edges == a.graph.num_edges
+    a.eval(), b.eval()
+    x = torch.arange(30)
+    torch.testing.assert_close(a(x), b(x))
+    with pytest.raises(ValueError, match="num_embeddings=30"):
+        ProdigeEmbedding(31, 4).load_state_dict(a.state_dict())
+    with pytest.raises(ValueError, match="embedding_dim=4"):
+        ProdigeEmbedding(29, 5).load_state_dict(a.state_dict())
+    # a bare ProdigeGraph rebuilds too (other nodes / direction)
+    g = ProdigeGraph(torch.tensor([[0, 1], [1, 2]]), 3, directed=True)
+    g.load_state_dict(a.graph.state_dict())
+    assert g.num_nodes == 34 and not g.directed and g.num_edges == a.graph.num_edges
+
+
+def test_compile_fullgraph_train_and_eval_no_recompiles():
+    torch.manual_seed(0)
+    emb = ProdigeEmbedding(40, 4, padding_idx=0)
+    g = emb.graph
+    for training in (True, False):
+        emb.train(training)
+        sizes = [(3, 5), (4, 7), (9, 2), (2, 11)]
+        torch.manual_seed(1)
+        xs = [(torch.randint(0, 40, s),) for s in sizes]
+        n, outs = _count_compiles(emb, xs)
+        assert n == 1, f"{n} graphs for ProdigeEmbedding (training={training})"
+        if not training:
+            for (x,), o in zip(xs, outs):
+                torch.testing.assert_close(o, emb(x))
+        srcs = [(torch.randint(0, 44, (b,)), torch.randint(0, 44, (b, t))) for b, t in ((3, 2), (5, 4), (8, 3))]
+        n, outs = _count_compiles(g, srcs)
+        assert n == 1, f"{n} graphs for ProdigeGraph (training={training})"
+        if not training:
+            for (s, d), o in zip(srcs, outs):
+                torch.testing.assert_close(o, g(s, d))
+    # training-mode compiled forward feeds reinforce like eager
+    emb.train()
+    f = torch.compile(emb, fullgraph=True, backend="eager")
+    loss = f(torch.randint(0, 40, (4, 3))).sum()
+    (loss + emb.reinforce(loss)).backward()
+    assert g.presence_logit.grad.abs().sum() > 0
+
+
+@pytest.mark.slow
+def test_from_pretrained_preserves_distances_to_centroids():
+    torch.manual_seed(0)
+    x = torch.randn(120, 4)
+    emb = ProdigeEmbedding.from_pretrained(x, budget=8.0, seed=0)
+    assert emb.embedding_dim == 4 and not any(p.requires_grad for p in emb.parameters())
+    assert emb.num_stored_parameters() <= 8.0 * 120 + 1
+    emb.eval()
+    out = emb(torch.arange(120))
+    from tgrep.ops import kmeans
+    _, c = kmeans(x, 4, seed=0, return_centroids=True)
+    target = torch.cdist(x, c)
+    mse = float(((out - target) ** 2).mean())
+    assert mse < 0.2 * float(target.var())  # far better than a constant
+
+
+def test_frozen_embedding_is_deterministic_in_training_mode():
+    torch.manual_seed(0)
+    emb = ProdigeEmbedding(30, 4).requires_grad_(False)  # what from_pretrained(freeze=True) gives
+    x = torch.randint(0, 30, (5, 6))
+    emb.train()
+    a = emb(x)
+    emb.eval()
+    torch.testing.assert_close(a, emb(x))
