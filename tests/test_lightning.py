@@ -63,7 +63,9 @@ class OTClassifier(L.LightningModule):
 
         self.conv = GCNConv(4, hidden)
         kw = {"in_channels": hidden} if cost == "learned" else {}
-        self.pool = OTCoarsening(0.5, cost=cost, num_iters=10, **kw)
+        # ratio 0.2: at 0.5 the relaxation's optimum moves no mass on these graphs (k max rho0 <= 1),
+        # so its gradient w.r.t. the cost is exactly zero (see OTCoarsening's docstring)
+        self.pool = OTCoarsening(0.2, cost=cost, num_iters=10, **kw)
         self.lin = torch.nn.Linear(hidden, 2)
         self.readout = global_mean_pool
 
@@ -243,15 +245,7 @@ def test_prodige_graph_checkpoint_roundtrip(sparse, tmp_path):
     model.graph.forget_samples(), loaded.graph.forget_samples()
 
 
-@pytest.mark.parametrize("graph_seed", [
-    0,
-    pytest.param(None, marks=pytest.mark.xfail(strict=False, raises=RuntimeError, reason=(
-        "ProdigeEmbedding's default candidate graph is drawn from the global RNG at construction and "
-        "coalesced, so its edge count depends on the seed; the state_dict holds [M]-sized parameters and "
-        "buffers, and load_state_dict into a module built under another seed raises 'size mismatch'. "
-        "Fix in tgrep/nn/prodige_embedding.py (e.g. a _load_from_state_dict that adopts the checkpoint's "
-        "graph buffers/parameters, or a seed= argument for the default graph)"))),
-])
+@pytest.mark.parametrize("graph_seed", [0, None])
 def test_prodige_embedding_checkpoint_roundtrip(graph_seed, tmp_path):
     model, loaded = _fit_and_reload(EmbeddingClassifier(graph_seed=graph_seed), tmp_path)
     _same_state(model, loaded)

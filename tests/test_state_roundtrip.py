@@ -156,11 +156,6 @@ CASES = {
 }
 
 KNOWN = {  # cases that fail today: what breaks, precisely (the module owners fix it)
-    "tgrep.nn.ProdigeEmbedding": (
-        "ProdigeEmbedding's default candidate graph is drawn from the global RNG at construction and "
-        "coalesced, so its edge count depends on the seed: load_state_dict into a module built under "
-        "another seed raises 'size mismatch' for graph.weight_logit/presence_logit/edge_index/... "
-        "(tgrep/nn/prodige_embedding.py)"),
 }
 
 

@@ -60,7 +60,9 @@ class ProdigeEmbedding(nn.Module):
         budget (float, optional): stored numbers per item, ``> 2 + (K + 1) / n`` (default:
             ``None``: ``embedding_dim``).
         sparse (bool, optional): sparse gradients for the edge parameters, as in
-            ``nn.Embedding`` (for :class:`torch.optim.SparseAdam`) (default: ``False``).
+            ``nn.Embedding``: every parameter is then sparse, so
+            ``SparseAdam(emb.parameters())`` works as it does for ``nn.Embedding``; the default
+            distance is then fixed instead of learned (default: ``False``).
         graph (ProdigeGraph, optional): use this graph on ``n + K`` vertices, anchors last,
             instead of building one (``budget`` is then ignored) (default: ``None``).
         direction (str, optional): ``"anchors"`` (``K`` searches from the anchors; undirected
@@ -92,7 +94,7 @@ class ProdigeEmbedding(nn.Module):
             lo = 2.0 + (K + 1) / n
             check.in_range("budget", budget, lo, math.inf, lo_open=True, hi_open=True)
             ei, w0 = self._candidates(n, K, budget, padding_idx, generator)
-            graph = ProdigeGraph(ei, n + K, init_weight=w0, learn_default_distance=True, sparse=sparse)
+            graph = ProdigeGraph(ei, n + K, init_weight=w0, learn_default_distance=not sparse, sparse=sparse)
         elif not isinstance(graph, ProdigeGraph):
             raise TypeError(f"'graph' must be a ProdigeGraph, got {type(graph).__name__}")
         elif graph.num_nodes != n + K:

@@ -86,6 +86,12 @@ class OTCoarsening(torch.nn.Module):
     compute them once instead with :class:`tgrep.transforms.OTCompress` as a
     ``pre_transform`` (the paper's own use) when the gate need not be learned.
 
+    **When a learned cost gets no gradient**: the gradient is that of the relaxation's
+    solution. Where that solution moves no mass (roughly when :math:`k_g \max_v \rho_{0,v} \le 1`:
+    e.g. ``ratio=0.5`` with the degree prior on molecule-sized graphs) the selection and gates do
+    not depend on the cost locally and its gradient is exactly zero; the cost network then learns
+    nothing. Smaller ratios (e.g. ``0.2``) or strongly varying degrees make the cost matter.
+
     Args:
         ratio (float or int, optional): fraction of nodes kept per graph, or the number of
             nodes kept if an int (default: ``0.5``).
