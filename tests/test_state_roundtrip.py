@@ -131,6 +131,17 @@ def _use_select_ot(m):
     return [out.node_index, out.weight]
 
 
+def _build_prodige_compression():
+    from tgrep.models import ProdigeCompression
+
+    x = torch.randn(30, 3)
+    return ProdigeCompression(4, epochs=2, finetune_epochs=2, verbose=False).fit(x)  # the fitted graph is the state
+
+
+def _use_prodige_compression(m):
+    return [m.pairwise_distances()]
+
+
 def _build_edrep_model():
     from tgrep.datasets import dcsbm
     from tgrep.models import EDRep
@@ -152,7 +163,8 @@ CASES = {
     "tgrep.nn.pool.OTCoarsening": (_build_otcoarsening, _use_otcoarsening),
     "tgrep.nn.pool.EdgeCostNet": (_build_edge_cost_net, _use_edge_cost_net),
     "tgrep.models.EDRep": (_build_edrep_model, _use_edrep_model),
-    "tgrep.nn.pool.SelectOT": (_build_select_ot, _use_select_ot),  # no state: the round trip is trivial
+    "tgrep.nn.pool.SelectOT": (_build_select_ot, _use_select_ot),
+    "tgrep.models.ProdigeCompression": (_build_prodige_compression, _use_prodige_compression),  # no state: the round trip is trivial
 }
 
 KNOWN = {  # cases that fail today: what breaks, precisely (the module owners fix it)
