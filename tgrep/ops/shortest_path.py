@@ -36,13 +36,20 @@ def _check_meta(indptr, indices, weight, sources, targets, edge_prob, seed):
     if edge_prob is not None:
         check.tensor("edge_prob", edge_prob, dtypes=check.FLOAT_DTYPES, dim=1, device=device)
         check.same_length("edge_prob", edge_prob, "weight", weight)
-    if seed is not None:
+    if isinstance(seed, torch.Tensor):
+        if seed.dim() != 0 or seed.dtype != torch.int64:
+            raise TypeError(f"'seed' must be an int, a 0-d int64 tensor or None, got a {seed.dtype} tensor "
+                            f"of shape {tuple(seed.shape)}")
+    elif seed is not None:
         check.seed("seed", seed)
 
 
-def seed_tensor(seed: int | None, device) -> torch.Tensor:
-    """The 0-d int64 seed the ops take: ``seed`` (masked to 32 bits), or one drawn from torch's
-    default generator when ``None`` (a tensor op, so no host sync and no graph break)."""
+def seed_tensor(seed, device) -> torch.Tensor:
+    """The 0-d int64 seed the ops take: ``seed`` (masked to 32 bits; a 0-d int64 tensor passes
+    through), or one drawn from torch's default generator when ``None`` (a tensor op, so no host
+    sync and no graph break)."""
+    if isinstance(seed, torch.Tensor):
+        return seed
     if seed is None:
         return torch.randint(0, 2**31 - 1, (), dtype=torch.int64)
     return torch.tensor(rng.seed32(seed), dtype=torch.int64)
@@ -74,8 +81,9 @@ def shortest_paths(indptr: torch.Tensor, indices: torch.Tensor, weight: torch.Te
             ``None`` returns all ``N`` (default: ``None``).
         edge_prob (Tensor, optional): ``[E]`` presence probabilities in ``[0, 1]``; ``None``
             means every edge is present (default: ``None``).
-        seed (int, optional): sampling seed; ``None`` draws one from torch's default generator
-            (default: ``None``).
+        seed (int or Tensor, optional): sampling seed (an int, or a 0-d int64 tensor, which
+            keeps a compiled caller free of host syncs); ``None`` draws one from torch's default
+            generator (default: ``None``).
         return_predecessors (bool, optional): also return ``pred`` ``[B, N]``, the CSR index of
             the edge into each settled vertex on its shortest path (``-1`` for the source and
             for vertices the row did not settle). A vertex ``v`` was settled, and the samples
