@@ -140,7 +140,8 @@ case("glt_batch_neg", "ops.graph_learning_theta(torch.rand(20, 4), 2, batch=torc
      xfail="IndexError: index out of range in self (issue 12 item 10)")
 case("glt_k0", "ops.graph_learning_theta(torch.rand(20, 4), 0)", E, "k")
 case("glt_nan", "ops.graph_learning_theta(torch.rand(20, 4) * nan, 2)", E, "z")
-case("glt_huge_batch_ids", "ops.graph_learning_theta(torch.rand(20, 4), 2, batch=big)", OK)
+case("glt_huge_batch_ids", "ops.graph_learning_theta(torch.rand(20, 4), 2, batch=big)", OK,
+     xfail="sized by max(id) + 1: +124 MB peak RSS for 20 rows at ids {0, 2e6} (issue 12 item 11)")
 case("slm_col_oob", "ops.solve_log_model(torch.tensor([0, 1]), torch.tensor([1, 99]), torch.rand(2), 3)", E, "col",
      xfail="RuntimeError: The size of tensor a (3) must match the size of tensor b (100)")
 case("slm_z_nan", "ops.solve_log_model(torch.tensor([0, 1]), torch.tensor([1, 2]), torch.tensor([nan, 1.0]), 3)",
