@@ -13,6 +13,16 @@ B = 1024: edges scanned per second, the implied memory traffic against the H200'
 
 Run: ``python benchmarks/bench_shortest_paths.py [--quick] [--threads T] [--no-gpu]``.
 All ratios are measured in the same run (the CPU is shared: absolute times are noisy).
+
+Other checkouts, same run (``--trees OLD,OTHER``): the CPU cases above (and the bare C++
+kernel, called without the op) timed in one worker process per checkout, rounds interleaved,
+1 thread each; written to ``results/shortest_paths_trees-cpu.json``. How the figures of the
+custom-op template (issue 9: within 5% of the pre-template code) and of the C++ bounds checks
+(issue 12) were measured::
+
+    git -C /work/main worktree add --detach /work/wt/old 9f5603a    # before the op template
+    git -C /work/main worktree add --detach /work/wt/tmpl 6ba786d   # template, no C++ checks
+    python benchmarks/bench_shortest_paths.py --trees /work/wt/old,/work/wt/tmpl
 """
 from __future__ import annotations
 
@@ -134,12 +144,107 @@ def gpu_section(args, report: Report, device: str = "cuda", sizes: tuple | None 
                        peer="tgrep C++", goal=">=20x")
 
 
+_WORKER = r"""
+import sys, time
+tree = sys.argv[1]
+sys.path.insert(0, tree)
+import torch
+torch.set_num_threads(1)
+import tgrep
+from tgrep import use_backend
+from tgrep.ops import shortest_paths
+from tgrep._ext import load_cpp
+assert tgrep.__file__.startswith(tree), tgrep.__file__
+n, deg, B, T = 10_000, 64, int(sys.argv[2]), 16
+g = torch.Generator().manual_seed(0)
+indices = torch.randint(0, n, (n * deg,), generator=g)
+indptr = torch.arange(0, n * deg + 1, deg)
+weight = (torch.rand(n * deg, generator=g, dtype=torch.float64) + 1e-3).float()
+g = torch.Generator().manual_seed(1)
+sources = torch.randint(0, n, (B,), generator=g)
+targets = torch.randint(0, n, (B, T), generator=g)
+prob = torch.full((weight.numel(),), 0.9)
+kern = load_cpp("shortest_path").shortest_paths
+cases = {
+    "full": lambda: shortest_paths(indptr, indices, weight, sources),
+    "targets": lambda: shortest_paths(indptr, indices, weight, sources, targets),
+    "stoch_full": lambda: shortest_paths(indptr, indices, weight, sources, edge_prob=prob, seed=7),
+    "full_pred": lambda: shortest_paths(indptr, indices, weight, sources, return_predecessors=True),
+    "small_B4": lambda: shortest_paths(indptr, indices, weight, sources[:4]),
+    "kernel_full": lambda: kern(indptr, indices, weight, sources, None, None, 0, False),
+    "kernel_stoch_targets": lambda: kern(indptr, indices, weight, sources, targets, prob, 7, False),
+    # one row whose only target is its source: the search stops at once, so this is the per-call
+    # O(N + E) work (packing the edges, and in checked trees the bounds checks fused into it)
+    "kernel_per_call": lambda: kern(indptr, indices, weight, sources[:1], sources[:1, None], None, 0, False),
+    "kernel_per_call_stoch": lambda: kern(indptr, indices, weight, sources[:1], sources[:1, None], prob, 0, False),
+}
+with use_backend("cpp"):
+    for fn in cases.values():
+        fn()
+    print("ready", flush=True)
+    for line in sys.stdin:
+        name = line.strip()
+        t0 = time.perf_counter()
+        cases[name]()
+        print(time.perf_counter() - t0, flush=True)
+"""
+
+TREE_CASES = ["full", "targets", "stoch_full", "full_pred", "small_B4", "kernel_full", "kernel_stoch_targets",
+              "kernel_per_call", "kernel_per_call_stoch"]
+
+
+def trees_section(args, trees: list[str]) -> None:
+    """Time the CPU cases in several checkouts (one worker process each, interleaved rounds)."""
+    import subprocess
+
+    here = str(Path(__file__).resolve().parents[1])
+    arms = [("this tree", here)] + [(t, t) for t in trees]
+    B = 64 if args.quick else 256
+    env = dict(os.environ, TGREP_QUIET="1", OMP_NUM_THREADS="1")
+    procs = []
+    for _, path in arms:
+        p = subprocess.Popen([sys.executable, "-c", _WORKER, path, str(B)], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, text=True, env=env, cwd=path)
+        procs.append(p)
+    for p in procs:
+        assert p.stdout.readline().strip() == "ready"
+    rounds = args.rounds or (3 if args.quick else 7)
+    cases = args.cases.split(",") if args.cases else TREE_CASES
+    t: dict = {}
+    for _ in progress(range(rounds), desc="tree rounds"):
+        for case in cases:  # one case in every tree back to back: load changes hit all arms alike
+            for (label, _), p in zip(arms, procs):
+                p.stdin.write(case + "\n")
+                p.stdin.flush()
+                t.setdefault((label, case), []).append(float(p.stdout.readline()))
+    for p in procs:
+        p.stdin.close()
+        p.wait()
+    report = Report("shortest_paths_trees" + (f"_{args.tag}" if args.tag else ""), "cpu", threads=1, quick=args.quick, B=B, rounds=rounds,
+                    trees=[f"{label}: {path}" for label, path in arms],
+                    note="min over interleaved rounds; tgrep_s = this tree, peer_s = the other tree")
+    for label, _ in arms[1:]:
+        for case in cases:
+            a, b = min(t[("this tree", case)]), min(t[(label, case)])
+            rows = 4 if case == "small_B4" else 1 if "per_call" in case else B
+            report.add(f"{case} (B={rows})", a, b, peer=label, ratio=a / b,
+                       median_ratio=float(np.median(t[("this tree", case)]) / np.median(t[(label, case)])))
+    report.finish()
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="fewer rows and repeats")
     p.add_argument("--threads", type=int, default=None, help="torch threads for the C++ path (default: torch's)")
     p.add_argument("--no-gpu", action="store_true")
+    p.add_argument("--trees", default=None, help="comma-separated other checkouts to time against (1 thread each)")
+    p.add_argument("--cases", default=None, help="with --trees: comma-separated subset of " + ",".join(TREE_CASES))
+    p.add_argument("--tag", default="", help="with --trees: suffix of the results file name")
+    p.add_argument("--rounds", type=int, default=None, help="with --trees: interleaved rounds (default 7, quick 3)")
     args = p.parse_args(argv)
+    if args.trees:
+        trees_section(args, [t for t in args.trees.split(",") if t])
+        return
     if args.threads:
         torch.set_num_threads(args.threads)
     gpu = torch.cuda.is_available() and not args.no_gpu

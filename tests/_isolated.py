@@ -39,3 +39,88 @@ def outcome(fn):
     except Exception as exc:
         return type(exc).__name__ + ": " + str(exc).splitlines()[0][:200]
 '''
+
+
+_CASE_RUNNER = r'''
+import json, resource, sys, time, traceback
+{prelude}
+CASES = json.loads(sys.argv[1])
+import tgrep._ext
+for _name in tgrep._ext.extension_names():  # build (or load) every C++ kernel before the first case
+    tgrep._ext.load_cpp(_name)
+def _peak_mb():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+for _cid, _code in CASES:
+    print("BEGIN", _cid, flush=True)
+    _m0, _t0 = _peak_mb(), time.perf_counter()
+    try:
+        _env = dict(globals())
+        exec(_code, _env)
+        _res = "OK"
+    except Exception as _exc:
+        _res = type(_exc).__name__ + ": " + (str(_exc).strip().splitlines() or [""])[0][:300]
+    _dt, _dm = time.perf_counter() - _t0, _peak_mb() - _m0
+    if _dm > {mem_mb}:
+        _res = "MEMORY +%d MB | " % _dm + _res
+    if _dt > {slow_s}:
+        _res = "SLOW %.1f s | " % _dt + _res
+    print("END", _cid, _res, flush=True)
+'''
+
+
+def run_cases(prelude: str, cases: dict, *, per_case_s: float = 30.0, mem_mb: int = 60,
+              slow_s: float = 10.0) -> dict:
+    """Run ``cases`` (``{id: code}``) in fresh Python processes, in order, one process for as many
+    cases as survive: a case that kills its process (signal) or runs over ``per_case_s`` (killed:
+    a hang) is recorded and the next process starts after it. Returns ``{id: outcome}``:
+    ``"OK"``, the exception's ``"Class: message"`` (prefixed ``"MEMORY +x MB | "`` / ``"SLOW t s | "``
+    when the case raised the peak RSS by more than ``mem_mb`` or took over ``slow_s``),
+    ``"SIGNAL n"``, ``"EXIT n"`` or ``"HANG"``.
+    """
+    import json
+    import selectors
+    import time
+
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+               TGREP_QUIET="1", OMP_NUM_THREADS="2")
+    script = _CASE_RUNNER.replace("{prelude}", textwrap.dedent(prelude)).replace(
+        "{mem_mb}", str(mem_mb)).replace("{slow_s}", str(slow_s))
+    todo = list(cases.items())
+    out: dict = {}
+    while todo:
+        proc = subprocess.Popen([sys.executable, "-c", script, json.dumps(todo)], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, env=env, cwd=str(ROOT))
+        sel = selectors.DefaultSelector()
+        sel.register(proc.stdout, selectors.EVENT_READ)
+        begun, since, hung = None, time.monotonic(), False
+        started = time.monotonic()
+        while True:
+            limit = per_case_s if begun is not None else 900.0  # imports and C++ builds before the first case
+            if not sel.select(timeout=max(0.0, since + limit - time.monotonic())):
+                hung = True
+                proc.kill()
+                break
+            line = proc.stdout.readline()
+            if not line:
+                break
+            tag, _, rest = line.rstrip("\n").partition(" ")
+            if tag == "BEGIN":
+                begun, since = rest, time.monotonic()
+            elif tag == "END":
+                cid, _, res = rest.partition(" ")
+                out[cid] = res
+                begun = None
+        rc = proc.wait()
+        err = proc.stderr.read()
+        sel.close()
+        proc.stdout.close()
+        proc.stderr.close()
+        if begun is None:
+            left = [c for c, _ in todo if c not in out]
+            if left:
+                raise AssertionError(f"case runner stopped outside a case (rc={rc}, "
+                                     f"{time.monotonic() - started:.0f} s) with {left[:3]} left:\n{err[-3000:]}")
+        else:
+            out[begun] = "HANG" if hung else (f"SIGNAL {-rc}" if rc < 0 else f"EXIT {rc}")
+        todo = [(c, code) for c, code in todo if c not in out]
+    return out

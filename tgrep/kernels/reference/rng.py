@@ -34,7 +34,8 @@ def seed32(seed: int) -> int:
 def uniform(seed: int, row: torch.Tensor, edge: torch.Tensor) -> torch.Tensor:
     """``u(seed, row, edge)`` in [0, 1) as float64 (exact: 24-bit mantissa), broadcasting."""
     s = mix32(torch.tensor(seed32(seed) ^ GOLDEN, dtype=torch.int64, device=row.device))
-    h = mix32(edge.long() ^ mix32(row.long() ^ s))
+    # rows and edges enter modulo 2**32, like the kernels' uint32 casts (ids >= 2**32 wrap)
+    h = mix32((edge.long() & MASK32) ^ mix32((row.long() & MASK32) ^ s))
     return (h >> 8).to(torch.float64) * 2.0**-24
 
 
