@@ -6,5 +6,7 @@ one template they are all defined with (see ``docs/architecture.md``).
 """
 from ._register import kernel_op
 from . import shortest_paths  # noqa: F401  (registers tgrep::shortest_paths, path_gradient, ...)
+from . import knn  # noqa: F401  (registers tgrep::knn)
+from . import graph_learning  # noqa: F401  (registers tgrep::graph_learning_fbf)
 
 __all__ = ["kernel_op"]
