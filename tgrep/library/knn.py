@@ -29,7 +29,7 @@ TRITON_MAX_K = 128
 _SAFE = 2.0 ** 40  # |x| beyond this (or below its inverse) is rescaled before squaring
 
 
-def _check(x, k, batch, loop, method, num_threads, verbose):
+def _check(x, k, batch, loop, method, chunk, num_threads, verbose):
     flags = check.finite_flags("x", x)
     if batch is not None and batch.numel():
         n = x.shape[0]
@@ -37,13 +37,15 @@ def _check(x, k, batch, loop, method, num_threads, verbose):
         if batch.numel() > 1:
             flags.append(((batch.diff() < 0).any(), lambda: "'batch' must be sorted"))
     check.values(flags)
+    if chunk < 0 or num_threads < 1:
+        raise ValueError(f"'chunk' must be >= 0 (0: default) and 'num_threads' >= 1, got {chunk}, {num_threads}")
     if method not in METHODS:
         raise ValueError(f"'method' must be one of {METHODS}, got {method!r}")
 
 
 def _scaled(fn):
     """Run ``fn(x, ...) -> (dist, index)`` on ``x / 2^e`` when ``x`` is extreme; undo the scale."""
-    def run(x, k, batch, loop, method, num_threads, verbose):
+    def run(x, k, batch, loop, method, chunk, num_threads, verbose):
         n = x.shape[0]
         if n == 0:
             return x.new_zeros((0, k)), torch.zeros((0, k), dtype=torch.long, device=x.device)
@@ -53,7 +55,7 @@ def _scaled(fn):
         if amax > 0 and (amax > _SAFE or amax < 1 / _SAFE):
             e = math.frexp(amax)[1]
             work = torch.ldexp(work, torch.tensor(-e, dtype=work.dtype, device=x.device))
-        dist, idx = fn(work, k, batch, loop, method, num_threads, verbose)
+        dist, idx = fn(work, k, batch, loop, method, chunk, num_threads, verbose)
         if e:
             dist = torch.ldexp(dist.double(), torch.tensor(2 * e, dtype=torch.float64, device=x.device))
         return dist.to(x.dtype), idx
@@ -61,23 +63,23 @@ def _scaled(fn):
     return run
 
 
-def _reference(x, k, batch, loop, method, num_threads, verbose):
+def _reference(x, k, batch, loop, method, chunk, num_threads, verbose):
     with progress(total=x.shape[0], verbose=verbose, desc="knn (reference)") as bar:
         return ref.knn_blocked(x, x, k, loop=loop, batch_x=batch, batch_y=batch, self_query=True,
-                               chunk=512 if x.device.type == "cpu" else 1024,
+                               chunk=chunk or (512 if x.device.type == "cpu" else 1024),
                                block=4096 if x.device.type == "cpu" else 65536, progress=bar)
 
 
-def _cpu(x, k, batch, loop, method, num_threads, verbose):
+def _cpu(x, k, batch, loop, method, chunk, num_threads, verbose):
     from ..kernels.reference import ann, knn_host
 
     n = x.shape[0]
     if method == "exact":
         mod = load_cpp("knn")
         if mod is None:
-            return _reference(x, k, batch, loop, method, num_threads, verbose)
+            return _reference(x, k, batch, loop, method, chunk, num_threads, verbose)
         with progress(total=n, verbose=verbose, desc="knn (exact)") as bar:
-            return knn_host.knn_cpp(mod, x, k, batch, loop, workers=num_threads, bar=bar)
+            return knn_host.knn_cpp(mod, x, k, batch, loop, chunk=chunk or 512, workers=num_threads, bar=bar)
     if batch is not None:
         raise ValueError(f"knn method {method!r} does not support 'batch'; use method='exact'")
     fn = {"hnsw": ann.hnsw, "faiss": ann.flat, "nndescent": ann.nndescent}[method]
@@ -85,23 +87,23 @@ def _cpu(x, k, batch, loop, method, num_threads, verbose):
         return fn(x, k, loop, num_threads=num_threads, bar=bar)
 
 
-def _triton_kernel(x, k, batch, loop, method, num_threads, verbose):
+def _triton_kernel(x, k, batch, loop, method, chunk, num_threads, verbose):
     if k > TRITON_MAX_K:
-        return _reference(x, k, batch, loop, method, num_threads, verbose)
+        return _reference(x, k, batch, loop, method, chunk, num_threads, verbose)
     from ..kernels.triton.knn import knn_triton
 
     return knn_triton(x, k, batch=batch, loop=loop)
 
 
 @kernel_op("tgrep::knn", cpp=lambda: _scaled(_cpu), triton=lambda: _scaled(_triton_kernel), check=_check)
-def knn(x: Tensor, k: int, batch: Optional[Tensor], loop: bool, method: str, num_threads: int,
+def knn(x: Tensor, k: int, batch: Optional[Tensor], loop: bool, method: str, chunk: int, num_threads: int,
         verbose: bool) -> tuple[Tensor, Tensor]:
     """``(dist [n, k], index [n, k] int64)``; see :func:`tgrep.ops.knn` for the contract. The
     reference is the exact search whatever ``method`` says (the spec of every method)."""
-    return _scaled(_reference)(x, k, batch, loop, method, num_threads, verbose)
+    return _scaled(_reference)(x, k, batch, loop, method, chunk, num_threads, verbose)
 
 
 @knn.register_fake
-def _(x, k, batch, loop, method, num_threads, verbose):
+def _(x, k, batch, loop, method, chunk, num_threads, verbose):
     n = x.shape[0]
     return x.new_empty((n, k)), x.new_empty((n, k), dtype=torch.int64)

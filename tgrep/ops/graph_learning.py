@@ -142,7 +142,7 @@ def solve_log_model(row: torch.Tensor, col: torch.Tensor, z: torch.Tensor, num_n
         verbose (bool): progress bar. (default: :obj:`False`)
 
     Returns:
-        ``(w, info)`` with ``info = {'iterations', 'rel_primal', 'rel_dual', 'converged', 'threads'}``.
+        ``(w, info)`` with ``info = {'iterations', 'rel_primal', 'rel_dual', 'converged', 'threads', 'backend'}``.
     """
     check.in_range("step", step, 0.0, 1.0, lo_open=True, hi_open=True)
     check.positive_int("max_iter", max_iter)
@@ -166,7 +166,8 @@ def solve_log_model(row: torch.Tensor, col: torch.Tensor, z: torch.Tensor, num_n
                                                float(step), nt or max(1, torch.get_num_threads()), bool(verbose))
     it, rel_p, rel_d, threads = st.tolist()
     info = dict(iterations=int(it), rel_primal=rel_p, rel_dual=rel_d, converged=bool(rel_p < tol and rel_d < tol),
-                threads=None if math.isnan(threads) else int(threads))
+                threads=None if math.isnan(threads) else int(threads),
+                backend="reference" if math.isnan(threads) else "cpp")  # the reference reports no threads
     return w, info
 
 
@@ -304,7 +305,7 @@ def learn_graph(x: torch.Tensor, k: int = 10, *, r: float = 3, theta: float | No
         model (str): ``'log'`` (eq. 3) or ``'l2'`` (eq. 4; plain-torch FISTA with an exact
             simplex projection per iteration: for comparisons and small graphs).
             (default: ``'log'``)
-        knn (str): ``'auto'`` (exact up to 200,000 nodes, faiss HNSW beyond, exact with
+        knn (str): ``'auto'`` (exact up to 50,000 nodes, faiss HNSW beyond, exact with
             ``batch`` and on CUDA), ``'exact'``, ``'hnsw'``, ``'faiss'`` or ``'nndescent'``
             (see :func:`tgrep.ops.knn`); the method used is ``info['knn_method']``. (default: ``'auto'``)
         max_iter (int): solver iteration cap. (default: ``1000``)
@@ -418,7 +419,7 @@ def learn_graph(x: torch.Tensor, k: int = 10, *, r: float = 3, theta: float | No
         dist = _exact_dist(x, idx)
         tf = _tie_fraction(dist, k)
         info.update(knn_method=method, knn_candidates=m, tie_fraction=tf)
-        if ties == "jitter" and tf > 0.01:
+        if ties == "jitter" and tf > 0.01 and bool(((dist > 0) & torch.isfinite(dist)).any()):
             log(f"learn_graph: {100 * tf:.0f}% of the nodes have tied distances at their k-th candidate "
                 "(duplicates / categorical features): breaking ties with a tiny seeded jitter", verbose)
             x = _jitter(x, dist)

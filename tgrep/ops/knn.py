@@ -11,12 +11,12 @@ Methods:
 * ``'exact'``     -- on CPU: BLAS dot-product blocks + heap selection in C++ (reference twin:
   blocked torch); on CUDA: a Triton kernel (distance tiles by ``tl.dot``, running top-k in
   registers; ``k <= 128``, else the blocked torch path).
-* ``'hnsw'``      -- approximate: faiss' HNSW graph (``M = 16``, ``efConstruction = 40``,
+* ``'hnsw'``      -- approximate: faiss' HNSW graph (``M = 16``, ``efConstruction = 80``,
   ``efSearch = max(64, 2(k+1))``), O(n log n · d). CPU only (on CUDA tensors the exact
   Triton kernel runs: brute force on a GPU beats a CPU graph index).
 * ``'faiss'``     -- ``faiss.IndexFlatL2`` (exact, BLAS).
 * ``'nndescent'`` -- ``pynndescent.NNDescent`` (approximate) when that optional package is installed.
-* ``'auto'``      -- ``'exact'`` on CUDA, with ``batch``, and up to ``AUTO_EXACT_MAX = 200,000``
+* ``'auto'``      -- ``'exact'`` on CUDA, with ``batch``, and up to ``AUTO_EXACT_MAX = 50,000``
   points; ``'hnsw'`` beyond. :func:`resolve_method` says which one runs (``verbose`` prints it;
   :func:`tgrep.learn_graph` reports it in ``info['knn_method']``).
 """
@@ -29,7 +29,7 @@ from ..utils import check
 from ..utils.progress import log
 
 METHODS = ("auto", "exact", "hnsw", "faiss", "nndescent")
-AUTO_EXACT_MAX = 200_000
+AUTO_EXACT_MAX = 50_000
 
 
 def _have(module: str) -> bool:
@@ -63,7 +63,8 @@ def _threads(num_threads) -> int:
 
 
 def knn(x: torch.Tensor, k: int, *, batch: torch.Tensor | None = None, loop: bool = False,
-        method: str = "auto", num_threads: int | None = None, verbose: bool = False):
+        method: str = "auto", chunk: int | None = None, num_threads: int | None = None,
+        verbose: bool = False):
     r"""The ``k`` nearest neighbours of every row of ``x`` among the rows of ``x``.
 
     Args:
@@ -74,6 +75,8 @@ def knn(x: torch.Tensor, k: int, *, batch: torch.Tensor | None = None, loop: boo
         loop (bool): whether a point may be its own neighbour. (default: :obj:`False`)
         method (str): ``'auto'``, ``'exact'``, ``'hnsw'``, ``'faiss'`` or ``'nndescent'``
             (see the module docstring). (default: ``'auto'``)
+        chunk (int, optional): queries per block of the exact search; each distance block is
+            ``chunk × 4096`` on CPU, ``chunk × 65536`` on CUDA. (default: ``512`` on CPU, ``1024`` on CUDA)
         num_threads (int, optional): CPU worker threads. (default: ``torch.get_num_threads()``)
         verbose (bool): progress bar and the chosen method. (default: :obj:`False`)
 
@@ -86,6 +89,8 @@ def knn(x: torch.Tensor, k: int, *, batch: torch.Tensor | None = None, loop: boo
     check.dense("x", x)
     check.positive_int("k", k)
     nt = _threads(num_threads)
+    if chunk is not None:
+        check.positive_int("chunk", chunk)
     if not isinstance(loop, bool):
         raise TypeError(f"'loop' must be a bool, got {type(loop).__name__}")
     n = x.shape[0]
@@ -93,7 +98,7 @@ def knn(x: torch.Tensor, k: int, *, batch: torch.Tensor | None = None, loop: boo
         batch, _ = check.batch("batch", batch, n, device=x.device)
     concrete = resolve_method(method, n, x.device, batch is not None)
     log(f"knn: method={concrete!r} (requested {method!r}), n={n}, d={x.shape[1]}, k={k}", verbose)
-    return torch.ops.tgrep.knn(x.detach(), k, batch, loop, concrete, nt, bool(verbose))
+    return torch.ops.tgrep.knn(x.detach(), k, batch, loop, concrete, chunk or 0, nt, bool(verbose))
 
 
 def knn_graph(x: torch.Tensor, k: int, batch: torch.Tensor | None = None, loop: bool = False,

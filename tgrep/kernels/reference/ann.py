@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 HNSW_M = 16            # graph degree of the HNSW layers
-HNSW_EF_CONSTRUCTION = 40
+HNSW_EF_CONSTRUCTION = 80  # 40 leaves ~0.5% of the queries of a clustered set stuck in the wrong cluster
 HNSW_EF_SEARCH = 64    # at least 2 (k + 1)
 STEP = 50_000          # rows per add/search call (progress granularity)
 
@@ -40,13 +40,18 @@ def _finish(d, i, n, k, loop):
 def _faiss(num_threads):
     import faiss
 
-    faiss.omp_set_num_threads(int(num_threads))
+    set_threads = getattr(faiss, "omp_set_num_threads", None)
+    if set_threads is not None:
+        set_threads(int(num_threads))
     return faiss
 
 
-def hnsw(x: torch.Tensor, k: int, loop: bool, *, num_threads: int = 1, bar=None, m: int = HNSW_M,
-         ef_construction: int = HNSW_EF_CONSTRUCTION, ef_search: int = HNSW_EF_SEARCH):
+def hnsw(x: torch.Tensor, k: int, loop: bool, *, num_threads: int = 1, bar=None, m: int | None = None,
+         ef_construction: int | None = None, ef_search: int | None = None):
     """HNSW kNN of every row among the rows (``bar`` advances by ``2n``: build, then search)."""
+    m = m or HNSW_M
+    ef_construction = ef_construction or HNSW_EF_CONSTRUCTION
+    ef_search = ef_search or HNSW_EF_SEARCH
     faiss = _faiss(num_threads)
     xs = np.ascontiguousarray(x.detach().float().cpu().numpy())
     n, d = xs.shape
