@@ -29,8 +29,8 @@ def _check(row, col, z, w0, num_nodes, c, max_w, max_iter, tol, step, num_thread
         raise ValueError(f"'row', 'col' and 'z' must have the same length, got {row.numel()}, {col.numel()}, {E}")
     if w0 is not None and w0.numel() != E:
         raise ValueError(f"'w0' must have one entry per support edge ({E}), got {w0.numel()}")
-    if num_nodes < 0 or max_iter < 1 or num_threads < 1:
-        raise ValueError("'num_nodes' must be >= 0, 'max_iter' and 'num_threads' >= 1")
+    if num_nodes < 0 or max_iter < 1 or num_threads < 0:
+        raise ValueError("'num_nodes' and 'num_threads' (0: default) must be >= 0, 'max_iter' >= 1")
     if not (0 < step < 1):
         raise ValueError(f"'step' must lie in (0, 1), got {step}")
     if not (c >= 0 and math.isfinite(c)) or not (max_w > 0):
@@ -42,7 +42,7 @@ def _check(row, col, z, w0, num_nodes, c, max_w, max_iter, tol, step, num_thread
     check.values(flags)
 
 
-def _stats(it, rp, rd, threads=float("nan")):
+def _stats(it, rp, rd, threads=-1.0):  # threads -1: the reference (no thread count)
     return torch.tensor([float(it), rp, rd, threads], dtype=torch.float64)
 
 
@@ -63,7 +63,7 @@ def _cpp():
     def run(row, col, z, w0, num_nodes, c, max_w, max_iter, tol, step, num_threads, verbose):
         with progress(total=max_iter, verbose=verbose, desc="graph learning (FBF)") as bar:
             return fbf_host.solve_cpp(mod, row.long(), col.long(), z, num_nodes, w0, c, max_w, max_iter, tol,
-                                      step, num_threads, bar=bar)
+                                      step, num_threads or max(1, torch.get_num_threads()), bar=bar)
 
     return run
 
@@ -72,7 +72,7 @@ def _cpp():
 def graph_learning_fbf(row: Tensor, col: Tensor, z: Tensor, w0: Optional[Tensor], num_nodes: int, c: float,
                        max_w: float, max_iter: int, tol: float, step: float, num_threads: int,
                        verbose: bool) -> tuple[Tensor, Tensor]:
-    """``(w [E], stats [4] float64 = [iterations, rel_primal, rel_dual, threads])``: the
+    """``(w [E], stats [4] float64 = [iterations, rel_primal, rel_dual, threads]``, threads ``-1`` from the reference): the
     minimiser of ``2zᵀw − 1ᵀlog(Kw) + ‖w‖² + c‖w − w0‖²`` over ``0 ≤ w ≤ max_w`` on the
     support ``(row, col)`` (each undirected edge once, ``z`` already θ-scaled)."""
     return _reference(row.long(), col.long(), z, w0, num_nodes, c, max_w, max_iter, tol, step, num_threads,

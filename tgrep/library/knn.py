@@ -37,8 +37,8 @@ def _check(x, k, batch, loop, method, chunk, num_threads, verbose):
         if batch.numel() > 1:
             flags.append(((batch.diff() < 0).any(), lambda: "'batch' must be sorted"))
     check.values(flags)
-    if chunk < 0 or num_threads < 1:
-        raise ValueError(f"'chunk' must be >= 0 (0: default) and 'num_threads' >= 1, got {chunk}, {num_threads}")
+    if chunk < 0 or num_threads < 0:
+        raise ValueError(f"'chunk' and 'num_threads' must be >= 0 (0: default), got {chunk}, {num_threads}")
     if method not in METHODS:
         raise ValueError(f"'method' must be one of {METHODS}, got {method!r}")
 
@@ -58,7 +58,7 @@ def _scaled(fn):
         dist, idx = fn(work, k, batch, loop, method, chunk, num_threads, verbose)
         if e:
             dist = torch.ldexp(dist.double(), torch.tensor(2 * e, dtype=torch.float64, device=x.device))
-        return dist.to(x.dtype), idx
+        return dist.to(x.dtype).contiguous(), idx.contiguous()
 
     return run
 
@@ -74,6 +74,7 @@ def _cpu(x, k, batch, loop, method, chunk, num_threads, verbose):
     from ..kernels.reference import ann, knn_host
 
     n = x.shape[0]
+    num_threads = num_threads or max(1, torch.get_num_threads())
     if method == "exact":
         mod = load_cpp("knn")
         if mod is None:

@@ -163,11 +163,11 @@ def solve_log_model(row: torch.Tensor, col: torch.Tensor, z: torch.Tensor, num_n
         w0 = w0.to(dtype).contiguous()
     w, st = torch.ops.tgrep.graph_learning_fbf(row.long().contiguous(), col.long().contiguous(), z, w0,
                                                int(num_nodes), float(c), float(max_w), max_iter, float(tol),
-                                               float(step), nt or max(1, torch.get_num_threads()), bool(verbose))
+                                               float(step), nt or 0, bool(verbose))
     it, rel_p, rel_d, threads = st.tolist()
     info = dict(iterations=int(it), rel_primal=rel_p, rel_dual=rel_d, converged=bool(rel_p < tol and rel_d < tol),
-                threads=None if math.isnan(threads) else int(threads),
-                backend="reference" if math.isnan(threads) else "cpp")  # the reference reports no threads
+                threads=None if threads < 0 else int(threads),
+                backend="reference" if threads < 0 else "cpp")  # the reference reports no threads
     return w, info
 
 

@@ -58,7 +58,7 @@ def resolve_method(method: str, n: int, device: torch.device, batch: bool) -> st
 
 def _threads(num_threads) -> int:
     if num_threads is None:
-        return max(1, torch.get_num_threads())
+        return 0  # the kernel takes torch.get_num_threads() (not read here: no graph break)
     return check.positive_int("num_threads", num_threads)
 
 
