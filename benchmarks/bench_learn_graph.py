@@ -12,7 +12,9 @@
 5. scale (only with ``--scale``, not in ``make test``): A-NN methods side by side at 100k
    (recall, time vs the exact kNN), the learned graph on the HNSW support vs on the exact one
    (relative ℓ1, target ≤ 0.10), and the default pipeline at 100k and 1M (d = 68, k = 10;
-   target t(1M)/t(100k) ≤ 15x, degree within 20% of k).
+   target t(1M)/t(100k) ≤ 15x, degree within 20% of k);
+6. batch: ``learn_graph(x, batch=...)`` on Tox21_AR-LBD (4,134 molecules, one-hot atoms, k = 3)
+   in one call, over the number of graphs (target: time proportional to the total size).
 
     python benchmarks/bench_learn_graph.py [--quick] [--parts degree,agreement,labelprop,cost]
            [--sizes 10000,30000,60000,100000] [--scale [--n-max 1000000]]
@@ -346,6 +348,30 @@ def recall(idx_a, idx_b):
     return hits / (n * k)
 
 
+def part_scale_max(n_max):
+    """Only the default pipeline at n_max (its ratio to 100k then comes from another run)."""
+    import os
+
+    k = 10
+    rep = Report(f"learn_graph_scale_{n_max // 1000}k", "cpu", d=68, k=k, load_start=os.getloadavg(),
+                 data="census_like (see part 5)")
+    learn_graph(census_like(2000), k)
+    x = census_like(n_max)
+    t0 = time.perf_counter()
+    _, _, info = learn_graph(x, k, return_info=True, verbose=True)
+    t = time.perf_counter() - t0
+    import resource
+
+    rep.meta["load_end"] = os.getloadavg()
+    rep.meta["peak_rss_gb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20, 2)
+    rep.add(f"census_like n={n_max} learn_graph (defaults)", t, None, knn_method=info["knn_method"],
+            knn_s=round(info["time_knn"], 1), theta_support_s=round(info["time_theta_support"], 1),
+            solve_s=round(info["time_solve"], 1), iterations=info["iterations"],
+            degree=round(info["mean_degree"], 3), isolated=info["isolated_nodes"], edges=info["support_edges"],
+            converged=info["converged"])
+    rep.finish()
+
+
 def part_scale(quick, n_max, datasets=("census_like",), with_nndescent=False):
     """ANN methods side by side at 100k (recall, time), the learned graph on the A-NN support vs
     on the exact support at 100k, and the default pipeline at n_max (1M)."""
@@ -398,7 +424,7 @@ def part_scale(quick, n_max, datasets=("census_like",), with_nndescent=False):
                 iterations_exact=ie["iterations"], knn_s=round(ia["time_knn"], 1),
                 knn_exact_s=round(ie["time_knn"], 1))
         rep.finish()
-        del x, exact_idx, graphs
+        del x, graphs
     # the default pipeline at n_small (the run above whose method 'auto' picks) and at n_max
     results = {n_small: auto_small}
     for n in (n_max,):
@@ -424,10 +450,52 @@ def part_scale(quick, n_max, datasets=("census_like",), with_nndescent=False):
     rep.finish()
 
 
+# --------------------------------------------------------------------------- 6. many small graphs
+def part_batch(quick):
+    """learn_graph on a Batch of Tox21_AR-LBD molecules (one-hot atom types) in one call:
+    time over the number of graphs (target: proportional to the total size) and the degree."""
+    import shutil
+    import tempfile
+
+    from torch_geometric.data import Batch
+    from torch_geometric.datasets import TUDataset
+
+    src = Path(__file__).resolve().parents[2] / "shared" / "data" / "Tox21_AR-LBD"
+    if not src.exists():
+        src = Path("/work/shared/data/Tox21_AR-LBD")
+    root = tempfile.mkdtemp()
+    shutil.copytree(src, Path(root) / "Tox21_AR-LBD")
+    ds = TUDataset(root, name="Tox21_AR-LBD", cleaned=True)
+    k = 3
+    ds = [d for d in ds if d.num_nodes >= k + 2]   # learn_graph needs k + 2 nodes per example
+    rep = Report("learn_graph_batch", "cpu", data=f"Tox21_AR-LBD (cleaned), the {len(ds)} graphs with >= {k + 2} "
+                                                  "nodes, one-hot atom types",
+                 target="time proportional to the total number of nodes; degree within 20% of k")
+    counts = [500, 1000] if quick else [500, 1000, 2000, len(ds)]
+    base = None
+    warm = Batch.from_data_list(ds[:50])
+    learn_graph(warm.x.float(), k, batch=warm.batch)    # warm-up: loads (and if needed builds) the kernels
+    for k in (k,):
+        for g in counts:
+            b = Batch.from_data_list(ds[:g])
+            t0 = time.perf_counter()
+            _, _, info = learn_graph(b.x.float(), k, batch=b.batch, return_info=True)
+            t = time.perf_counter() - t0
+            per_node = t / b.num_nodes
+            base = base or per_node
+            rep.add(f"k={k} graphs={g}", t, None, nodes=b.num_nodes, us_per_node=round(1e6 * per_node, 1),
+                    per_node_vs_first=round(per_node / base, 2), degree=round(info["mean_degree"], 2),
+                    tie_fraction=round(info["tie_fraction"], 2), jittered=bool(info.get("jittered", False)),
+                    knn_s=round(info["time_knn"], 2), solve_s=round(info["time_solve"], 2),
+                    iterations=info["iterations"])
+    rep.finish()
+    shutil.rmtree(root, ignore_errors=True)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--parts", default="degree,agreement,labelprop,cost")
+    ap.add_argument("--parts", default="degree,agreement,labelprop,cost,batch")
     ap.add_argument("--sizes", default="")
     ap.add_argument("--threads", type=int, default=2, help="CPU threads for tgrep and the peer")
     ap.add_argument("--scale", action="store_true",
@@ -443,7 +511,9 @@ def main():
         {"degree": lambda: part_degree(args.quick), "agreement": lambda: part_agreement(args.quick),
          "labelprop": lambda: part_labelprop(args.quick),
          "cost": lambda: part_cost(args.quick, sizes),
-         "scale": lambda: part_scale(args.quick, args.n_max)}[part]()
+         "batch": lambda: part_batch(args.quick),
+         "scale": lambda: part_scale(args.quick, args.n_max),
+         "scale_max": lambda: part_scale_max(args.n_max)}[part]()
         print(f"[{part}: {time.perf_counter() - t0:.0f} s]")
 
 
