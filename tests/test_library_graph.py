@@ -322,3 +322,22 @@ def test_knn_at_extreme_scales(seed):
     ei, ew = learn_graph(x, 4)
     ei2, ew2 = learn_graph(x * 1e20, 4)                 # θ absorbs the scale: the same graph
     assert torch.equal(ei, ei2) and torch.allclose(ew, ew2, rtol=1e-3, atol=1e-6)
+
+
+def test_hnsw_stuck_rows_are_requeried_exactly(seed):
+    import numpy as np
+
+    from tgrep.kernels.reference import ann
+
+    x = torch.randn(300, 4)
+    kk = 6
+    d_ex, i_ex = knn_dense(x, x, kk, loop=True)
+    D, I = d_ex.numpy().copy(), i_ex.numpy().copy()
+    far = torch.argsort(((x - x[0]) ** 2).sum(1), descending=True)[:kk]   # row 0 "stuck" far away
+    I[0] = far.numpy()
+    D[0] = ((x[far] - x[0]) ** 2).sum(1).numpy()
+    fixed = ann._repair(x, D, I, kk)
+    assert fixed >= 1
+    assert set(I[0].tolist()) == set(i_ex[0].tolist())
+    assert np.allclose(D[0], d_ex[0].numpy(), atol=1e-4)
+    assert (I[1:] == i_ex[1:].numpy()).all()        # exact rows are left alone

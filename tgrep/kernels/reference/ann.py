@@ -18,6 +18,7 @@ HNSW_M = 16            # graph degree of the HNSW layers
 HNSW_EF_CONSTRUCTION = 80  # 40 leaves ~0.5% of the queries of a clustered set stuck in the wrong cluster
 HNSW_EF_SEARCH = 64    # at least 2 (k + 1)
 STEP = 50_000          # rows per add/search call (progress granularity)
+STUCK = 0.5            # a row is re-queried when a point that found it is 2x nearer than its own nearest
 
 
 def _finish(d, i, n, k, loop):
@@ -69,7 +70,36 @@ def hnsw(x: torch.Tensor, k: int, loop: bool, *, num_threads: int = 1, bar=None,
         D[a:a + STEP], I[a:a + STEP] = index.search(xs[a:a + STEP], kk)
         if bar is not None:
             bar.update(min(STEP, n - a))
+    _repair(x, D, I, kk)
     return _finish(D, I, n, k, loop)
+
+
+def _repair(x: torch.Tensor, D: np.ndarray, I: np.ndarray, kk: int, block: int = 1024):
+    """Re-query exactly the rows whose HNSW search got stuck: a row is stuck when some point that
+    found it is nearer to it than the nearest point it found itself (a search that ended in the
+    wrong region of a clustered set; "nearer" meaning by a factor ``STUCK``). Cost O(stuck · n · d); in place on ``D``, ``I``."""
+    n = D.shape[0]
+    Dt = torch.from_numpy(D)
+    It = torch.from_numpy(I)
+    src = It.reshape(-1)
+    ok = src >= 0
+    rows = torch.arange(n).repeat_interleave(kk)[ok]
+    rev = torch.full((n,), float("inf"))
+    rev.scatter_reduce_(0, src[ok], Dt.reshape(-1)[ok], "amin")
+    nearest = torch.where(It[:, 0] == torch.arange(n), Dt[:, min(1, kk - 1)], Dt[:, 0])
+    stuck = torch.nonzero(rev < STUCK * nearest).reshape(-1)
+    del rows
+    if stuck.numel() == 0:
+        return 0
+    xf = x.detach().float()
+    xn = (xf * xf).sum(1)
+    for a in range(0, stuck.numel(), block):
+        q = stuck[a:a + block]
+        d = (xn[q, None] + xn[None, :] - 2 * xf[q] @ xf.t()).clamp_min_(0)
+        dd, ii = torch.topk(d, kk, dim=1, largest=False)
+        D[q.numpy()] = dd.numpy()
+        I[q.numpy()] = ii.numpy()
+    return int(stuck.numel())
 
 
 def flat(x: torch.Tensor, k: int, loop: bool, *, num_threads: int = 1, bar=None):
