@@ -8,10 +8,16 @@
    2004 spreading, α = 0.99) with 1% labels on digits, learned graph vs a kNN graph with the
    best Gaussian σ (oracle, per method) at the same mean degree (+ disconnected nodes);
 4. cost: n in {10k, 30k, 60k, 100k}, d = 64, k = 10, vs scikit-learn's brute-force
-   (3k+1)-NN on the same data (target at 60k: ≤ 3x).
+   (3k+1)-NN on the same data (target at 60k: ≤ 3x);
+5. scale (only with ``--scale``, not in ``make test``): A-NN methods side by side at 100k
+   (recall, time vs the exact kNN), the learned graph on the HNSW support vs on the exact one
+   (relative ℓ1, target ≤ 0.10), and the default pipeline at 100k and 1M (d = 68, k = 10;
+   target t(1M)/t(100k) ≤ 15x, degree within 20% of k);
+6. batch: ``learn_graph(x, batch=...)`` on Tox21_AR-LBD (4,134 molecules, one-hot atoms, k = 3)
+   in one call, over the number of graphs (target: time proportional to the total size).
 
     python benchmarks/bench_learn_graph.py [--quick] [--parts degree,agreement,labelprop,cost]
-           [--sizes 10000,30000,60000,100000]
+           [--sizes 10000,30000,60000,100000] [--scale [--n-max 1000000]]
 
 Writes benchmarks/results/learn_graph_<part>-cpu.json and PNG figures beside them.
 """
@@ -299,21 +305,215 @@ def part_cost(quick, sizes, repeat=2):
     fig.savefig(RESULTS / f"learn_graph_cost{suffix}.png", dpi=120)
 
 
+# --------------------------------------------------------------------------- 5. scale (1M, behind a flag)
+def census_like(n, d=68, c=50, rank=8, noise=0.1, seed=0):
+    """A 68-feature mixture with low intrinsic dimension (like census / image features): 50
+    clusters, each an 8-d Gaussian in its own random subspace plus isotropic noise 0.1."""
+    g = torch.Generator().manual_seed(seed)
+    centers = torch.randn(c, d, generator=g) * 2.0
+    basis = torch.randn(c, rank, d, generator=g) / math.sqrt(rank)
+    lab = torch.randint(0, c, (n,), generator=g)
+    out = torch.empty(n, d)
+    for a in range(0, n, 100_000):   # chunked: no [n, rank, d] temporary
+        lb = lab[a:a + 100_000]
+        u = torch.randn(lb.numel(), rank, generator=g)
+        out[a:a + 100_000] = centers[lb] + torch.einsum("nr,nrd->nd", u, basis[lb]) \
+            + noise * torch.randn(lb.numel(), d, generator=g)
+    return out
+
+
+def _edges(ei, ew, n):
+    key = ei[0] * n + ei[1]
+    return key, ew.double()
+
+
+def rel_l1(a, b, n):
+    """‖W_a − W_b‖₁ / ‖W_b‖₁ over the union of the two edge sets."""
+    ka, wa = _edges(*a, n)
+    kb, wb = _edges(*b, n)
+    keys = torch.cat([ka, kb])
+    u, inv = torch.unique(keys, return_inverse=True)
+    va = torch.zeros(u.numel(), dtype=torch.float64).index_add_(0, inv[:ka.numel()], wa)
+    vb = torch.zeros(u.numel(), dtype=torch.float64).index_add_(0, inv[ka.numel():], wb)
+    return float((va - vb).abs().sum() / vb.abs().sum())
+
+
+def recall(idx_a, idx_b):
+    """Fraction of the exact neighbour lists ``idx_b`` found in ``idx_a`` (same k)."""
+    n, k = idx_b.shape
+    hits = 0
+    for a in range(0, n, 20_000):
+        A, B = idx_a[a:a + 20_000], idx_b[a:a + 20_000]
+        hits += int((A[:, :, None] == B[:, None, :]).any(1).sum())
+    return hits / (n * k)
+
+
+def part_scale_max(n_max):
+    """Only the default pipeline at n_max (its ratio to 100k then comes from another run)."""
+    import os
+
+    k = 10
+    rep = Report(f"learn_graph_scale_{n_max // 1000}k", "cpu", d=68, k=k, load_start=os.getloadavg(),
+                 data="census_like (see part 5)")
+    learn_graph(census_like(2000), k)
+    x = census_like(n_max)
+    t0 = time.perf_counter()
+    _, _, info = learn_graph(x, k, return_info=True, verbose=True)
+    t = time.perf_counter() - t0
+    import resource
+
+    rep.meta["load_end"] = os.getloadavg()
+    rep.meta["peak_rss_gb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20, 2)
+    rep.add(f"census_like n={n_max} learn_graph (defaults)", t, None, knn_method=info["knn_method"],
+            knn_s=round(info["time_knn"], 1), theta_support_s=round(info["time_theta_support"], 1),
+            solve_s=round(info["time_solve"], 1), iterations=info["iterations"],
+            degree=round(info["mean_degree"], 3), isolated=info["isolated_nodes"], edges=info["support_edges"],
+            converged=info["converged"])
+    rep.finish()
+
+
+def part_scale(quick, n_max, datasets=("census_like",), with_nndescent=False):
+    """ANN methods side by side at 100k (recall, time), the learned graph on the A-NN support vs
+    on the exact support at 100k, and the default pipeline at n_max (1M)."""
+    import os
+
+    from tgrep.ops.knn import knn
+
+    k, d = 10, 68
+    m = 3 * k
+    n_small = 20_000 if quick else 100_000
+    load0 = os.getloadavg()
+    rep = Report("learn_graph_scale", "cpu", d=d, k=k, r=3, threads=torch.get_num_threads(), load_start=load0,
+                 data="census_like: 50 clusters x 8-d random subspaces + 0.1 isotropic noise, d=68; "
+                      "gaussian: 50 isotropic unit Gaussians (centres N(0, 4 I)), d=68",
+                 target="t(1M)/t(100k) <= 15x; 1M <= 300 s; degree within 20% of k; "
+                        "100k: rel. l1 (A-NN vs exact support) <= 0.10")
+    learn_graph(census_like(2000), k)   # warm-up: builds / loads the C++ kernels
+    from tgrep.ops.knn import resolve_method
+
+    for name in datasets:
+        x = census_like(n_small) if name == "census_like" else big_mixture(n_small, d=d)
+        # recall on 2,000 sampled queries against their exact lists (a full exact kNN is timed
+        # inside learn_graph(knn='exact') below)
+        q = torch.randperm(n_small, generator=torch.Generator().manual_seed(0))[:2000]
+        dq = torch.cdist(x[q], x).pow(2)
+        dq[torch.arange(q.numel()), q] = math.inf
+        exact_q = torch.topk(dq, m, largest=False).indices
+        del dq
+        for method in ("hnsw",) + (("nndescent",) if with_nndescent else ()):
+            try:
+                t0 = time.perf_counter()
+                _, idx = knn(x, m, method=method)
+                t = time.perf_counter() - t0
+            except ImportError:
+                continue
+            rep.add(f"{name} n={n_small} knn {method}", t, None, recall=round(recall(idx[q], exact_q), 4))
+            rep.finish()
+        graphs = {}
+        for method in ("exact", "hnsw"):
+            t0 = time.perf_counter()
+            ei, ew, info = learn_graph(x, k, knn=method, return_info=True)
+            graphs[method] = (time.perf_counter() - t0, (ei, ew), info)
+        (te, ge, ie), (ta, ga, ia) = graphs["exact"], graphs["hnsw"]
+        if name == "census_like":
+            t_auto, _, i_auto = graphs[resolve_method("auto", n_small, torch.device("cpu"), False)]
+            auto_small = (t_auto, i_auto)
+        rep.add(f"{name} n={n_small} learn_graph hnsw vs exact support", ta, te, peer="learn_graph(knn='exact')",
+                rel_l1=round(rel_l1(ga, ge, n_small), 4), degree_hnsw=round(ia["mean_degree"], 2),
+                degree_exact=round(ie["mean_degree"], 2), iterations=ia["iterations"],
+                iterations_exact=ie["iterations"], knn_s=round(ia["time_knn"], 1),
+                knn_exact_s=round(ie["time_knn"], 1))
+        rep.finish()
+        del x, graphs
+    # the default pipeline at n_small (the run above whose method 'auto' picks) and at n_max
+    results = {n_small: auto_small}
+    for n in (n_max,):
+        x = census_like(n)
+        t0 = time.perf_counter()
+        _, _, info = learn_graph(x, k, return_info=True, verbose=True)
+        results[n] = (time.perf_counter() - t0, info)
+        del x
+    (t1, i1), (t2, i2) = results[n_small], results[n_max]
+    for n, (t, info) in results.items():
+        rep.add(f"census_like n={n} learn_graph (defaults)", t, t1, peer=f"same at n={n_small}",
+                growth=round(t / t1, 2), knn_method=info["knn_method"], knn_s=round(info["time_knn"], 1),
+                theta_support_s=round(info["time_theta_support"], 1), solve_s=round(info["time_solve"], 1),
+                iterations=info["iterations"], degree=round(info["mean_degree"], 2),
+                isolated=info["isolated_nodes"], edges=info["support_edges"])
+    rep.meta["load_end"] = os.getloadavg()
+    try:
+        import resource
+
+        rep.meta["peak_rss_gb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20, 2)
+    except Exception:
+        pass
+    rep.finish()
+
+
+# --------------------------------------------------------------------------- 6. many small graphs
+def part_batch(quick):
+    """learn_graph on a Batch of Tox21_AR-LBD molecules (one-hot atom types) in one call:
+    time over the number of graphs (target: proportional to the total size) and the degree."""
+    import shutil
+    import tempfile
+
+    from torch_geometric.data import Batch
+    from torch_geometric.datasets import TUDataset
+
+    src = Path(__file__).resolve().parents[2] / "shared" / "data" / "Tox21_AR-LBD"
+    if not src.exists():
+        src = Path("/work/shared/data/Tox21_AR-LBD")
+    root = tempfile.mkdtemp()
+    shutil.copytree(src, Path(root) / "Tox21_AR-LBD")
+    ds = TUDataset(root, name="Tox21_AR-LBD", cleaned=True)
+    k = 3
+    ds = [d for d in ds if d.num_nodes >= k + 2]   # learn_graph needs k + 2 nodes per example
+    rep = Report("learn_graph_batch", "cpu", data=f"Tox21_AR-LBD (cleaned), the {len(ds)} graphs with >= {k + 2} "
+                                                  "nodes, one-hot atom types",
+                 target="time proportional to the total number of nodes; degree within 20% of k")
+    counts = [500, 1000] if quick else [500, 1000, 2000, len(ds)]
+    base = None
+    warm = Batch.from_data_list(ds[:50])
+    learn_graph(warm.x.float(), k, batch=warm.batch)    # warm-up: loads (and if needed builds) the kernels
+    for k in (k,):
+        for g in counts:
+            b = Batch.from_data_list(ds[:g])
+            t0 = time.perf_counter()
+            _, _, info = learn_graph(b.x.float(), k, batch=b.batch, return_info=True)
+            t = time.perf_counter() - t0
+            per_node = t / b.num_nodes
+            base = base or per_node
+            rep.add(f"k={k} graphs={g}", t, None, nodes=b.num_nodes, us_per_node=round(1e6 * per_node, 1),
+                    per_node_vs_first=round(per_node / base, 2), degree=round(info["mean_degree"], 2),
+                    tie_fraction=round(info["tie_fraction"], 2), jittered=bool(info.get("jittered", False)),
+                    knn_s=round(info["time_knn"], 2), solve_s=round(info["time_solve"], 2),
+                    iterations=info["iterations"])
+    rep.finish()
+    shutil.rmtree(root, ignore_errors=True)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--parts", default="degree,agreement,labelprop,cost")
+    ap.add_argument("--parts", default="degree,agreement,labelprop,cost,batch")
     ap.add_argument("--sizes", default="")
     ap.add_argument("--threads", type=int, default=2, help="CPU threads for tgrep and the peer")
+    ap.add_argument("--scale", action="store_true",
+                    help="also run part 5 (A-NN comparison, 100k quality, the 1M pipeline: ~30 min, ~4 GB)")
+    ap.add_argument("--n-max", type=int, default=1_000_000)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     RESULTS.mkdir(exist_ok=True)
     sizes = [int(s) for s in args.sizes.split(",") if s]
-    for part in args.parts.split(","):
+    parts = args.parts.split(",") + (["scale"] if args.scale else [])
+    for part in parts:
         t0 = time.perf_counter()
         {"degree": lambda: part_degree(args.quick), "agreement": lambda: part_agreement(args.quick),
          "labelprop": lambda: part_labelprop(args.quick),
-         "cost": lambda: part_cost(args.quick, sizes)}[part]()
+         "cost": lambda: part_cost(args.quick, sizes),
+         "batch": lambda: part_batch(args.quick),
+         "scale": lambda: part_scale(args.quick, args.n_max),
+         "scale_max": lambda: part_scale_max(args.n_max)}[part]()
         print(f"[{part}: {time.perf_counter() - t0:.0f} s]")
 
 

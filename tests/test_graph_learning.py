@@ -242,7 +242,7 @@ def test_transform_on_batch(seed):
     data = [Data(x=torch.randn(n, 4), pos=torch.randn(n, 2)) for n in (15, 22, 30)]
     b = Batch.from_data_list(data)
     t = LearnedGraphTransform(k=3)
-    assert repr(t) == "LearnedGraphTransform(k=3, r=3, model='log')"
+    assert repr(t).startswith("LearnedGraphTransform(k=3, r=3, model='log', theta=None, knn='auto'")
     out = t(b.clone())
     _check_graph(out.edge_index, out.edge_weight, b.num_nodes)
     assert (out.batch[out.edge_index[0]] == out.batch[out.edge_index[1]]).all()
@@ -267,7 +267,7 @@ def test_batch_with_an_empty_example_id(seed):
     ei, ew, theta = learn_graph(x, 3, batch=batch, return_theta=True)
     _check_graph(ei, ew, 50)
     assert (batch[ei[0]] == batch[ei[1]]).all()
-    assert torch.isfinite(theta[[0, 2]]).all()
+    assert theta.shape == (2,) and torch.isfinite(theta).all()   # compact ids: one θ per present example
 
 
 def test_harmonic_label_propagation_on_two_cliques():

@@ -8,5 +8,7 @@ from ._register import kernel_op
 from . import shortest_paths  # noqa: F401  (registers tgrep::shortest_paths, path_gradient, ...)
 from . import softmax_norm  # noqa: F401  (registers tgrep::cluster_log_normalizer, kmeans, ...)
 from . import ot  # noqa: F401  (registers tgrep::mirror_prox, support_cost, ot_round, project_*, ...)
+from . import knn  # noqa: F401  (registers tgrep::knn)
+from . import graph_learning  # noqa: F401  (registers tgrep::graph_learning_fbf)
 
 __all__ = ["kernel_op"]

@@ -10,7 +10,7 @@ from .reinforce import reinforce_coefficients
 from .kmeans import assign_clusters, kmeans
 from .softmax_norm import cluster_log_normalizer, cluster_statistics, exact_log_normalizer, log_normalizer
 # Learned graphs from smooth signals
-from .knn import knn
+from .knn import knn, knn_graph
 from .graph_learning import graph_learning_theta, learn_graph, solve_l2_model, solve_log_model
 # Graph compression by optimal transport
 from .projections import project_capped_simplex, project_diag_simplex, project_lipschitz
@@ -21,7 +21,7 @@ __all__ = [
     "shortest_paths", "edge_presence", "ShortestPaths", "reinforce_coefficients",
     "kmeans", "assign_clusters", "log_normalizer", "exact_log_normalizer", "cluster_statistics",
     "cluster_log_normalizer",
-    "knn", "graph_learning_theta", "learn_graph", "solve_log_model", "solve_l2_model",
+    "knn", "knn_graph", "graph_learning_theta", "learn_graph", "solve_log_model", "solve_l2_model",
     "project_capped_simplex", "project_diag_simplex", "project_lipschitz", "psi", "psi_grad",
     "ot_compression_cost", "ot_compress", "OTCompressResult", "label_cost", "degree_cost", "degree_prior",
 ]

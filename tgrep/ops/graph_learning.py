@@ -16,17 +16,17 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 
-import numpy as np
 import torch
 
-from .._backend import choose
-from .._ext import load_cpp
+from .. import library as _lib  # noqa: F401  (registers torch.ops.tgrep.graph_learning_fbf)
 from ..kernels.reference import graph_learning as _ref
 from ..utils import check
 from ..utils.progress import log, progress
 from .knn import METHODS as KNN_METHODS
 from .knn import knn as _knn
+from .knn import resolve_method as resolve_knn
 
 MODELS = ("log", "l2")
 SCALES = ("none", "max", "sum")
@@ -54,11 +54,13 @@ def graph_learning_theta(z: torch.Tensor, k: int, *, batch: torch.Tensor | None 
         z (Tensor): ``[n, m]`` squared distances from each node to its candidate neighbours
             (itself excluded; any order; ``inf`` marks a missing candidate), ``m >= k``.
         k (int): desired number of edges per node.
-        batch (LongTensor, optional): example of each row: one θ per example. (default: :obj:`None`)
+        batch (LongTensor, optional): sorted example of each row (any non-negative ids): one θ
+            per example. (default: :obj:`None`)
         return_bounds (bool): also return ``(theta_lower, theta_upper)``. (default: :obj:`False`)
 
     Returns:
-        ``theta`` (float, or a ``[num_examples]`` tensor with ``batch``), and the bounds if asked.
+        ``theta`` (float, or a ``[num_examples]`` tensor with ``batch``: one entry per distinct
+        id, in order), and the bounds if asked.
     """
     check.tensor("z", z, dtypes=check.FLOAT_DTYPES, dim=2)
     check.positive_int("k", k)
@@ -72,15 +74,9 @@ def graph_learning_theta(z: torch.Tensor, k: int, *, batch: torch.Tensor | None 
     if bool(torch.isinf(zs[:, k - 1]).any()):
         raise ValueError(f"every node needs at least k={k} finite distances in 'z'")
     lower, upper = _ref.theta_bounds(zs, k)
-    if batch is None:
-        batch = torch.zeros(z.shape[0], dtype=torch.long, device=z.device)
-        single = True
-    else:
-        check.tensor("batch", batch, dtypes=check.INDEX_DTYPES, dim=1, device=z.device)
-        check.same_length("z", z, "batch", batch)
-        batch = batch.long()
-        single = False
-    nb = int(batch.max()) + 1 if batch.numel() else 1
+    single = batch is None
+    batch, nb = check.batch("batch", batch, z.shape[0], device=z.device)
+    nb = max(nb, 1)
     t_lo, t_up, theta = _aggregate(lower, upper, batch, nb)
     if single:
         theta, t_lo, t_up = float(theta[0]), float(t_lo[0]), float(t_up[0])
@@ -99,109 +95,80 @@ def _aggregate(lower, upper, batch, nb):
     t_lo, c_lo = _masked_mean(lower, torch.isfinite(lower), batch, nb)
     t_up, c_up = _masked_mean(upper, torch.isfinite(upper), batch, nb)
     present = torch.bincount(batch, minlength=nb) > 0       # examples without nodes are skipped
-    if bool(((c_lo == 0) & present).any()):
+    bad = (c_lo == 0) & present
+    if bool(bad.any()) and not bool((~bad & present).any()):
         raise ValueError("no node has a valid θ interval: for every node the distances to its k+1 "
                          "nearest candidates are all equal (constant features, or k+1 duplicates of "
                          "each point); use a larger 'k', remove duplicates, or pass 'theta'")
     theta = torch.where(c_up > 0, torch.sqrt(t_lo * t_up), 1.1 * t_lo)
     t_up = torch.where(c_up > 0, t_up, torch.full_like(t_up, math.inf))
+    if bool(bad.any()):
+        # examples in which every node has k+1 tied candidates: θ cannot change which edges
+        # win there (all tied); they get the geometric mean of the other examples' θ
+        good = ~bad & present
+        fill = torch.exp(torch.log(theta[good]).mean())
+        theta = torch.where(bad, fill, theta)
+        t_lo = torch.where(bad, fill, t_lo)
     return t_lo, t_up, theta
 
 
-# --------------------------------------------------------------------------- sorting helpers
-# On CPU, numpy's single-threaded sorts: torch's OpenMP-parallel sort/unique stall badly on an
-# oversubscribed machine (measured 20-30x slower on the shared 2-core box).
-def _argsort(t: torch.Tensor) -> torch.Tensor:
-    if t.device.type == "cpu":
-        return torch.from_numpy(np.argsort(t.numpy(), kind="stable"))
-    return torch.argsort(t, stable=True)
-
-
-def _unique_inverse(t: torch.Tensor):
-    if t.device.type == "cpu":
-        u, inv = np.unique(t.numpy(), return_inverse=True)
-        return torch.from_numpy(u), torch.from_numpy(inv.reshape(-1))
-    return torch.unique(t, return_inverse=True)
-
-
 # --------------------------------------------------------------------------- solver
-def _incidence(row, col, n):
-    """CSR of the edges incident to each node (for per-node sums without atomics)."""
-    nodes = torch.cat([row, col])
-    eids = torch.arange(row.numel(), device=row.device).repeat(2)
-    order = _argsort(nodes)
-    ptr = torch.zeros(n + 1, dtype=torch.long, device=row.device)
-    ptr[1:] = torch.cumsum(torch.bincount(nodes, minlength=n), 0)
-    return ptr, eids[order].contiguous()
-
-
 def solve_log_model(row: torch.Tensor, col: torch.Tensor, z: torch.Tensor, num_nodes: int, *,
                     max_iter: int = 1000, tol: float = 1e-5, step: float = 0.9,
+                    w0: torch.Tensor | None = None, c: float = 0.0, max_w: float = math.inf,
                     num_threads: int | None = None, verbose: bool = False) -> tuple[torch.Tensor, dict]:
-    r"""Weights ``w`` of the log model ``min_{w≥0} 2zᵀw − 1ᵀlog(Kw) + ‖w‖²`` on a support.
+    r"""Weights ``w`` of the log model on a support (custom op ``tgrep::graph_learning_fbf``):
+
+    .. math::
+        \min_{0 \le w \le w_{\max}}\; 2z^\top w - \mathbf 1^\top\log(Kw) + \|w\|^2 + c\|w - w_0\|^2
+
+    (each undirected edge once; the prior and the cap are GSPBox's ``w_0``/``c`` and ``max_w``).
 
     Args:
         row, col (LongTensor): the undirected support, each edge once (``row != col``).
-        z (Tensor): ``θ``-scaled squared distances of those edges.
+        z (Tensor): ``θ``-scaled squared distances of those edges (finite, ``>= 0``).
         num_nodes (int): number of nodes.
         max_iter (int): iteration cap. (default: ``1000``)
         tol (float): stop when the relative primal and dual changes are both below it.
             (default: ``1e-5``)
         step (float): step as a fraction of the largest safe step ``1/μ`` (``γ = step/μ``,
-            ``μ = 2 + ‖K‖``, with the guaranteed bound of ``‖K‖``). (default: ``0.9``)
+            ``μ = 2(1+c) + ‖K‖``, with the guaranteed bound of ``‖K‖``). (default: ``0.9``)
+        w0 (Tensor, optional): prior weights of the support edges. (default: :obj:`None`)
+        c (float): weight of the prior term. (default: ``0``)
+        max_w (float): upper bound of every weight. (default: ``inf``)
         num_threads (int, optional): CPU threads of the C++ kernel. :obj:`None` times the
             first iterations with ``torch.get_num_threads()`` and with 1 thread and keeps the
-            faster (on a busy machine the per-iteration barriers can make 1 thread faster).
-            (default: :obj:`None`)
+            faster. (default: :obj:`None`)
         verbose (bool): progress bar. (default: :obj:`False`)
 
     Returns:
-        ``(w, info)`` with ``info = {'iterations', 'rel_primal', 'rel_dual', 'converged', 'backend'}``.
+        ``(w, info)`` with ``info = {'iterations', 'rel_primal', 'rel_dual', 'converged', 'threads', 'backend'}``.
     """
     check.in_range("step", step, 0.0, 1.0, lo_open=True, hi_open=True)
-    n = num_nodes
+    check.positive_int("max_iter", max_iter)
+    check.in_range("tol", tol, 0.0, 1.0, lo_open=True)
+    check.in_range("c", c, 0.0, math.inf, hi_open=True)
+    check.in_range("max_w", max_w, 0.0, math.inf, lo_open=True)
+    check.positive_int("num_nodes", num_nodes, allow_zero=True)
+    for name, t in (("row", row), ("col", col)):
+        check.tensor(name, t, dtypes=check.INDEX_DTYPES, dim=1)
+        check.dense(name, t)
+    check.tensor("z", z, dtypes=check.FLOAT_DTYPES, dim=1)
+    check.dense("z", z)
+    nt = num_threads if num_threads is None else check.positive_int("num_threads", num_threads)
     dtype = z.dtype if z.dtype in (torch.float32, torch.float64) else torch.float32
     z = z.to(dtype).contiguous()
-    row, col = row.long().contiguous(), col.long().contiguous()
-    gamma = step / (2.0 + _ref.operator_norm_bound(row, col, n))
-    w = torch.zeros_like(z)
-    v = torch.zeros(n, dtype=dtype, device=z.device)
-    P = torch.zeros_like(z)
-    backend = choose(z.device, ("cpp", "reference"), cpp_name="graph_learning", op="learn_graph")
-    mod = load_cpp("graph_learning") if backend == "cpp" else None
-    if mod is None:
-        backend = "reference"
-    else:
-        ptr, inc = _incidence(row, col, n)
-    done, rel_p, rel_d = 0, math.inf, math.inf
-    chunk = 25
-    candidates = [num_threads] if num_threads else sorted({torch.get_num_threads(), 1}, reverse=True)
-    timing = []
-    with progress(total=max_iter, verbose=verbose, desc="graph learning (FBF)") as bar:
-        while done < max_iter:
-            probing = mod is not None and len(timing) < len(candidates)
-            steps = min(5 if probing else chunk, max_iter - done)
-            if mod is not None:
-                if probing:  # autotune: 5 iterations per thread count, then keep the fastest
-                    nt = candidates[len(timing)]
-                else:
-                    nt = min(timing)[1]
-                t0 = time.perf_counter()
-                it, rel_p, rel_d = mod.fbf_log_steps(row, col, z, ptr, inc, w, v, P, gamma, steps, tol, nt)
-                it = int(it)
-                if len(timing) < len(candidates):
-                    timing.append(((time.perf_counter() - t0) / max(it, 1), nt))
-            else:
-                it, rel_p, rel_d = _ref.fbf_log_steps(row, col, z, n, w, v, P, gamma, steps, tol)
-            done += it
-            bar.update(it)
-            bar.set_postfix(primal=f"{rel_p:.1e}", dual=f"{rel_d:.1e}")
-            if rel_p < tol and rel_d < tol:
-                break
-    info = dict(iterations=done, rel_primal=rel_p, rel_dual=rel_d,
-                converged=bool(rel_p < tol and rel_d < tol), backend=backend,
-                threads=min(timing)[1] if timing else None)
-    return P, info
+    if w0 is not None:
+        check.tensor("w0", w0, dtypes=check.FLOAT_DTYPES, dim=1, device=z.device)
+        w0 = w0.to(dtype).contiguous()
+    w, st = torch.ops.tgrep.graph_learning_fbf(row.long().contiguous(), col.long().contiguous(), z, w0,
+                                               int(num_nodes), float(c), float(max_w), max_iter, float(tol),
+                                               float(step), nt or 0, bool(verbose))
+    it, rel_p, rel_d, threads = st.tolist()
+    info = dict(iterations=int(it), rel_primal=rel_p, rel_dual=rel_d, converged=bool(rel_p < tol and rel_d < tol),
+                threads=None if threads < 0 else int(threads),
+                backend="reference" if threads < 0 else "cpp")  # the reference reports no threads
+    return w, info
 
 
 def solve_l2_model(row, col, z, num_nodes, alpha, *, max_iter=1000, tol=1e-5):
@@ -210,35 +177,126 @@ def solve_l2_model(row, col, z, num_nodes, alpha, *, max_iter=1000, tol=1e-5):
 
 
 # --------------------------------------------------------------------------- learn_graph
-def _check_sizes(batch, n, k, device):
-    if batch is None:
-        sizes = torch.tensor([n], device=device)
-    else:
-        sizes = torch.bincount(batch)
-        sizes = sizes[sizes > 0]
+TIES = ("jitter", "keep")
+TIE_JITTER = 0.10  # ties="jitter" acts above this fraction of tied nodes (digits: 2-7%, one-hot MUTAG: 93-100%)
+
+
+def _sizes(bvec, nb, n):
+    return torch.bincount(bvec, minlength=nb) if n else torch.zeros(0, dtype=torch.long)
+
+
+def _check_sizes(sizes, k, batched):
     smallest = int(sizes.min()) if sizes.numel() else 0
     if smallest < k + 2:
-        where = "the graph" if batch is None else "every example of the batch"
+        where = "every example of the batch" if batched else "the graph"
         raise ValueError(f"'k'={k} needs at least k+2={k + 2} nodes in {where} (the smallest has {smallest}); "
                          f"use a smaller 'k'")
     return int(sizes.max())
 
 
+def _pow2_scale(x):
+    """``e`` such that ``x / 2^e`` has a safe magnitude (0 when ``x`` already has one)."""
+    amax = float((x - x.mean(0, keepdim=True)).abs().max()) if x.numel() else 0.0
+    if amax > 0 and (amax > 2.0 ** 40 or amax < 2.0 ** -40):
+        return math.frexp(amax)[1]
+    return 0
+
+
+def _tie_fraction(dist, k):
+    """Fraction of nodes whose k-th and (k+1)-th candidate distances are equal (ties at the cut)."""
+    if dist.shape[1] <= k or dist.shape[0] == 0:
+        return 0.0
+    zs, _ = torch.sort(dist, dim=1)
+    return float((zs[:, k] == zs[:, k - 1]).double().mean())
+
+
+def _jitter(x, dist, seed=0):
+    """``x`` plus Gaussian noise of variance σ² with ``2dσ² = 1e-4 ·`` the smallest non-zero
+    candidate distance: every tie is broken at random while no non-zero distance moves by more
+    than ~1%."""
+    nz = dist[(dist > 0) & torch.isfinite(dist)]
+    zmin = float(nz.min()) if nz.numel() else 1.0
+    sigma = math.sqrt(1e-4 * zmin / (2 * max(1, x.shape[1])))
+    g = torch.Generator(device=x.device).manual_seed(seed)
+    return x + sigma * torch.randn(x.shape, generator=g, device=x.device, dtype=x.dtype)
+
+
+def _pairs_unique(src, dst, n):
+    """Undirected pairs ``(row < col)`` each once, and the inverse map of the inputs."""
+    key, inverse = torch.unique(torch.minimum(src, dst) * n + torch.maximum(src, dst), return_inverse=True)
+    return key // n, key % n, key, inverse
+
+
+def _pair_dist(x, row, col, rows=1 << 16):
+    dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+    out = torch.empty(row.numel(), dtype=dtype, device=x.device)
+    for a in range(0, row.numel(), rows):
+        d = x[row[a:a + rows]].to(dtype) - x[col[a:a + rows]].to(dtype)
+        out[a:a + rows] = (d * d).sum(-1)
+    return out
+
+
+def _candidates_from_support(row, col, z, n, kk):
+    """``[n, kk]`` the ``kk`` smallest support distances of every node (``inf`` padding)."""
+    nodes = torch.cat([row, col])
+    d = torch.cat([z, z]).double()
+    order = torch.argsort(d, stable=True)
+    order = order[torch.argsort(nodes[order], stable=True)]
+    nodes, d = nodes[order], d[order]
+    ptr = torch.zeros(n + 1, dtype=torch.long, device=row.device)
+    ptr[1:] = torch.cumsum(torch.bincount(nodes, minlength=n), 0)
+    rank = torch.arange(nodes.numel(), device=row.device) - ptr[nodes]
+    keep = rank < kk
+    out = torch.full((n, kk), math.inf, dtype=torch.float64, device=row.device)
+    out[nodes[keep], rank[keep]] = d[keep]
+    return out
+
+
+def _theta_on_candidates(cand, k, bvec, nb):
+    """eq. 17 per example on ``[n, k+1]`` sorted candidates; nodes with fewer than ``k`` finite
+    candidates are left out."""
+    lower, upper = _ref.theta_bounds(cand, k)
+    few = torch.isinf(cand[:, k - 1])
+    lower = lower.masked_fill(few, math.inf)
+    upper = upper.masked_fill(few, math.inf)
+    _, _, th = _aggregate(lower, upper, bvec, nb)
+    return th
+
+
+def _prior_on_support(w0, key, n, dev):
+    """Weights of the prior graph ``(edge_index, edge_weight)`` on the support pairs ``key``."""
+    ei, ew = w0
+    a, b = ei[0].long(), ei[1].long()
+    k0 = torch.minimum(a, b) * n + torch.maximum(a, b)
+    keep = a != b
+    k0, ew = k0[keep], ew[keep]
+    k0u, inv = torch.unique(k0, return_inverse=True)
+    vals = torch.zeros(k0u.numel(), dtype=torch.float64, device=dev).scatter_reduce_(
+        0, inv, ew.double(), "amax", include_self=False)
+    pos = torch.searchsorted(k0u, key).clamp_max(max(k0u.numel() - 1, 0))
+    hit = (k0u.numel() > 0) & (k0u[pos] == key) if k0u.numel() else torch.zeros_like(key, dtype=torch.bool)
+    return torch.where(hit, vals[pos] if k0u.numel() else torch.zeros_like(key, dtype=torch.float64),
+                       torch.zeros_like(key, dtype=torch.float64))
+
+
 def learn_graph(x: torch.Tensor, k: int = 10, *, r: float = 3, theta: float | None = None,
                 model: str = "log", knn: str = "auto", max_iter: int = 1000, tol: float = 1e-5,
-                batch: torch.Tensor | None = None, scale: str | float = "none", step: float = 0.9,
+                batch: torch.Tensor | None = None, edge_index: torch.Tensor | None = None,
+                w0: tuple | None = None, c: float | None = None, max_w: float = math.inf,
+                ties: str = "jitter", scale: str | float = "none", step: float = 0.9,
                 num_threads: int | None = None,
                 return_theta: bool = False, return_info: bool = False, verbose: bool = False):
     r"""Learn a weighted graph from smooth signals (Kalofolias & Perraudin, ICLR 2019).
 
     Solves the log model :math:`\min_W \|W\circ\theta Z\|_{1,1} - \mathbf 1^\top\log(W\mathbf 1)
-    + \tfrac12\|W\|_F^2` (``W(θZ, 1, 1)`` in the paper's notation, Prop. 1) over symmetric,
-    non-negative, zero-diagonal ``W`` supported on the ``⌈r·k⌉``-nearest-neighbour graph
-    (symmetrised), ``Z_ij = ‖x_i − x_j‖²``. Cost: one kNN search plus O(n·k·r) per iteration;
-    memory O(n·d + n·k·r).
+    + \tfrac12\|W\|_F^2 \;(+\, \tfrac c2\|W - W_0\|_F^2)` (``W(θZ, 1, 1)`` in the paper's
+    notation, Prop. 1) over symmetric, non-negative (``≤ max_w``), zero-diagonal ``W``
+    supported on the ``⌈r·k⌉``-nearest-neighbour graph (symmetrised) or on the allowed edges
+    ``edge_index``, ``Z_ij = ‖x_i − x_j‖²``. Cost: one (A-)NN search plus O(n·k·r) per
+    iteration; memory O(n·d + n·k·r).
 
     Args:
-        x (Tensor): node features ``[n, d]`` (the signals are its columns).
+        x (Tensor): node features ``[n, d]`` (the signals are its columns; finite, dense).
         k (int): desired mean number of neighbours per node. (default: ``10``)
         r (float): support size factor: ``⌈r·k⌉`` candidates per node (at least ``k + 1``, at
             most ``n − 1``: small graphs use all pairs, which is the exact model). (default: ``3``)
@@ -246,15 +304,32 @@ def learn_graph(x: torch.Tensor, k: int = 10, *, r: float = 3, theta: float | No
             when :obj:`None` (per example with ``batch``). For ``model='l2'`` it is the model's
             ``α`` (chosen by bisection on the mean degree when :obj:`None`). (default: :obj:`None`)
         model (str): ``'log'`` (eq. 3) or ``'l2'`` (eq. 4; plain-torch FISTA with an exact
-            simplex projection per iteration: for comparisons and small graphs; with ``batch``
-            it uses one ``α`` and one ``‖W‖_{1,1} = n`` constraint for the whole batch).
+            simplex projection per iteration: for comparisons and small graphs).
             (default: ``'log'``)
-        knn (str): ``'auto'``, ``'exact'``, ``'faiss'`` or ``'nndescent'`` (see
-            :func:`tgrep.ops.knn`). (default: ``'auto'``)
+        knn (str): ``'auto'`` (exact up to 200,000 nodes, faiss HNSW beyond, exact with
+            ``batch`` and on CUDA), ``'exact'``, ``'hnsw'``, ``'faiss'`` or ``'nndescent'``
+            (see :func:`tgrep.ops.knn`); the method used is ``info['knn_method']``. (default: ``'auto'``)
         max_iter (int): solver iteration cap. (default: ``1000``)
         tol (float): relative primal/dual change to stop at. (default: ``1e-5``)
-        batch (LongTensor, optional): sorted example index ``[n]``: one graph per example,
-            no edges between examples. (default: :obj:`None`)
+        batch (LongTensor, optional): sorted example index ``[n]`` (any non-negative ids):
+            one graph per example, no edges between examples, cost linear in the total size.
+            (default: :obj:`None`)
+        edge_index (LongTensor, optional): the allowed edges ``[2, E]`` (GSPBox's
+            ``edge_mask``; symmetrised, self-loops dropped): the support instead of the kNN
+            graph. θ then comes from each node's allowed distances. (default: :obj:`None`)
+        w0 (tuple, optional): a prior graph ``(edge_index, edge_weight)`` (GSPBox's ``w_0``),
+            in the units of ``scale='none'``; its edges join the support. Needs ``c``.
+            (default: :obj:`None`)
+        c (float, optional): weight of the prior term ``c‖w − w_0‖²`` (each edge once).
+            (default: :obj:`None`)
+        max_w (float): upper bound of every weight (GSPBox's ``max_w``; units of
+            ``scale='none'``). (default: ``inf``)
+        ties (str): ``'jitter'``: when more than 10% of the nodes have tied distances at their
+            k-th candidate (duplicates, one-hot or categorical features), the features get
+            Gaussian noise far below the smallest non-zero distance (seeded), which breaks the
+            ties so that degree control holds (the exact model connects all duplicates of a
+            point to each other whatever θ is); ``'keep'`` solves the model on ``x`` as it is.
+            ``info['tie_fraction']`` reports the fraction. (default: ``'jitter'``)
         scale (str or float): ``'none'`` keeps ``W(θZ, 1, 1)`` (all weights ≤ 1, Theorem 1),
             ``'max'`` divides by the largest weight, ``'sum'`` makes the weights sum to ``n``
             (``‖W‖_{1,1} = n``), a float ``δ`` multiplies them (``δ = √(α/β)``). (default: ``'none'``)
@@ -263,24 +338,34 @@ def learn_graph(x: torch.Tensor, k: int = 10, *, r: float = 3, theta: float | No
             (default: ``torch.get_num_threads()``; the solver may fall back to 1 thread when
             that is faster on a busy machine).
         return_theta (bool): also return θ (float, or tensor with ``batch``). (default: :obj:`False`)
-        return_info (bool): also return a dict of diagnostics. (default: :obj:`False`)
+        return_info (bool): also return a dict of diagnostics: time per stage (``time_knn``,
+            ``time_theta_support``, ``time_solve``, ``time_total``), ``knn_method``,
+            ``iterations``, ``mean_degree``, ``isolated_nodes``, ``support_edges``... (default: :obj:`False`)
         verbose (bool): progress bars and the requested vs obtained degree. (default: :obj:`False`)
 
     Returns:
         ``(edge_index, edge_weight)``: both directions of every edge (PyG convention), no
         self-loops, strictly positive weights, sorted by source node; plus ``theta`` and/or
-        ``info`` when asked.
+        ``info`` when asked. A :class:`UserWarning` names the likely cause when the obtained
+        mean degree is more than 20% off ``k``.
     """
+    t_start = time.perf_counter()
     check.tensor("x", x, dtypes=check.FLOAT_DTYPES, dim=2)
+    check.dense("x", x)
     if x.numel() and not bool(torch.isfinite(x).all()):
         raise ValueError("'x' contains NaN or infinite values")
     check.positive_int("k", k)
-    if isinstance(r, bool) or not isinstance(r, (int, float)) or not r >= 1:
-        raise ValueError(f"'r' must be a number >= 1, got {r!r}")
+    if isinstance(r, bool) or not isinstance(r, (int, float)) or not (r >= 1 and math.isfinite(r)):
+        raise ValueError(f"'r' must be a finite number >= 1, got {r!r}")
     check.one_of("model", model, MODELS)
     check.one_of("knn", knn, KNN_METHODS)
+    check.one_of("ties", ties, TIES)
     check.positive_int("max_iter", max_iter)
     check.in_range("tol", tol, 0.0, 1.0, lo_open=True)
+    check.in_range("step", step, 0.0, 1.0, lo_open=True, hi_open=True)
+    check.in_range("max_w", max_w, 0.0, math.inf, lo_open=True)
+    if num_threads is not None:
+        check.positive_int("num_threads", num_threads)
     if isinstance(scale, str):
         check.one_of("scale", scale, SCALES)
     else:
@@ -288,90 +373,156 @@ def learn_graph(x: torch.Tensor, k: int = 10, *, r: float = 3, theta: float | No
     if theta is not None:
         check.in_range("theta", theta, 0.0, math.inf, lo_open=True, hi_open=True)
     n, dev = x.shape[0], x.device
-    if batch is not None:
-        check.tensor("batch", batch, dtypes=check.INDEX_DTYPES, dim=1, device=dev)
-        check.same_length("x", x, "batch", batch)
-        batch = batch.long()
-        if n and bool((batch[1:] < batch[:-1]).any()):
-            raise ValueError("'batch' must be sorted (PyG convention)")
-        if n and int(batch.min()) < 0:
-            raise ValueError("'batch' must be non-negative")
-    largest = _check_sizes(batch, n, k, dev)
+    if w0 is not None:
+        if not (isinstance(w0, (tuple, list)) and len(w0) == 2):
+            raise TypeError("'w0' must be a prior graph (edge_index, edge_weight)")
+        check.edge_index("w0[0]", w0[0], n, device=dev)
+        check.tensor("w0[1]", w0[1], dtypes=check.FLOAT_DTYPES, dim=1, device=dev, finite=True)
+        if w0[1].numel() != w0[0].shape[1] or (w0[1].numel() and float(w0[1].min()) < 0):
+            raise ValueError("'w0' edge weights must be >= 0, one per edge of w0[0]")
+        if c is None:
+            raise ValueError("'w0' (a prior graph) needs 'c', the weight of the prior term")
+    if c is not None:
+        check.in_range("c", c, 0.0, math.inf, hi_open=True)
+    if model != "log" and (w0 is not None or max_w < math.inf):
+        raise ValueError("'w0', 'c' and 'max_w' apply to model='log' only")
+    bvec, nb = check.batch("batch", batch, n, device=dev)
+    sizes = _sizes(bvec, nb, n)
+    largest = _check_sizes(sizes, k, batch is not None)
     x = x.detach()
-    m = min(max(math.ceil(r * k), k + 1), largest - 1)
-    if m < math.ceil(r * k):
-        log(f"learn_graph: graphs have at most {largest} nodes <= r*k = {math.ceil(r * k)}: "
-            f"the support is all pairs (exact model)", verbose)
+    # a power-of-two rescale (exact) when |x| would over/underflow squared distances
+    e = _pow2_scale(x)
+    dscale = 4.0 ** e
+    if e:
+        x = torch.ldexp(x.double() if x.dtype == torch.float64 else x.float(),
+                        torch.tensor(-e, device=dev))
+    info = {"num_nodes": n, "num_graphs": nb}
     t0 = time.perf_counter()
-    _, idx = _knn(x, m, batch=batch, method=knn, num_threads=num_threads, verbose=verbose)
-    t_knn = time.perf_counter() - t0
-    dist = _exact_dist(x, idx)
-    nb = int(batch.max()) + 1 if batch is not None else 1
-    bvec = batch if batch is not None else torch.zeros(n, dtype=torch.long, device=dev)
-
-    # support: symmetrised kNN pairs, each undirected edge once (row < col); z from the exact
-    # kNN distances (both directions of a pair hold the same value)
-    src = torch.arange(n, device=dev).repeat_interleave(m)
-    dst = idx.reshape(-1)
-    keep = dst >= 0
-    src, dst, dflat = src[keep], dst[keep], dist.reshape(-1)[keep]
-    key, inverse = _unique_inverse(torch.minimum(src, dst) * n + torch.maximum(src, dst))
-    row, col = key // n, key % n
-    z = torch.empty(key.numel(), dtype=dist.dtype, device=dev).scatter_(0, inverse, dflat)
-    del src, dst, dflat, inverse, keep
+    if edge_index is not None:
+        check.edge_index("edge_index", edge_index, n, device=dev)
+        src, dst = edge_index[0].long(), edge_index[1].long()
+        keep = src != dst
+        src, dst = src[keep], dst[keep]
+        if src.numel() and bool((bvec[src] != bvec[dst]).any()):
+            raise ValueError("'edge_index' has edges between different examples of 'batch'")
+        row, col, key, _ = _pairs_unique(src, dst, n)
+        z = _pair_dist(x, row, col)
+        info.update(knn_method="edge_index", tie_fraction=0.0)
+        dist = None
+    else:
+        m = min(max(math.ceil(r * k), k + 1), largest - 1)
+        if m < math.ceil(r * k):
+            log(f"learn_graph: graphs have at most {largest} nodes <= r*k = {math.ceil(r * k)}: "
+                f"the support is all pairs (exact model)", verbose)
+        method = resolve_knn(knn, n, dev, batch is not None)
+        _, idx = _knn(x, m, batch=bvec if batch is not None else None, method=method,
+                      num_threads=num_threads, verbose=verbose)
+        dist = _exact_dist(x, idx)
+        tf = _tie_fraction(dist, k)
+        info.update(knn_method=method, knn_candidates=m, tie_fraction=tf)
+        if ties == "jitter" and tf > TIE_JITTER and bool(((dist > 0) & torch.isfinite(dist)).any()):
+            log(f"learn_graph: {100 * tf:.0f}% of the nodes have tied distances at their k-th candidate "
+                "(duplicates / categorical features): breaking ties with a tiny seeded jitter", verbose)
+            x = _jitter(x, dist)
+            _, idx = _knn(x, m, batch=bvec if batch is not None else None, method=method,
+                          num_threads=num_threads, verbose=verbose)
+            dist = _exact_dist(x, idx)
+            info["jittered"] = True
+        # support: symmetrised kNN pairs, each undirected edge once (row < col)
+        src = torch.arange(n, device=dev).repeat_interleave(m)
+        dst = idx.reshape(-1)
+        keep = dst >= 0
+        src, dst = src[keep], dst[keep]
+        if w0 is not None:  # the prior graph's edges join the support
+            a, b = w0[0][0].long(), w0[0][1].long()
+            ok = (a != b) & (bvec[a] == bvec[b])
+            src, dst = torch.cat([src, a[ok]]), torch.cat([dst, b[ok]])
+        row, col, key, _ = _pairs_unique(src, dst, n)
+        z = _pair_dist(x, row, col)
+        del src, dst, keep
+    info["time_knn"] = time.perf_counter() - t0
     work = torch.float64 if x.dtype == torch.float64 else torch.float32
+    info["support_edges"] = int(row.numel())
 
-    info = {"support_edges": int(row.numel()), "knn_candidates": m, "time_knn": t_knn}
     t0 = time.perf_counter()
     if model == "log":
         if theta is None:
-            th = graph_learning_theta(dist, k, batch=bvec)
+            if dist is not None and w0 is None:
+                th = graph_learning_theta(dist, k, batch=bvec)
+            else:
+                th = _theta_on_candidates(_candidates_from_support(row, col, z, n, k + 1), k, bvec, max(nb, 1))
             if bool(torch.isinf(th).any()) or bool((th <= 0).any()):
                 raise ValueError("could not choose theta: the support distances are degenerate "
                                  "(constant features?)")
-            th_nodes = th
         else:
-            th = torch.full((nb,), float(theta), dtype=torch.float64, device=dev)
-            th_nodes = th
-        zt = (z * th_nodes[bvec[row]]).to(work)
+            th = torch.full((max(nb, 1),), float(theta) * dscale, dtype=torch.float64, device=dev)
+        zt = (z * th[bvec[row]]).to(work)
         if bool((zt == 0).all()) and row.numel():
             log("learn_graph: all support distances are 0 (constant features): uniform weights", verbose)
+        prior = _prior_on_support(w0, key, n, dev).to(work) if w0 is not None else None
         info["time_theta_support"] = time.perf_counter() - t0
         t0 = time.perf_counter()
-        w, sinfo = solve_log_model(row, col, zt, n, max_iter=max_iter, tol=tol, step=step,
+        w, sinfo = solve_log_model(row, col, zt, n, max_iter=max_iter, tol=tol, step=step, w0=prior,
+                                   c=float(c) if c is not None else 0.0, max_w=max_w,
                                    num_threads=num_threads, verbose=verbose)
         info["time_solve"] = time.perf_counter() - t0
         info.update(sinfo)
     else:
+        info["time_theta_support"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
         if theta is None:
             alpha, w = _l2_auto(row, col, z.to(work), n, k, max_iter, tol, verbose)
         else:
-            alpha = float(theta)
+            alpha = float(theta) * dscale
             w = solve_l2_model(row, col, z.to(work), n, alpha, max_iter=max_iter, tol=tol)
-        th = torch.full((nb,), alpha, dtype=torch.float64, device=dev)
+        info["time_solve"] = time.perf_counter() - t0
+        th = torch.full((max(nb, 1),), alpha, dtype=torch.float64, device=dev)
     # only strictly positive weights; the prox output is exactly 0 on inactive edges, and
     # weights below 1e-9 of the largest are numerical noise of the unconverged tail
     wmax = float(w.max()) if w.numel() else 0.0
     pos = w > 1e-9 * wmax
     row, col, w = row[pos], col[pos], w[pos]
     w = _rescale(w, scale, n)
-    edge_index = torch.stack([torch.cat([row, col]), torch.cat([col, row])])
-    edge_weight = torch.cat([w, w]).to(x.dtype)
-    order = _argsort(edge_index[0] * n + edge_index[1])
-    edge_index, edge_weight = edge_index[:, order], edge_weight[order]
-    deg = edge_index.shape[1] / max(n, 1)
-    isolated = n - int(torch.count_nonzero(torch.bincount(edge_index[0], minlength=n)))
-    info.update(mean_degree=deg, isolated_nodes=isolated)
+    out_ei = torch.stack([torch.cat([row, col]), torch.cat([col, row])])
+    edge_weight = torch.cat([w, w]).to(x.dtype if not e else (torch.float64 if x.dtype == torch.float64
+                                                               else torch.float32))
+    order = torch.argsort(out_ei[0] * n + out_ei[1])
+    out_ei, edge_weight = out_ei[:, order], edge_weight[order]
+    deg = out_ei.shape[1] / max(n, 1)
+    isolated = n - int(torch.count_nonzero(torch.bincount(out_ei[0], minlength=n)))
+    info.update(mean_degree=deg, isolated_nodes=isolated, time_total=time.perf_counter() - t_start)
     log(f"learn_graph: requested degree k={k}, obtained mean degree {deg:.2f} "
-        f"({edge_index.shape[1] // 2} edges, {isolated} isolated nodes, "
-        f"{info.get('iterations', '?')} iterations)", verbose)
-    theta_out = float(th[0]) if batch is None else th
-    out = (edge_index, edge_weight)
+        f"({out_ei.shape[1] // 2} edges, {isolated} isolated nodes, "
+        f"{info.get('iterations', '?')} iterations, knn={info['knn_method']!r})", verbose)
+    if n and abs(deg - k) > 0.2 * k:
+        warnings.warn(_degree_cause(deg, k, info, theta, ties, sizes, r), UserWarning, stacklevel=2)
+    theta_out = th / dscale
+    theta_out = float(theta_out[0]) if batch is None else theta_out
+    res = (out_ei, edge_weight)
     if return_theta:
-        out = out + (theta_out,)
+        res = res + (theta_out,)
     if return_info:
-        out = out + (info,)
-    return out
+        res = res + (info,)
+    return res
+
+
+def _degree_cause(deg, k, info, theta, ties, sizes, r):
+    msg = f"learn_graph: obtained mean degree {deg:.2f} is more than 20% off the requested k={k}; likely cause: "
+    tf = info.get("tie_fraction", 0.0)
+    if tf > TIE_JITTER and ties == "keep":
+        return msg + (f"ties/duplicates ({100 * tf:.0f}% of the nodes have tied distances at their k-th "
+                      "neighbour: one-hot or categorical features?); ties='jitter' breaks them")
+    if tf > TIE_JITTER:
+        return msg + (f"ties/duplicates ({100 * tf:.0f}% of the nodes have tied distances at their k-th "
+                      "neighbour), only partly broken by the jitter")
+    if sizes.numel() and float(sizes.double().mean()) < 3 * k:
+        return msg + (f"small graphs (mean size {float(sizes.double().mean()):.1f} nodes for k={k}): "
+                      "the support is (nearly) all pairs and θ of eq. 17 is a coarse estimate there")
+    if theta is not None:
+        return msg + "a fixed 'theta' (pass theta=None to choose it from k)"
+    if info.get("knn_method") == "edge_index":
+        return msg + "the allowed edges 'edge_index' leave too few (or too many) candidates per node"
+    return msg + f"a support too small for the data (r={r}); try a larger 'r'"
 
 
 def _exact_dist(x, idx, rows=2048):

@@ -101,20 +101,26 @@ def degrees(row, col, w, n):
     return d
 
 
-def fbf_log_steps(row, col, z, n, w, v, P, gamma: float, steps: int, tol: float):
+def fbf_log_steps(row, col, z, n, w, v, P, gamma: float, steps: int, tol: float, w0=None, c: float = 0.0,
+                  max_w: float = math.inf):
     """Up to ``steps`` FBF iterations in place on ``(w, v)``; ``P`` gets the last prox output.
 
+    With a prior (``w0``, ``c > 0``) the smooth term is ``‖w‖² + c‖w − w0‖²`` (gradient
+    ``2(1+c)w − 2c·w0``); ``max_w`` caps the weights in the prox of ``f1`` (GSPBox's options).
     Returns ``(iterations, rel_primal_change, rel_dual_change)``; stops early once both are
     below ``tol``.
     """
     rel_p = rel_d = math.inf
     it = 0
+    prior = w0 is not None and w0.numel() == z.numel() and c > 0
+    h2 = 2.0 * (1.0 + (c if prior else 0.0))
+    lin = 2.0 * c * w0 if prior else 0.0
     while it < steps:
-        Y = w - gamma * (2 * w + v[row] + v[col])
+        Y = w - gamma * (h2 * w - lin + v[row] + v[col])
         y = v + gamma * degrees(row, col, w, n)
-        torch.clamp(Y - 2 * gamma * z, min=0, out=P)
+        torch.clamp(Y - 2 * gamma * z, min=0, max=max_w if max_w < math.inf else None, out=P)
         p = (y - torch.sqrt(y * y + 4 * gamma)) / 2
-        Q = P - gamma * (2 * P + p[row] + p[col])
+        Q = P - gamma * (h2 * P - lin + p[row] + p[col])
         q = p + gamma * degrees(row, col, P, n)
         dw, dv = Q - Y, q - y
         it += 1
@@ -131,37 +137,50 @@ def fbf_log_steps(row, col, z, n, w, v, P, gamma: float, steps: int, tol: float)
     return it, rel_p, rel_d
 
 
-def log_model(row, col, z, n, *, max_iter=1000, tol=1e-5, step=0.9):
-    """Solve the log model on the support ``(row, col)`` (each edge once); returns ``w``."""
-    gamma = step / (2.0 + operator_norm_bound(row, col, n))
+def fbf_gamma(row, col, n, step: float, c: float = 0.0) -> float:
+    """Step ``γ = step / μ``, ``μ = 2(1 + c) + ‖K‖`` (Lipschitz constant of the smooth term + bound of ‖K‖)."""
+    return step / (2.0 * (1.0 + c) + operator_norm_bound(row, col, n))
+
+
+def log_model(row, col, z, n, *, max_iter=1000, tol=1e-5, step=0.9, w0=None, c=0.0, max_w=math.inf):
+    """Solve the log model on the support ``(row, col)`` (each edge once); returns ``(w, stats)``
+    with ``stats = [iterations, rel_primal, rel_dual]`` (float64)."""
+    gamma = fbf_gamma(row, col, n, step, c if w0 is not None else 0.0)
     w = torch.zeros_like(z)
     v = torch.zeros(n, dtype=z.dtype, device=z.device)
     P = torch.zeros_like(z)
-    fbf_log_steps(row, col, z, n, w, v, P, gamma, max_iter, tol)
-    return P
+    it, rp, rd = fbf_log_steps(row, col, z, n, w, v, P, gamma, max_iter, tol, w0=w0, c=c, max_w=max_w)
+    return P, torch.tensor([float(it), rp, rd], dtype=torch.float64)
 
 
 def dense_log_model(Z: torch.Tensor, theta: float = 1.0, *, max_iter: int = 20000, tol: float = 1e-8,
-                    step: float = 0.9) -> torch.Tensor:
+                    step: float = 0.9, W0: torch.Tensor | None = None, c: float = 0.0, max_w: float = math.inf,
+                    mask: torch.Tensor | None = None) -> torch.Tensor:
     """Exact log model on all pairs, dense ``n × n`` matrices (test reference, small ``n``).
 
-    Solves ``min_W ‖W∘θZ‖_{1,1} − 1ᵀlog(W1) + ½‖W‖²_F`` over symmetric, non-negative,
-    zero-diagonal ``W`` with the same FBF iteration written with matrices
-    (``‖K‖ ≤ √(2(n−1))``). Returns ``W`` (``[n, n]``, float64).
+    Solves ``min_W ‖W∘θZ‖_{1,1} − 1ᵀlog(W1) + ½‖W‖²_F (+ ½c‖W − W0‖²_F)`` over symmetric,
+    non-negative (``≤ max_w``), zero-diagonal ``W`` (zero outside the symmetric boolean
+    ``mask`` when given: GSPBox's ``edge_mask``) with the same FBF iteration written with
+    matrices (``‖K‖ ≤ √(2(n−1))``). Returns ``W`` (``[n, n]``, float64).
     """
     Z = theta * Z.double()
     n = Z.shape[0]
     off = ~torch.eye(n, dtype=torch.bool)
-    gamma = step / (2.0 + math.sqrt(2 * (n - 1)))
+    if mask is not None:
+        off = off & mask.bool()
+    prior = W0 is not None and c > 0
+    h2 = 2.0 * (1.0 + (c if prior else 0.0))
+    lin = 2.0 * c * W0.double() if prior else 0.0
+    gamma = step / (h2 + math.sqrt(2 * (n - 1)))
     W = torch.zeros_like(Z)
     v = torch.zeros(n, dtype=torch.float64)
     P = W
     for _ in range(max_iter):
-        Y = W - gamma * (2 * W + v[:, None] + v[None, :])
+        Y = W - gamma * (h2 * W - lin + v[:, None] + v[None, :])
         y = v + gamma * W.sum(1)
-        P = torch.clamp(Y - 2 * gamma * Z, min=0) * off
+        P = torch.clamp(Y - 2 * gamma * Z, min=0, max=max_w) * off
         p = (y - torch.sqrt(y * y + 4 * gamma)) / 2
-        Q = (P - gamma * (2 * P + p[:, None] + p[None, :])) * off
+        Q = (P - gamma * (h2 * P - lin + p[:, None] + p[None, :])) * off
         q = p + gamma * P.sum(1)
         dW, dv = Q - Y * off, q - y
         wn, vn = float(W.norm()), float(v.norm())

@@ -1,0 +1,84 @@
+"""Custom op ``tgrep::graph_learning_fbf``: the weights of the log graph-learning model on a
+fixed edge support (Kalofolias 2016; Kalofolias & Perraudin 2019), by forward-backward-forward
+primal-dual iterations.
+
+Kernels: on CPU the C++ iteration (``csrc/cpu/graph_learning.cpp``; host loop with the thread
+autotuner in :mod:`tgrep.kernels.reference.fbf_host`); elsewhere (CUDA included: the
+iteration is a handful of gathers and ``index_add_`` per step, which torch runs well on a
+GPU) the plain-torch reference :func:`tgrep.kernels.reference.graph_learning.log_model`.
+The op loops on the host until convergence, so it is opaque to Inductor by design.
+"""
+# no `from __future__ import annotations` here: torch.library infers the schema from real type hints
+
+import math
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from .._ext import load_cpp
+from ..kernels.reference import graph_learning as ref
+from ..utils import check
+from ..utils.progress import progress
+from ._register import kernel_op
+
+
+def _check(row, col, z, w0, num_nodes, c, max_w, max_iter, tol, step, num_threads, verbose):
+    E = z.numel()
+    if row.numel() != E or col.numel() != E:
+        raise ValueError(f"'row', 'col' and 'z' must have the same length, got {row.numel()}, {col.numel()}, {E}")
+    if w0 is not None and w0.numel() != E:
+        raise ValueError(f"'w0' must have one entry per support edge ({E}), got {w0.numel()}")
+    if num_nodes < 0 or max_iter < 1 or num_threads < 0:
+        raise ValueError("'num_nodes' and 'num_threads' (0: default) must be >= 0, 'max_iter' >= 1")
+    if not (0 < step < 1):
+        raise ValueError(f"'step' must lie in (0, 1), got {step}")
+    if not (c >= 0 and math.isfinite(c)) or not (max_w > 0):
+        raise ValueError(f"'c' must be finite and >= 0 and 'max_w' > 0, got c={c}, max_w={max_w}")
+    flags = (check.index_flags("row", row, num_nodes) + check.index_flags("col", col, num_nodes)
+             + check.nonneg_flags("z", z, allow_inf=False) + check.nonneg_flags("w0", w0, allow_inf=False))
+    if E:
+        flags.append(((row == col).any(), lambda: "the support must not contain self-loops (row == col)"))
+    check.values(flags)
+
+
+def _stats(it, rp, rd, threads=-1.0):  # threads -1: the reference (no thread count)
+    return torch.tensor([float(it), rp, rd, threads], dtype=torch.float64)
+
+
+def _reference(row, col, z, w0, num_nodes, c, max_w, max_iter, tol, step, num_threads, verbose):
+    with progress(total=max_iter, verbose=verbose, desc="graph learning (FBF, reference)") as bar:
+        w, st = ref.log_model(row, col, z, num_nodes, max_iter=max_iter, tol=tol, step=step, w0=w0, c=c,
+                              max_w=max_w)
+        bar.update(int(st[0]))
+    return w, _stats(*st.tolist())
+
+
+def _cpp():
+    mod = load_cpp("graph_learning")
+    if mod is None:
+        return None
+    from ..kernels.reference import fbf_host
+
+    def run(row, col, z, w0, num_nodes, c, max_w, max_iter, tol, step, num_threads, verbose):
+        with progress(total=max_iter, verbose=verbose, desc="graph learning (FBF)") as bar:
+            return fbf_host.solve_cpp(mod, row.long(), col.long(), z, num_nodes, w0, c, max_w, max_iter, tol,
+                                      step, num_threads or max(1, torch.get_num_threads()), bar=bar)
+
+    return run
+
+
+@kernel_op("tgrep::graph_learning_fbf", cpp=_cpp, check=_check)
+def graph_learning_fbf(row: Tensor, col: Tensor, z: Tensor, w0: Optional[Tensor], num_nodes: int, c: float,
+                       max_w: float, max_iter: int, tol: float, step: float, num_threads: int,
+                       verbose: bool) -> tuple[Tensor, Tensor]:
+    """``(w [E], stats [4] float64 = [iterations, rel_primal, rel_dual, threads]``, threads ``-1`` from the reference): the
+    minimiser of ``2zᵀw − 1ᵀlog(Kw) + ‖w‖² + c‖w − w0‖²`` over ``0 ≤ w ≤ max_w`` on the
+    support ``(row, col)`` (each undirected edge once, ``z`` already θ-scaled)."""
+    return _reference(row.long(), col.long(), z, w0, num_nodes, c, max_w, max_iter, tol, step, num_threads,
+                      verbose)
+
+
+@graph_learning_fbf.register_fake
+def _(row, col, z, w0, num_nodes, c, max_w, max_iter, tol, step, num_threads, verbose):
+    return z.new_empty(z.shape), z.new_empty((4,), dtype=torch.float64)

@@ -1,0 +1,110 @@
+"""Custom op ``tgrep::knn``: the ``k`` nearest neighbours of every row of ``x`` among its rows.
+
+Kernels: on CPU the C++ heap selection over BLAS blocks (``csrc/cpu/knn.cpp``, host loop in
+:mod:`tgrep.kernels.reference.knn_host`) for ``method='exact'``, faiss' HNSW / flat index or
+pynndescent (:mod:`tgrep.kernels.reference.ann`) for the other methods; on CUDA the Triton
+brute-force kernel (:mod:`tgrep.kernels.triton.knn`, any method: exact on the GPU); the
+reference (:func:`tgrep.kernels.reference.knn.knn_blocked`, exact) anywhere.
+
+Every kernel runs on ``x`` rescaled by a power of two when its magnitude would over- or
+underflow squared distances (exact in floating point), so neighbours are found at any finite
+scale; distances that overflow the output dtype are ``inf`` with a valid index.
+"""
+# no `from __future__ import annotations` here: torch.library infers the schema from real type hints
+
+import math
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from .._ext import load_cpp
+from ..kernels.reference import knn as ref
+from ..utils import check
+from ..utils.progress import progress
+from ._register import kernel_op
+
+METHODS = ("exact", "hnsw", "faiss", "nndescent")
+TRITON_MAX_K = 128
+_SAFE = 2.0 ** 40  # |x| beyond this (or below its inverse) is rescaled before squaring
+
+
+def _check(x, k, batch, loop, method, chunk, num_threads, verbose):
+    flags = check.finite_flags("x", x)
+    if batch is not None and batch.numel():
+        n = x.shape[0]
+        flags = flags + check.index_flags("batch", batch, n)
+        if batch.numel() > 1:
+            flags.append(((batch.diff() < 0).any(), lambda: "'batch' must be sorted"))
+    check.values(flags)
+    if chunk < 0 or num_threads < 0:
+        raise ValueError(f"'chunk' and 'num_threads' must be >= 0 (0: default), got {chunk}, {num_threads}")
+    if method not in METHODS:
+        raise ValueError(f"'method' must be one of {METHODS}, got {method!r}")
+
+
+def _scaled(fn):
+    """Run ``fn(x, ...) -> (dist, index)`` on ``x / 2^e`` when ``x`` is extreme; undo the scale."""
+    def run(x, k, batch, loop, method, chunk, num_threads, verbose):
+        n = x.shape[0]
+        if n == 0:
+            return x.new_zeros((0, k)), torch.zeros((0, k), dtype=torch.long, device=x.device)
+        work = x if x.dtype in (torch.float32, torch.float64) else x.float()
+        e = 0
+        amax = float((work - work.mean(0, keepdim=True)).abs().max()) if work.numel() else 0.0
+        if amax > 0 and (amax > _SAFE or amax < 1 / _SAFE):
+            e = math.frexp(amax)[1]
+            work = torch.ldexp(work, torch.tensor(-e, dtype=work.dtype, device=x.device))
+        dist, idx = fn(work, k, batch, loop, method, chunk, num_threads, verbose)
+        if e:
+            dist = torch.ldexp(dist.double(), torch.tensor(2 * e, dtype=torch.float64, device=x.device))
+        return dist.to(x.dtype).contiguous(), idx.contiguous()
+
+    return run
+
+
+def _reference(x, k, batch, loop, method, chunk, num_threads, verbose):
+    with progress(total=x.shape[0], verbose=verbose, desc="knn (reference)") as bar:
+        return ref.knn_blocked(x, x, k, loop=loop, batch_x=batch, batch_y=batch, self_query=True,
+                               chunk=chunk or (512 if x.device.type == "cpu" else 1024),
+                               block=4096 if x.device.type == "cpu" else 65536, progress=bar)
+
+
+def _cpu(x, k, batch, loop, method, chunk, num_threads, verbose):
+    from ..kernels.reference import ann, knn_host
+
+    n = x.shape[0]
+    num_threads = num_threads or max(1, torch.get_num_threads())
+    if method == "exact":
+        mod = load_cpp("knn")
+        if mod is None:
+            return _reference(x, k, batch, loop, method, chunk, num_threads, verbose)
+        with progress(total=n, verbose=verbose, desc="knn (exact)") as bar:
+            return knn_host.knn_cpp(mod, x, k, batch, loop, chunk=chunk or 512, workers=num_threads, bar=bar)
+    if batch is not None:
+        raise ValueError(f"knn method {method!r} does not support 'batch'; use method='exact'")
+    fn = {"hnsw": ann.hnsw, "faiss": ann.flat, "nndescent": ann.nndescent}[method]
+    with progress(total=2 * n if method == "hnsw" else n, verbose=verbose, desc=f"knn ({method})") as bar:
+        return fn(x, k, loop, num_threads=num_threads, bar=bar)
+
+
+def _triton_kernel(x, k, batch, loop, method, chunk, num_threads, verbose):
+    if k > TRITON_MAX_K:
+        return _reference(x, k, batch, loop, method, chunk, num_threads, verbose)
+    from ..kernels.triton.knn import knn_triton
+
+    return knn_triton(x, k, batch=batch, loop=loop)
+
+
+@kernel_op("tgrep::knn", cpp=lambda: _scaled(_cpu), triton=lambda: _scaled(_triton_kernel), check=_check)
+def knn(x: Tensor, k: int, batch: Optional[Tensor], loop: bool, method: str, chunk: int, num_threads: int,
+        verbose: bool) -> tuple[Tensor, Tensor]:
+    """``(dist [n, k], index [n, k] int64)``; see :func:`tgrep.ops.knn` for the contract. The
+    reference is the exact search whatever ``method`` says (the spec of every method)."""
+    return _scaled(_reference)(x, k, batch, loop, method, chunk, num_threads, verbose)
+
+
+@knn.register_fake
+def _(x, k, batch, loop, method, chunk, num_threads, verbose):
+    n = x.shape[0]
+    return x.new_empty((n, k)), x.new_empty((n, k), dtype=torch.int64)
