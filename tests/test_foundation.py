@@ -10,24 +10,52 @@ from tgrep import _backend
 from tgrep.utils import check, csr_to_edge_index, to_csr
 
 
+def _loaders(calls):
+    def loader(name):
+        def load():
+            calls.append(name)
+            return name
+        return load
+    return {b: loader(b) for b in ("reference", "cpp", "triton")}
+
+
 def test_backend_env_var_forces(monkeypatch):
+    calls = []
     monkeypatch.setenv("TGREP_BACKEND", "reference")
-    assert _backend.choose("cpu", cpp_name="shortest_path") == "reference"
+    assert _backend.resolve("tgrep::x", "cpu", "cpp", _loaders(calls)) == "reference"
+    assert _backend.default_backend("cpu", ("reference", "cpp")) == "reference"
     monkeypatch.setenv("TGREP_BACKEND", "bogus")
     with pytest.raises(ValueError, match="TGREP_BACKEND"):
-        _backend.choose("cpu")
+        _backend.resolve("tgrep::x", "cpu", "cpp", _loaders(calls))
 
 
-def test_use_backend_context_and_unusable():
+def test_use_backend_context_and_unusable(monkeypatch):
+    monkeypatch.delenv("TGREP_BACKEND", raising=False)
+    calls = []
+    assert _backend.resolve("tgrep::x", "cpu", "cpp", _loaders(calls)) == "cpp"
     with tgrep.use_backend("reference"):
-        assert _backend.choose("cpu") == "reference"
-    if not torch.cuda.is_available():
-        with tgrep.use_backend("cpp"):
-            with pytest.raises(RuntimeError, match="CPU tensors"):
-                _backend.choose("meta", cpp_name="shortest_path")
-    # an op without a C++ kernel runs its reference when 'cpp' is forced
+        assert _backend.resolve("tgrep::x", "cpu", "cpp", _loaders(calls)) == "reference"
     with tgrep.use_backend("cpp"):
-        assert _backend.choose("cpu", implemented=("reference", "triton")) == "reference"
+        with pytest.raises(RuntimeError, match="CPU tensors"):
+            _backend.resolve("tgrep::x", "meta", "reference", _loaders(calls))
+        # an op without a C++ kernel runs its reference when 'cpp' is forced
+        only = {k: v for k, v in _loaders(calls).items() if k != "cpp"}
+        assert _backend.resolve("tgrep::x", "cpu", "reference", only) == "reference"
+    # a C++ kernel that did not build falls back to the reference
+    broken = {**_loaders(calls), "cpp": lambda: None}
+    assert _backend.resolve("tgrep::x", "cpu", "cpp", broken) == "reference"
+
+
+def test_forcing_reaches_the_real_ops(seed):
+    """use_backend switches the kernel a real custom op runs (same answer on every backend)."""
+    ei = torch.randint(0, 9, (2, 30))
+    indptr, indices, w = to_csr(ei, 9, torch.rand(30, dtype=torch.float64))
+    outs = {}
+    for b in ("reference", "cpp", "triton"):
+        with tgrep.use_backend(b):
+            outs[b] = tgrep.ops.shortest_paths(indptr, indices, w, torch.arange(4))
+    torch.testing.assert_close(outs["cpp"], outs["reference"], rtol=0, atol=0)
+    torch.testing.assert_close(outs["triton"], outs["reference"], rtol=0, atol=0)
 
 
 def test_triton_interpreter_status():

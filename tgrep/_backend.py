@@ -136,28 +136,3 @@ def default_backend(device_type: str, kernels: Iterable[str]) -> str:
     if device_type == "cuda" and "triton" in kernels:
         return "triton"
     return "reference"
-
-
-def choose(device, implemented: Iterable[str] = BACKENDS, *, cpp_name: str | None = None, op: str = "op") -> str:
-    """Transitional: the backend for an op not yet defined with :func:`tgrep.library.kernel_op`.
-
-    Removed once every op is a custom op (the dispatcher picks the device then).
-    """
-    from ._ext import load_cpp
-
-    device = torch.device(device)
-    loaders = {b: (lambda: load_cpp(cpp_name)) if b == "cpp" else (lambda: True) for b in implemented}
-    if "reference" not in loaders:
-        loaders["reference"] = lambda: True
-    forced = forced_backend()
-    if forced is not None:
-        if forced not in loaders:
-            return "reference"
-        ok, why = _usable(forced, device.type, loaders[forced])
-        if not ok:
-            raise RuntimeError(f"backend {forced!r} was forced for {op} but cannot run: {why}")
-        return forced
-    b = default_backend(device.type, implemented)
-    if b == "cpp" and load_cpp(cpp_name) is None:
-        return "reference"
-    return b

@@ -36,7 +36,9 @@ def run(quick: bool = False, verbose: bool = True):
     prob = 0.5 + 0.5 * torch.rand(n * deg, generator=g)  # each edge present with p in [0.5, 1]
     sources = torch.randint(0, n, (B,), generator=g)
     targets = torch.randint(0, n, (B, T), generator=g)
-    backend = _backend.choose("cpu", ("reference", "cpp"), cpp_name="shortest_path", op="shortest_paths")
+    from ..library.shortest_paths import shortest_paths as search_op
+
+    backend = _backend.default_backend("cpu", search_op.kernels)
     log(f"random graph: N={n}, E={indices.numel()} ({deg} out-edges each), float32 weights, "
         f"edge probabilities in [0.5, 1]; {B} sources, {T} targets each; backend {backend!r} "
         f"with {torch.get_num_threads()} threads (first use builds the C++ kernels)", verbose)
