@@ -449,3 +449,9 @@ test_ot_compress_batch_equals_one_by_one, test_ot_compress_batch_equals_one_by_o
 
 test_knn_equals_brute_force = _KNN_XFAIL(test_knn_equals_brute_force)
 test_graph_learning_batch_equals_one_by_one = _LG_XFAIL(test_graph_learning_batch_equals_one_by_one)
+# the slow twins draw more examples of the same properties: the same open findings (non-strict:
+# their extra examples may or may not hit the failing cases)
+test_knn_equals_brute_force_slow = pytest.mark.xfail(strict=False, reason=_KNN_XFAIL.kwargs["reason"])(
+    test_knn_equals_brute_force_slow)
+test_graph_learning_batch_equals_one_by_one_slow = pytest.mark.xfail(strict=False, reason=_LG_XFAIL.kwargs["reason"])(
+    test_graph_learning_batch_equals_one_by_one_slow)
