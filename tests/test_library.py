@@ -7,6 +7,7 @@ import torch
 import tgrep
 from tgrep.ops.shortest_path import seed_tensor
 from tgrep.utils import to_csr
+from _compile import count_compiles
 
 
 def _graph(n=12, e=40, dtype=torch.float64):
@@ -85,16 +86,6 @@ def test_double_backward_is_exact(seed):
     assert ref_gs.abs().sum() > 0
 
 
-def _count_compiles(fn, *calls):
-    torch._dynamo.reset()
-    from torch._dynamo.utils import counters
-
-    counters.clear()
-    compiled = torch.compile(fn, fullgraph=True, dynamic=True, backend="aot_eager")
-    outs = [compiled(*c) for c in calls]
-    return outs, counters["stats"]["unique_graphs"]
-
-
 def test_shortest_paths_compiles_fullgraph_without_recompiles(seed):
     def f(indptr, indices, w, src, tg, p):
         d = tgrep.ops.shortest_paths(indptr, indices, w, src, tg, edge_prob=p)
@@ -105,7 +96,7 @@ def test_shortest_paths_compiles_fullgraph_without_recompiles(seed):
         indptr, indices, w = _graph(n, e)
         calls.append((indptr, indices, w.requires_grad_(), torch.arange(b), torch.randint(0, n, (b, 3)),
                       torch.full_like(w, 0.9).detach()))
-    outs, graphs = _count_compiles(f, *calls)
+    outs, graphs = count_compiles(f, *calls)
     for out, c in zip(outs, calls):
         out.backward()
         assert torch.isfinite(out)

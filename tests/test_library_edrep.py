@@ -11,6 +11,7 @@ import tgrep
 from tgrep.kernels.reference import softmax_norm as ref
 from tgrep.nn import EDRepLoss
 from tgrep.ops import cluster_log_normalizer, cluster_statistics, exact_log_normalizer, kmeans, log_normalizer
+from _compile import count_compiles
 
 EDREP_OPS = ("cluster_log_normalizer", "cluster_log_normalizer_backward", "cluster_outer", "cluster_matvec",
              "exact_log_normalizer", "exact_log_normalizer_backward", "kmeans", "assign_clusters",
@@ -193,14 +194,6 @@ def test_large_norms_never_nan(seed):
 
 
 # ----------------------------------------------------------------------------- torch.compile
-def _count_compiles(fn, *calls):
-    torch._dynamo.reset()
-    from torch._dynamo.utils import counters
-
-    counters.clear()
-    compiled = torch.compile(fn, fullgraph=True, dynamic=True, backend="aot_eager")
-    outs = [compiled(*c) for c in calls]
-    return outs, counters["stats"]["unique_graphs"]
 
 
 def _loss_case(n, d=4, e_per_row=3):
@@ -217,7 +210,7 @@ def test_edrep_loss_compiles_fullgraph_without_recompiles(seed, num_clusters):
         return loss_fn(x, x, (idx, w))
 
     calls = [_loss_case(n) for n in (20, 33, 47)]
-    outs, graphs = _count_compiles(f, *calls)
+    outs, graphs = count_compiles(f, *calls)
     for out, (x, idx, w) in zip(outs, calls):
         want = EDRepLoss(num_clusters=num_clusters, check_rows=0)(x, x, (idx, w))
         torch.testing.assert_close(out, want)
@@ -232,7 +225,7 @@ def test_ops_compile_fullgraph(seed):
             cluster_statistics(y)[2].sum()
 
     calls = [(torch.randn(n, 3, requires_grad=True), torch.randn(n + 2, 3)) for n in (5, 9, 14)]
-    outs, graphs = _count_compiles(f, *calls)
+    outs, graphs = count_compiles(f, *calls)
     for out, (x, y) in zip(outs, calls):
         torch.testing.assert_close(out, f(x, y))
     assert graphs == 1

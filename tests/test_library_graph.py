@@ -14,6 +14,7 @@ from tgrep.kernels.reference.knn import knn_dense
 from tgrep.ops.graph_learning import graph_learning_theta, learn_graph, solve_log_model
 from tgrep.ops.knn import knn, knn_graph
 from tgrep.transforms import LearnedGraphTransform
+from _compile import count_compiles
 
 
 def _support(n, k=6, seed=0):
@@ -59,16 +60,6 @@ def test_opcheck_fbf(seed, backend):
             torch.library.opcheck(torch.ops.tgrep.graph_learning_fbf.default, args)
 
 
-def _count_compiles(fn, *calls):
-    torch._dynamo.reset()
-    from torch._dynamo.utils import counters
-
-    counters.clear()
-    compiled = torch.compile(fn, fullgraph=True, dynamic=True, backend="aot_eager")
-    outs = [compiled(*c) for c in calls]
-    return outs, counters["stats"]["unique_graphs"]
-
-
 def test_knn_and_fbf_compile_fullgraph_without_recompiles(seed):
     def f(x, row, col, z):
         d, i = torch.ops.tgrep.knn(x, 3, None, False, "exact", 0, 1, False)
@@ -80,7 +71,7 @@ def test_knn_and_fbf_compile_fullgraph_without_recompiles(seed):
     for n in (20, 30, 45):
         x, row, col, z = _support(n)
         calls.append((x, row, col, z))
-    outs, graphs = _count_compiles(f, *calls)
+    outs, graphs = count_compiles(f, *calls)
     for (s, i), (x, row, col, z) in zip(outs, calls):
         d2, i2 = knn_dense(x, x, 3, loop=False, self_query=True)
         w, _ = ref.log_model(row, col, z, x.shape[0], max_iter=30, tol=1e-6)
