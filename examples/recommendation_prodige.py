@@ -46,12 +46,12 @@ def synthetic(users: int, items: int, topics: int, per_user: int, seed: int):
 
 
 class MF(torch.nn.Module):
-    def __init__(self, users: int, items: int, dim: int, prodige: bool, item_edges: int = 8, anchor_edges: int = 2):
+    def __init__(self, users: int, items: int, dim: int, prodige: bool, budget: float | None = None):
         super().__init__()
         self.users = torch.nn.Embedding(users, dim)
         torch.nn.init.normal_(self.users.weight, std=0.1)
         if prodige:
-            self.items = ProdigeEmbedding(items, dim, item_edges=item_edges, anchor_edges=anchor_edges, sparse=True)
+            self.items = ProdigeEmbedding(items, dim, budget=budget, sparse=True)  # budget: stored numbers/item
         else:
             self.items = torch.nn.Embedding(items, dim)
             torch.nn.init.normal_(self.items.weight, std=0.1)
@@ -77,11 +77,11 @@ def recall_at(model, train, test, items: int, k: int = 10) -> float:
 
 def fit(prodige: bool, train, test, args, dim: int) -> dict:
     torch.manual_seed(args.seed)
-    model = MF(args.users, args.items, dim, prodige, args.item_edges, args.anchor_edges)
-    dense = [p for n, p in model.named_parameters() if not n.startswith("items.graph")]
+    model = MF(args.users, args.items, dim, prodige, args.budget)
+    dense = [p for n, p in model.named_parameters() if not (prodige and n.startswith("items."))]
     opts = [torch.optim.Adam(dense, lr=args.lr)]
-    if prodige:  # the graph's parameters have sparse gradients
-        opts.append(torch.optim.SparseAdam(list(model.items.graph.parameters()), lr=args.graph_lr))
+    if prodige:  # sparse=True: every parameter of the embedding has sparse gradients, as nn.Embedding's
+        opts.append(torch.optim.SparseAdam(list(model.items.parameters()), lr=args.graph_lr))
     g = torch.Generator().manual_seed(args.seed)
     t0 = time.perf_counter()
     bar = progress(range(args.steps), desc="ProdigeEmbedding" if prodige else "nn.Embedding")
@@ -113,8 +113,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--topics", type=int, default=8)
     ap.add_argument("--per-user", type=int, default=12, help="training interactions per user")
     ap.add_argument("--dim", type=int, default=16, help="embedding size = number of anchors K")
-    ap.add_argument("--item-edges", type=int, default=4, help="candidate item-item edges per item")
-    ap.add_argument("--anchor-edges", type=int, default=2, help="candidate item-anchor edges per item")
+    ap.add_argument("--budget", type=float, default=None,
+                    help="stored numbers per item of the PRODIGE graph (default: the embedding size)")
     ap.add_argument("--steps", type=int, default=400)
     ap.add_argument("--batch-size", type=int, default=256)
     ap.add_argument("--lr", type=float, default=0.02)

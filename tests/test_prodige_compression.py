@@ -65,7 +65,7 @@ def test_budget_on_vectors_is_met_exactly_and_connected(seed):
     torch.manual_seed(seed)
     x = torch.randn(60, 4)
     budget = 3.0
-    m = ProdigeCompression(budget, epochs=2, finetune_epochs=2, knn=4, hubs=5, hub_links=2, verbose=False,
+    m = ProdigeCompression(budget, epochs=4, finetune_epochs=8, knn=4, hubs=5, hub_links=2, verbose=False,
                            seed=seed).fit(x)
     assert int(m.graph.kept().sum()) == int((budget * 60 - 60) // 2)
     assert m.parameters_per_instance() <= budget
