@@ -95,10 +95,20 @@ class _ProjT:
     def FT(self, z):
         return np.bincount(self.u, z, self.n) - np.bincount(self.v, z, self.n)
 
+    def _fista_step(self, y, z, w, s):
+        """One accelerated proximal-gradient step on the dual: ``(z, w, s)`` -> the next ones."""
+        u, v, c, L = self.u, self.v, self.c, self.L
+        tw = y - self.FT(w)
+        g = w + (tw[u] - tw[v]) / L
+        zn = np.sign(g) * np.maximum(np.abs(g) - c / L, 0.0)
+        sn = (1 + np.sqrt(1 + 4 * s * s)) / 2
+        self.iters += 1
+        return zn, zn + ((s - 1) / sn) * (zn - z), sn
+
     def __call__(self, y, z0):
         """``(t, z)``: ``t`` feasible with ``|t - Proj_T(y)| <= tol`` (certified by the duality
         gap), ``z`` the dual iterate (next warm start)."""
-        u, v, c, L = self.u, self.v, self.c, self.L
+        u, v, c = self.u, self.v, self.c
         if u.size == 0:
             return y.copy(), z0
         z = w = z0
@@ -106,13 +116,7 @@ class _ProjT:
         for it in range(self.max_iters + 1):
             t = y - self.FT(z)
             if it % 5 and it < self.max_iters:  # the certificate costs as much as a step: every 5th
-                tw = y - self.FT(w)
-                g = w + (tw[u] - tw[v]) / L
-                zn = np.sign(g) * np.maximum(np.abs(g) - c / L, 0.0)
-                sn = (1 + np.sqrt(1 + 4 * s * s)) / 2
-                w = zn + ((s - 1) / sn) * (zn - z)
-                z, s = zn, sn
-                self.iters += 1
+                z, w, s = self._fista_step(y, z, w, s)
                 continue
             d = t[u] - t[v]
             # a feasible point: shrink t around its mean (F ignores constant shifts)
@@ -124,13 +128,7 @@ class _ProjT:
             dual = float(z @ (y[u] - y[v])) - 0.5 * float(((y - t) ** 2).sum()) - float(c @ np.abs(z))
             if 2.0 * max(primal - dual, 0.0) <= self.tol ** 2 or it == self.max_iters:
                 return tf, z
-            tw = y - self.FT(w)
-            g = w + (tw[u] - tw[v]) / L
-            zn = np.sign(g) * np.maximum(np.abs(g) - c / L, 0.0)
-            sn = (1 + np.sqrt(1 + 4 * s * s)) / 2
-            w = zn + ((s - 1) / sn) * (zn - z)
-            z, s = zn, sn
-            self.iters += 1
+            z, w, s = self._fista_step(y, z, w, s)
 
 
 def proj_T(y, u, v, c, tol=1e-9, max_iters=20000):
