@@ -207,7 +207,7 @@ class ProdigeEmbedding(nn.Module):
 
     def table(self) -> torch.Tensor:
         """``[n, K]`` the embedding of every item (one set of searches; in training mode a sample)."""
-        return self.graph(self.anchors, None)[:, :self.num_embeddings].T
+        return self.graph(self.anchors, None)[:, :self.num_embeddings].T.contiguous()  # rows gather fast
 
     def forward(self, index: torch.Tensor) -> torch.Tensor:
         check.tensor("index", index, dtypes=check.INDEX_DTYPES, device=self.anchors.device)
