@@ -226,3 +226,32 @@ def test_frozen_embedding_is_deterministic_in_training_mode():
     a = emb(x)
     emb.eval()
     torch.testing.assert_close(a, emb(x))
+
+
+def test_state_dict_keeps_flat_edge_keys_and_the_ema_baseline():
+    # the edge parameters live in EdgeParameter submodules (for DDP's sparse gradients), but the
+    # checkpoint keys stay 'graph.weight_logit' / 'graph.presence_logit'; the 'ema' REINFORCE
+    # baseline is in the extra state, so a resumed run continues with the same baseline
+    torch.manual_seed(0)
+    for sparse in (False, True):
+        emb = ProdigeEmbedding(30, 4, sparse=sparse)
+        sd = emb.state_dict()
+        assert "graph.weight_logit" in sd and "graph.presence_logit" in sd
+        assert not any("_edge_" in k for k in sd)
+        emb(torch.randint(0, 30, (5, 3))).sum()
+        emb.reinforce(torch.tensor(1.5), baseline="ema")
+        assert emb.graph._ema == 1.5
+        with torch.no_grad():
+            emb.graph.weight_logit.normal_()
+        fresh = ProdigeEmbedding(30, 4, sparse=sparse, generator=torch.Generator().manual_seed(9))
+        fresh.load_state_dict(emb.state_dict())
+        assert torch.equal(fresh.graph.weight_logit, emb.graph.weight_logit)
+        assert fresh.graph._ema == 1.5
+        assert {n for n, _ in fresh.named_parameters()} == {n for n, _ in emb.named_parameters()}
+
+
+def test_reinforce_distributed_needs_a_bool():
+    emb = ProdigeEmbedding(20, 3)
+    emb(torch.tensor([1, 2]))
+    with pytest.raises(TypeError, match="distributed"):
+        emb.reinforce(torch.tensor(1.0), distributed="yes")
