@@ -255,3 +255,21 @@ def test_reinforce_distributed_needs_a_bool():
     emb(torch.tensor([1, 2]))
     with pytest.raises(TypeError, match="distributed"):
         emb.reinforce(torch.tensor(1.0), distributed="yes")
+
+
+def test_hierarchical_sequences_plant_the_tree():
+    from tgrep.datasets import hierarchical_sequences
+
+    g = torch.Generator().manual_seed(3)
+    x, y, path = hierarchical_sequences(400, 96, (2, 3, 4), 40, leaf_frac=0.6, sibling_frac=0.2, generator=g)
+    assert x.shape == (400, 40) and y.shape == (400,) and path.shape == (96, 3)
+    assert int(x.min()) >= 0 and int(x.max()) < 96
+    # levels nest: the level-l id determines the level-(l-1) id
+    assert torch.equal(path[:, 0], path[:, 1] // 3) and torch.equal(path[:, 1], path[:, 2] // 4)
+    assert torch.bincount(path[:, 2], minlength=24).min() == 4  # items split evenly over the 24 leaves
+    # the most frequent leaf among a sequence's tokens is (almost always) under its label
+    leaf = path[x, 2]
+    top = torch.mode(leaf, dim=1).values
+    assert float((top // 4 == y).float().mean()) > 0.95
+    with pytest.raises(ValueError, match="num_items"):
+        hierarchical_sequences(10, 20, (4, 4, 4))
