@@ -29,8 +29,8 @@ def _count_compiles(fn, inputs):
 
 def test_shapes_directions_and_gradients(seed):
     torch.manual_seed(seed)
-    emb = ProdigeEmbedding(20, 3, budget=8.0)
-    assert "20, 3" in repr(emb) and "budget=8.0" in repr(emb)
+    emb = ProdigeEmbedding(20, 3, budget=8.0, center=False)  # raw distances: both directions agree
+    assert "20, 3" in repr(emb) and "budget=8.0" in repr(emb) and "center=False" in repr(emb)
     assert emb.num_stored_parameters() <= 8 * 20
     idx = torch.randint(0, 20, (4, 5))
     emb.eval()
@@ -88,7 +88,7 @@ def test_padding_idx_zero_output_no_gradient():
     assert int((emb.graph.edge_index == 0).sum()) == 0  # the padding vertex costs no edges
     x = torch.tensor([[0, 3, 0], [5, 0, 7]])
     out = emb(x)
-    assert torch.equal(out[x == 0], torch.zeros(3, 4)) and bool((out[x != 0] > 0).all())
+    assert torch.equal(out[x == 0], torch.zeros(3, 4)) and bool((out[x != 0] != 0).all())
     assert torch.equal(ref(x)[x == 0], torch.zeros(3, 4))
     out.sum().backward()
     # the padding token contributes nothing: same gradient as without the padding positions
@@ -273,3 +273,31 @@ def test_hierarchical_sequences_plant_the_tree():
     assert float((top // 4 == y).float().mean()) > 0.95
     with pytest.raises(ValueError, match="num_items"):
         hierarchical_sequences(10, 20, (4, 4, 4))
+
+
+def test_center_subtracts_the_item_mean_without_gradient(seed):
+    torch.manual_seed(seed)
+    emb = ProdigeEmbedding(30, 4, padding_idx=2)
+    assert emb.center and "center=True" in repr(emb)
+    emb.eval()
+    raw = emb.graph(torch.arange(30), torch.arange(30, 34).expand(30, 4))  # independent: items -> anchors
+    keep = torch.arange(30) != 2
+    idx = torch.randint(0, 30, (6, 5))
+    expected = (raw - raw[keep].mean(0))[idx].masked_fill((idx == 2).unsqueeze(-1), 0.0)
+    torch.testing.assert_close(emb(idx), expected)
+    # no gradient through the mean: exactly the gradient of the raw distances (so a batch's
+    # gradient stays on its own items' paths, sparse gradients stay sparse)
+    w = torch.randn(30, 4)
+    grads = []
+    for center in (True, False):
+        emb.center = center
+        emb.zero_grad()
+        (emb.table() * w).sum().backward()
+        grads.append(emb.graph.weight_logit.grad.clone())
+    torch.testing.assert_close(grads[0], grads[1])
+    assert grads[0].abs().sum() > 0
+    with pytest.raises(ValueError, match="center"):
+        ProdigeEmbedding(10, 2, direction="items", center=True, budget=4.0)
+    with pytest.raises(TypeError, match="center"):
+        ProdigeEmbedding(10, 2, center=1, budget=4.0)
+    assert not ProdigeEmbedding(10, 2, direction="items", budget=4.0).center
