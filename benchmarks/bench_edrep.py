@@ -412,7 +412,7 @@ def bench_regime(quick: bool, verbose: bool) -> None:
 
 
 _TREE_WORKER = r"""
-import sys, time
+import sys
 tree = sys.argv[1]
 sys.path.insert(0, tree)
 import torch
@@ -440,14 +440,6 @@ cases = {
     "log_normalizer k=8 fwd+bwd": lambda: fb(8),
     "cluster_log_normalizer k=8": lambda: cluster_log_normalizer(x, lw, mu, om),
 }
-for fn in cases.values():
-    fn()
-print("ready", flush=True)
-for line in sys.stdin:
-    name = line.strip()
-    t0 = time.perf_counter()
-    cases[name]()
-    print(time.perf_counter() - t0, flush=True)
 """
 
 

@@ -178,15 +178,7 @@ cases = {
     "kernel_per_call": lambda: kern(indptr, indices, weight, sources[:1], sources[:1, None], None, 0, False),
     "kernel_per_call_stoch": lambda: kern(indptr, indices, weight, sources[:1], sources[:1, None], prob, 0, False),
 }
-with use_backend("cpp"):
-    for fn in cases.values():
-        fn()
-    print("ready", flush=True)
-    for line in sys.stdin:
-        name = line.strip()
-        t0 = time.perf_counter()
-        cases[name]()
-        print(time.perf_counter() - t0, flush=True)
+use_backend("cpp").__enter__()  # for the rest of this worker
 """
 
 TREE_CASES = ["full", "targets", "stoch_full", "full_pred", "small_B4", "kernel_full", "kernel_stoch_targets",
