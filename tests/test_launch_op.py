@@ -63,6 +63,30 @@ def test_kernels_are_visible_to_the_compile_cache():
     assert lines[OPS[1]] == "['_cluster_lse_bwd']"
 
 
+def test_runs_without_triton_installed():
+    """A CPU-only install without the triton package: the op runs its reference, and says so
+    when triton is forced."""
+    code = (
+        "import sys; sys.modules['triton'] = None  # import triton -> ImportError\n"
+        "import torch, tgrep\n"
+        "from tgrep.ops import cluster_log_normalizer\n"
+        "x = torch.randn(5, 3); k = 2\n"
+        "out = cluster_log_normalizer(x, torch.zeros(k), torch.zeros(k, 3), torch.zeros(k, 3, 3))\n"
+        "assert torch.allclose(out, torch.full((5,), float(torch.log(torch.tensor(2.0)))))\n"
+        "try:\n"
+        "    with tgrep.use_backend('triton'):\n"
+        "        cluster_log_normalizer(x, torch.zeros(k), torch.zeros(k, 3), torch.zeros(k, 3, 3))\n"
+        "except RuntimeError as e:\n"
+        "    print('refused:', e)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = str(ROOT)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=str(ROOT),
+                         timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "refused:" in out.stdout and "triton" in out.stdout
+
+
 @pytest.mark.parametrize("seed", [0, 1])
 def test_triton_branch_equals_reference_forward_and_backward(seed):
     if not tgrep._backend.triton_interpret():

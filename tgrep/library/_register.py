@@ -155,7 +155,7 @@ def launch_op(qualname: str, *, reference: "torch.library.CustomOpDef", triton: 
         return fn
 
     def body(*args):
-        if supports(*args) and _triton_branch(qualname, args[0]):
+        if _triton_branch(qualname, args[0]) and supports(*args):  # (supports may import triton)
             return launcher()(check_op(*args), *args)
         return reference(*args)
 
