@@ -684,7 +684,7 @@ def test_triton_inf_and_zero_weights_match_cpp_and_reference(seed, monkeypatch, 
     from tgrep.kernels.triton import shortest_path as tri
 
     if small_blocks:
-        monkeypatch.setattr(tri, "_launch_cfg", lambda total: (16, 4, 4))
+        monkeypatch.setattr(tri, "_launch_cfg", lambda total: ((lambda meta: (-(-total // 16),)), 16, 4, 4))
     g = torch.Generator().manual_seed(seed)
     for trial in range(6):
         dtype = (torch.float32, torch.float64)[trial % 2]
@@ -773,6 +773,9 @@ def test_cpp_path_gradient_and_path_sum_equal_reference(seed, dtype):
     from tgrep._ext import load_cpp
 
     ext = load_cpp("path_gradient")
+    # the tree accumulation adds in another order than the walk: float32 sums of up to B * T
+    # gradients differ in the last bits (seen: 3e-5 on values ~3.5)
+    tol = dict(rtol=1e-5, atol=1e-4) if dtype == torch.float32 else {}
     for trial in range(60):
         dist, pred, src, tg, indptr, E = _path_case(trial, dtype)
         g = torch.randn(dist.shape, dtype=dtype)
@@ -782,14 +785,14 @@ def test_cpp_path_gradient_and_path_sum_equal_reference(seed, dtype):
         exp_g = ref.path_gradient(g, dist, pred, src, tg, edge_src, E)
         exp_s = ref.path_sum(v, dist, pred, src, tg, edge_src)
         for mode in (0, 1, 2):  # auto, walk per pair, tree accumulation (falls back on cycles)
-            torch.testing.assert_close(ext.path_gradient(g, dist, pred, src, tg, indptr, E, mode), exp_g)
+            torch.testing.assert_close(ext.path_gradient(g, dist, pred, src, tg, indptr, E, mode), exp_g, **tol)
             got_s = ext.path_sum(v, dist, pred, src, tg, indptr, mode)
-            torch.testing.assert_close(got_s, exp_s)
+            torch.testing.assert_close(got_s, exp_s, **tol)
             if mode == 1:  # the walk adds in the reference's order
                 assert torch.equal(got_s, exp_s)
         with tgrep.use_backend("cpp"):  # the op runs the same kernel
-            torch.testing.assert_close(torch.ops.tgrep.path_gradient(g, dist, pred, src, tg, indptr, E), exp_g)
-            torch.testing.assert_close(torch.ops.tgrep.path_sum(v, dist, pred, src, tg, indptr), exp_s)
+            torch.testing.assert_close(torch.ops.tgrep.path_gradient(g, dist, pred, src, tg, indptr, E), exp_g, **tol)
+            torch.testing.assert_close(torch.ops.tgrep.path_sum(v, dist, pred, src, tg, indptr), exp_s, **tol)
 
 
 def test_cpp_path_ops_are_transposes(seed):
