@@ -344,7 +344,10 @@ class ProdigeGraph(nn.Module):
 
     # ------------------------------------------------------------------ distances
     def _csr_weight(self, deterministic: bool) -> torch.Tensor:
-        w = F.softplus(gather(self.weight_logit, self.perm, self.sparse))
+        if self.sparse:  # sparse grads need the gather first
+            w = F.softplus(gather(self.weight_logit, self.perm, True))
+        else:  # softplus over the M parameters, then to the 2M CSR slots
+            w = F.softplus(self.weight_logit)[self.perm]
         if deterministic:
             keep = self.presence_logit.detach()[self.perm] >= 0  # p >= 0.5
             w = torch.where(keep, w, torch.full_like(w, float("inf")))
@@ -379,7 +382,8 @@ class ProdigeGraph(nn.Module):
             need_pred = w.requires_grad and torch.is_grad_enabled()
             dist, _ = torch.ops.tgrep.shortest_paths(self.indptr, self.indices, w, src, targets, None, seed_t,
                                                      need_pred)
-        dist = torch.where(torch.isinf(dist), self.default_distance.to(dist.dtype), dist)
+        # distances are >= 0 (the op refuses negative lengths), so inf is the only non-finite value
+        dist = torch.where(dist == math.inf, self.default_distance.to(dist.dtype), dist)
         return dist.squeeze(1) if dst is not None and dst.dim() == 1 else dist
 
     # ------------------------------------------------------------------ REINFORCE
