@@ -81,9 +81,9 @@ template <typename A>
 struct Scratch {
   std::vector<uint32_t> mark;
   std::vector<A> acc;
-  std::vector<int32_t> cnt, verts, order;
+  std::vector<int32_t> cnt, verts, order, par;
   uint32_t gen = 0;
-  explicit Scratch(int64_t n) : mark(n, 0u), acc(n), cnt(n) {}
+  explicit Scratch(int64_t n) : mark(n, 0u), acc(n), cnt(n), par(n) { order.reserve(n); }
   uint32_t next() {
     if (++gen == 0) {
       std::fill(mark.begin(), mark.end(), 0u);
@@ -177,6 +177,7 @@ int gradient_row(const Paths& P, int64_t b, const A* grad, A* out, Scratch<A>& S
   if (use_tree(P) && P.targets == nullptr && P.T == P.n) {
     const bool* lv = P.live + b * P.T;
     const int64_t n = P.n;
+    int32_t* par = S.par.data();  // parent vertex (-1: none), read once per vertex
     S.order.clear();
     for (int64_t v = 0; v < n; ++v) {
       S.acc[v] = lv[v] ? g[v] : A(0);
@@ -184,25 +185,23 @@ int gradient_row(const Paths& P, int64_t b, const A* grad, A* out, Scratch<A>& S
     }
     for (int64_t v = 0; v < n; ++v) {
       const int64_t e = pr[v];
-      if (e < 0) continue;
       if (e >= P.E) return kPred;
-      ++S.cnt[P.esrc[e]];
+      par[v] = e < 0 ? -1 : P.esrc[e];
+      if (e >= 0) ++S.cnt[par[v]];
     }
     for (int64_t v = 0; v < n; ++v)
       if (S.cnt[v] == 0) S.order.push_back(static_cast<int32_t>(v));
     for (size_t i = 0; i < S.order.size(); ++i) {
-      const int64_t e = pr[S.order[i]];
-      if (e >= 0 && --S.cnt[P.esrc[e]] == 0) S.order.push_back(P.esrc[e]);
+      const int32_t u = par[S.order[i]];
+      if (u >= 0 && --S.cnt[u] == 0) S.order.push_back(u);
     }
     if (static_cast<int64_t>(S.order.size()) == n) {
       for (int32_t v : S.order) {
-        const int64_t e = pr[v];
-        if (e < 0) continue;
+        const int32_t u = par[v];
         const A a = S.acc[v];
-        if (a != A(0)) {
-          out[e] += a;
-          S.acc[P.esrc[e]] += a;
-        }
+        if (u < 0 || a == A(0)) continue;
+        out[pr[v]] += a;
+        S.acc[u] += a;
       }
       return kOk;
     }  // a cycle: the walks below cut it as the reference does
