@@ -12,7 +12,7 @@ from ..utils import check, log, progress
 
 BACKBONE_MAX_N = 600  # fit(distances=D): all pairs + backbone test up to this size, else kNN + hubs
 BACKBONE_RTOL = 1e-6  # a pair is implied by a two-hop detour at most this much (relative) longer
-PRUNE_ROUNDS, ROUND_EPOCHS = 12, 1  # pruning to the budget: geometric rounds, fine-tune epochs between
+PRUNE_ROUNDS, ROUND_EPOCHS = 8, 2  # pruning to the budget: geometric rounds, fine-tune epochs between
 DENSE_MAX_N = 4096  # fit(x): the [N, N] target distances are precomputed up to this size (64 MB)
 
 
@@ -114,9 +114,9 @@ class ProdigeCompression(nn.Module):
        ``targets_per_row`` random targets (all when fewer): path gradients for the lengths;
        with ``sparsity`` :math:`\lambda > 0` also REINFORCE for the presence probabilities.
     3. *Sparsification.* With ``target_params_per_instance`` the graph is brought to exactly
-       ``floor((budget - 1) N / 2)`` edges in 12 geometric rounds that keep the edges carrying
+       ``floor((budget - 1) N / 2)`` edges in 8 geometric rounds that keep the edges carrying
        the most shortest paths (a maximum-usage spanning forest first), fine-tuning the lengths
-       for 1 epoch after each round. Without a budget the edges that no shortest path of an
+       for 2 epochs after each round at the full learning rate. Without a budget the edges that no shortest path of an
        epoch uses, neither at the initial nor at the trained lengths, are dropped.
     4. *Fine-tune.* ``finetune_epochs`` epochs on the deterministic graph, learning rate
        decaying linearly to 0 (the Adam state carries over from the pruning rounds). The loss
@@ -133,8 +133,8 @@ class ProdigeCompression(nn.Module):
         sparsity (float, optional): :math:`\lambda` of eq. 2, ``>= 0``; ``> 0`` turns on
             REINFORCE for the edge probabilities (default: ``0.0``).
         epochs (int, optional): training epochs; each visits every point as a source once
-            (default: ``6``).
-        finetune_epochs (int, optional): final epochs on the deterministic graph (default: ``24``).
+            (default: ``10``).
+        finetune_epochs (int, optional): final epochs on the deterministic graph (default: ``30``).
         lr (float, optional): Adam learning rate (default: ``0.05``).
         batch_size (int, optional): sources per step (default: ``32``).
         targets_per_row (int, optional): targets per source (default: ``256``).
@@ -150,7 +150,7 @@ class ProdigeCompression(nn.Module):
     """
 
     def __init__(self, target_params_per_instance: float | None = None, *, sparsity: float = 0.0,
-                 epochs: int = 6, finetune_epochs: int = 24, lr: float = 0.05, batch_size: int = 32,
+                 epochs: int = 10, finetune_epochs: int = 30, lr: float = 0.05, batch_size: int = 32,
                  targets_per_row: int = 256, knn: int = 8, hubs: int = 40, hub_links: int = 4,
                  verbose: bool = True, seed: int | None = None):
         super().__init__()
