@@ -367,3 +367,16 @@ def test_soft_mode_unreachable_pairs_use_all_candidates(monkeypatch, soft):
     assert f"soft={soft}" in repr(g)
     with pytest.raises(TypeError, match="soft"):
         ProdigeGraph(torch.tensor([[0], [1]]), 2, soft=1)
+
+
+def test_soft_mode_compiles_fullgraph_without_recompiles():
+    """The soft training forward (two searches + where) under torch.compile(fullgraph=True,
+    dynamic=True): one graph across batch sizes, the eager values."""
+    from tests._compile import count_compiles
+
+    g = ProdigeGraph(torch.tensor([[0, 1, 2, 0], [1, 2, 3, 3]]), 5, init_prob=0.5, soft=True).train()
+    calls = [(torch.arange(b) % 5, torch.arange(5).expand(b, 5), 7) for b in (2, 3, 4)]
+    outs, graphs = count_compiles(lambda s, d, seed: g(s, d, seed=seed), *calls)
+    assert graphs == 1
+    for (s, d, seed), out in zip(calls, outs):
+        torch.testing.assert_close(out, g(s, d, seed=seed))
