@@ -116,15 +116,17 @@ class ProdigeCompression(nn.Module):
     3. *Sparsification.* With ``target_params_per_instance`` the graph is brought to exactly
        ``floor((budget - 1) N / 2)`` edges in 8 geometric rounds that keep the edges carrying
        the most shortest paths (a maximum-usage spanning forest first), fine-tuning the lengths
-       for 2 epochs after each round at the full learning rate. Without a budget the edges that no shortest path of an
-       epoch uses, neither at the initial nor at the trained lengths, are dropped.
+       for 2 epochs after each round at the full learning rate. Without a budget the edges
+       that no shortest path of an epoch uses, neither at the initial nor at the trained
+       lengths, are dropped.
     4. *Fine-tune.* ``finetune_epochs`` epochs on the deterministic graph, learning rate
        decaying linearly to 0 (the Adam state carries over from the pruning rounds). The loss
        at a constant rate stalls at a noise floor; the decay is what brings it down.
 
     On scikit-learn's digits (1,797 points) at 4 numbers per point the defaults reach a
-    distance MSE 3.1x below metric MDS-4 (0.0094 vs 0.029); at 8 numbers MDS-8 is ahead
-    (0.0077 vs 0.0064) (``benchmarks/README.md``).
+    distance MSE 3.1x below metric MDS-4 (0.0094-0.0096 vs 0.029); at 8 numbers MDS-8 is ahead
+    (0.0079 vs 0.0064): the unpruned candidate graph itself only trains to about 0.0075
+    there (``benchmarks/README.md``).
 
     Args:
         target_params_per_instance (float, optional): memory budget in stored numbers per point
