@@ -193,13 +193,18 @@ class ProdigeGraph(nn.Module):
             (default: ``10.0``).
         learn_default_distance (bool, optional): make ``default_distance`` a parameter
             (default: ``False``).
+        soft (bool, optional): the original PRODIGE's soft mode: in training mode a pair with
+            no path in its sampled graph takes its distance in the graph of *all* candidate
+            edges (absent edges stay usable), so it gets a path gradient instead of the
+            constant ``default_distance``. One extra search per row; eval mode is unchanged
+            (default: ``False``).
         sparse (bool, optional): gradients of the edge parameters are sparse COO tensors, for
             :class:`torch.optim.SparseAdam` (like ``nn.Embedding(sparse=True)``) (default: ``False``).
     """
 
     def __init__(self, edge_index: torch.Tensor, num_nodes: int, *, directed: bool = False,
                  init_weight: float | torch.Tensor = 1.0, init_prob: float = 0.9, default_distance: float = 10.0,
-                 learn_default_distance: bool = False, sparse: bool = False):
+                 learn_default_distance: bool = False, sparse: bool = False, soft: bool = False):
         super().__init__()
         check.positive_int("num_nodes", num_nodes)
         check.edge_index("edge_index", edge_index, num_nodes)
@@ -208,6 +213,7 @@ class ProdigeGraph(nn.Module):
         bool_arg("directed", directed)
         bool_arg("learn_default_distance", learn_default_distance)
         bool_arg("sparse", sparse)
+        self.soft = bool_arg("soft", soft)
         check.in_range("init_prob", init_prob, 0.0, 1.0, lo_open=True, hi_open=True)
         check.in_range("default_distance", default_distance, 0.0, math.inf, lo_open=True, hi_open=True)
         edge_index = edge_index.long()
@@ -377,6 +383,10 @@ class ProdigeGraph(nn.Module):
             p = torch.sigmoid(self.presence_logit.detach())[self.perm]
             dist, pred = torch.ops.tgrep.shortest_paths(self.indptr, self.indices, w, src, targets, p, seed_t, True)
             self._last = (seed_t, src, pred, p)  # one slot (a list would recompile per length)
+            if self.soft:  # unreachable in the sample: the all-candidates graph's distance
+                full, _ = torch.ops.tgrep.shortest_paths(self.indptr, self.indices, w, src, targets, None, seed_t,
+                                                         w.requires_grad and torch.is_grad_enabled())
+                dist = torch.where(torch.isinf(dist), full, dist)
         else:
             w = self._csr_weight(True)
             need_pred = w.requires_grad and torch.is_grad_enabled()
@@ -532,7 +542,7 @@ class ProdigeGraph(nn.Module):
     def extra_repr(self) -> str:
         return (f"num_nodes={self.num_nodes}, num_edges={self.num_edges}, directed={self.directed}, "
                 f"init_prob={self.init_prob:g}, default_distance={self._init_default:g}, "
-                f"learn_default_distance={self.learn_default_distance}, sparse={self.sparse}")
+                f"learn_default_distance={self.learn_default_distance}, sparse={self.sparse}, soft={self.soft}")
 
 
 def knn_edges(x: torch.Tensor, k: int) -> torch.Tensor:
