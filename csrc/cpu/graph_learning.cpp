@@ -5,7 +5,8 @@
 // max_w = inf give the plain model).
 //
 // Layout: the support as a symmetric CSR (`build_csr`): every undirected edge has a slot in
-// the row of each endpoint, neighbour ids int32, values float32/float64. Both slots of an
+// the row of each endpoint, nodes renumbered breadth-first, neighbour ids int32, values
+// float32/float64. Both slots of an
 // edge compute bit-identical updates (v_i + v_j == v_j + v_i in IEEE arithmetic), so the
 // two copies never drift apart, and every per-node sum (K w, K P) is a sequential row sum:
 // no atomics, no incidence gathers. One iteration is two passes over the rows:
@@ -22,8 +23,11 @@
 #include <cstdint>
 #include <vector>
 
-// CSR of the symmetric support: ptr [n+1], nbr [2E] int32, eid [2E] (edge of each slot),
-// first [E] (the slot of edge e in the row of row[e]).
+// CSR of the symmetric support, nodes renumbered in breadth-first order (neighbours get nearby
+// ids, so the per-slot gathers v[j], p[j] hit the cache; BFS never leaves a connected component
+// and starts from the smallest unvisited id, so the node ranges of a batch's graphs are kept):
+// ptr [n+1] and nbr [2E] int32 in the new numbering, eid [2E] (edge of each slot),
+// first [E] (a slot of every edge; both slots of an edge hold the same value).
 std::vector<torch::Tensor> build_csr(torch::Tensor row, torch::Tensor col, int64_t n) {
   TORCH_CHECK(row.is_contiguous() && col.is_contiguous() && row.scalar_type() == torch::kInt64 &&
               col.scalar_type() == torch::kInt64 && row.numel() == col.numel(), "build_csr: int64 row/col expected");
@@ -31,29 +35,62 @@ std::vector<torch::Tensor> build_csr(torch::Tensor row, torch::Tensor col, int64
   const int64_t E = row.numel();
   const int64_t* r = row.data_ptr<int64_t>();
   const int64_t* c = col.data_ptr<int64_t>();
+  std::vector<int64_t> op(n + 1, 0);
+  for (int64_t e = 0; e < E; ++e) {
+    TORCH_CHECK(r[e] >= 0 && r[e] < n && c[e] >= 0 && c[e] < n, "build_csr: index out of range");
+    ++op[r[e] + 1];
+    ++op[c[e] + 1];
+  }
+  for (int64_t i = 0; i < n; ++i) op[i + 1] += op[i];
+  std::vector<int64_t> cur(op.begin(), op.end() - 1);
+  std::vector<int32_t> onb(2 * E);
+  std::vector<int64_t> oei(2 * E);
+  for (int64_t e = 0; e < E; ++e) {
+    const int64_t a = cur[r[e]]++, b = cur[c[e]]++;
+    onb[a] = int32_t(c[e]);
+    oei[a] = e;
+    onb[b] = int32_t(r[e]);
+    oei[b] = e;
+  }
+  // breadth-first order: perm[new] = old, inv[old] = new
+  std::vector<int32_t> perm;
+  perm.reserve(n);
+  std::vector<int32_t> inv(n, -1);
+  for (int64_t s = 0; s < n; ++s) {
+    if (inv[s] >= 0) continue;
+    size_t head = perm.size();
+    inv[s] = int32_t(perm.size());
+    perm.push_back(int32_t(s));
+    while (head < perm.size()) {
+      const int32_t u = perm[head++];
+      for (int64_t a = op[u]; a < op[u + 1]; ++a) {
+        const int32_t j = onb[a];
+        if (inv[j] < 0) {
+          inv[j] = int32_t(perm.size());
+          perm.push_back(j);
+        }
+      }
+    }
+  }
   auto opt = torch::TensorOptions().dtype(torch::kInt64);
-  torch::Tensor ptr = torch::zeros({n + 1}, opt);
+  torch::Tensor ptr = torch::empty({n + 1}, opt);
   torch::Tensor nbr = torch::empty({2 * E}, torch::TensorOptions().dtype(torch::kInt32));
   torch::Tensor eid = torch::empty({2 * E}, opt);
   torch::Tensor first = torch::empty({E}, opt);
   int64_t* pp = ptr.data_ptr<int64_t>();
-  for (int64_t e = 0; e < E; ++e) {
-    TORCH_CHECK(r[e] >= 0 && r[e] < n && c[e] >= 0 && c[e] < n, "build_csr: index out of range");
-    ++pp[r[e] + 1];
-    ++pp[c[e] + 1];
-  }
-  for (int64_t i = 0; i < n; ++i) pp[i + 1] += pp[i];
-  std::vector<int64_t> cur(pp, pp + n);
   int32_t* nb = nbr.data_ptr<int32_t>();
   int64_t* ei = eid.data_ptr<int64_t>();
   int64_t* fs = first.data_ptr<int64_t>();
-  for (int64_t e = 0; e < E; ++e) {
-    const int64_t a = cur[r[e]]++, b = cur[c[e]]++;
-    nb[a] = int32_t(c[e]);
-    ei[a] = e;
-    fs[e] = a;
-    nb[b] = int32_t(r[e]);
-    ei[b] = e;
+  int64_t k = 0;
+  pp[0] = 0;
+  for (int64_t u = 0; u < n; ++u) {
+    const int32_t i = perm[u];
+    for (int64_t a = op[i]; a < op[i + 1]; ++a, ++k) {
+      nb[k] = inv[onb[a]];
+      ei[k] = oei[a];
+      fs[oei[a]] = k;
+    }
+    pp[u + 1] = k;
   }
   return {ptr, nbr, eid, first};
 }

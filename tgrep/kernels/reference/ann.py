@@ -129,18 +129,16 @@ def _exact_sample(xc, q, kk, chunk=64):
     return torch.cat(out)
 
 
-def ivf(x: torch.Tensor, k: int, loop: bool, *, num_threads: int = 1, bar=None, recall: float | None = None,
+def ivf(x: torch.Tensor, k: int, loop: bool, *, mod, num_threads: int = 1, bar=None, recall: float | None = None,
         list_size: int | None = None, probes: int | None = None, seed: int = 0, info: dict | None = None):
     """Inverted-file kNN of every row among the rows, exact inside each row's candidate lists.
 
     ``bar`` advances by ``n``; ``info`` (a dict, optional) receives ``lists``, ``probes``,
     ``sample_recall`` (the recall estimate that chose ``probes``) and ``repaired`` rows.
+    ``mod``: the C++ extension ``csrc/cpu/knn.cpp`` (its heap selection).
     """
     from threadpoolctl import threadpool_limits
 
-    from ..._ext import load_cpp
-
-    mod = load_cpp("knn")
     recall = IVF_RECALL if recall is None else recall
     list_size = list_size or IVF_LIST
     n, d = x.shape
