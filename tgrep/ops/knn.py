@@ -35,7 +35,7 @@ from ..utils import check
 from ..utils.progress import log
 
 METHODS = ("auto", "exact", "ivf", "hnsw", "faiss", "nndescent")
-AUTO_EXACT_MAX = 200_000  # measured: at 100k learn_graph on HNSW 206 s vs exact 196 s (same run)
+AUTO_EXACT_MAX = 50_000  # above it the IVF search is several times faster than the exact one (see benchmarks/README.md)
 
 
 def _have(module: str) -> bool:
