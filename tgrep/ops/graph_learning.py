@@ -315,8 +315,8 @@ def learn_graph(x: torch.Tensor, k: int = 10, *, r: float = 3, theta: float | No
         model (str): ``'log'`` (eq. 3) or ``'l2'`` (eq. 4; plain-torch FISTA with an exact
             simplex projection per iteration: for comparisons and small graphs).
             (default: ``'log'``)
-        knn (str): ``'auto'`` (exact up to 200,000 nodes, faiss HNSW beyond, exact with
-            ``batch`` and on CUDA), ``'exact'``, ``'hnsw'``, ``'faiss'`` or ``'nndescent'``
+        knn (str): ``'auto'`` (exact up to 50,000 nodes, the IVF search beyond, exact with
+            ``batch`` and on CUDA), ``'exact'``, ``'ivf'``, ``'hnsw'``, ``'faiss'`` or ``'nndescent'``
             (see :func:`tgrep.ops.knn`); the method used is ``info['knn_method']``. (default: ``'auto'``)
         max_iter (int): solver iteration cap. (default: ``1000``)
         tol (float): relative primal/dual change to stop at. (default: ``1e-5``)

@@ -87,10 +87,12 @@ def hnsw(x: torch.Tensor, k: int, loop: bool, *, num_threads: int = 1, bar=None,
     return _finish(D, I, n, k, loop)
 
 
-def _repair(x: torch.Tensor, D: np.ndarray, I: np.ndarray, kk: int, block: int = 1024, self_excluded: bool = False):
+def _repair(x: torch.Tensor, D: np.ndarray, I: np.ndarray, kk: int, block: int = 1024, self_excluded: bool = False,
+            also: torch.Tensor | None = None):
     """Re-query exactly the rows whose HNSW search got stuck: a row is stuck when some point that
     found it is nearer to it than the nearest point it found itself (a search that ended in the
-    wrong region of a clustered set; "nearer" meaning by a factor ``STUCK``). Cost O(stuck · n · d); in place on ``D``, ``I``."""
+    wrong region of a clustered set; "nearer" meaning by a factor ``STUCK``), and the rows flagged
+    in ``also``. Cost O(stuck · n · d); in place on ``D``, ``I``."""
     n = D.shape[0]
     Dt = torch.from_numpy(D)
     It = torch.from_numpy(I)
@@ -100,7 +102,10 @@ def _repair(x: torch.Tensor, D: np.ndarray, I: np.ndarray, kk: int, block: int =
     rev = torch.full((n,), float("inf"))
     rev.scatter_reduce_(0, src[ok], Dt.reshape(-1)[ok], "amin")
     nearest = torch.where(It[:, 0] == torch.arange(n), Dt[:, min(1, kk - 1)], Dt[:, 0])
-    stuck = torch.nonzero(rev < STUCK * nearest).reshape(-1)
+    bad = rev < STUCK * nearest
+    if also is not None:   # rows that must be re-searched anyway (e.g. fewer than kk found)
+        bad |= also
+    stuck = torch.nonzero(bad).reshape(-1)
     del rows, ok, src
     if stuck.numel() == 0:
         return 0
@@ -193,7 +198,15 @@ def ivf(x: torch.Tensor, k: int, loop: bool, *, mod, num_threads: int = 1, bar=N
     best_i = torch.full((n, max(kk, 1)), -1, dtype=torch.long)
     empty = torch.empty(0, dtype=torch.long)
     lp = lptr.tolist()
-    nbr = cnbr[:, :probes].tolist()
+    sizes = lptr.diff().tolist()
+    nbr = []
+    full = cnbr.tolist()
+    for li in range(nlist):   # at least kk + 1 candidates per list (k-means can leave tiny lists)
+        take, have = probes, sum(sizes[j] for j in full[li][:probes])
+        while have < kk + 1 and take < pmax:
+            have += sizes[full[li][take]]
+            take += 1
+        nbr.append(full[li][:take] if have >= kk + 1 else list(range(nlist)))
     workers = max(1, min(int(num_threads), nlist))
     chunk = 1024
 
@@ -234,7 +247,8 @@ def ivf(x: torch.Tensor, k: int, loop: bool, *, mod, num_threads: int = 1, bar=N
     bi = torch.where(best_i >= 0, order[best_i.clamp_min(0)], best_i)
     D[order.numpy()] = best_d.numpy()
     I[order.numpy()] = bi.numpy()
-    fixed = _repair(x, D, I, max(kk, 1), self_excluded=not loop) if kk > 0 else 0
+    fixed = _repair(x, D, I, max(kk, 1), self_excluded=not loop, also=torch.from_numpy(I[:, -1] < 0)) \
+        if kk > 0 else 0
     if info is not None:
         info.update(lists=nlist, probes=probes, sample_recall=est, repaired=fixed)
     return _finish(D, I, n, k, True)
