@@ -9,10 +9,10 @@
    best Gaussian σ (oracle, per method) at the same mean degree (+ disconnected nodes);
 4. cost: n in {10k, 30k, 60k, 100k}, d = 64, k = 10, vs scikit-learn's brute-force
    (3k+1)-NN on the same data (target at 60k: ≤ 3x);
-5. scale (only with ``--scale``, not in ``make test``): A-NN methods side by side at 100k
-   (recall, time vs the exact kNN), the learned graph on the HNSW support vs on the exact one
-   (relative ℓ1, target ≤ 0.10), and the default pipeline at 100k and 1M (d = 68, k = 10;
-   target t(1M)/t(100k) ≤ 15x, degree within 20% of k);
+5. scale (only with ``--scale``, not in ``make test``): A-NN methods (IVF, HNSW) side by side at
+   100k (recall, time), the learned graph on the default (IVF) support vs on the exact one
+   (relative ℓ1, target ≤ 0.10), and the default pipeline at 100k and 1M in the same run
+   (d = 68, k = 10; targets: 1M ≤ 300 s, t(1M)/t(100k) ≤ 15x, degree within 20% of k);
 6. batch: ``learn_graph(x, batch=...)`` on Tox21_AR-LBD (4,134 molecules, one-hot atoms, k = 3)
    in one call, over the number of graphs (target: time proportional to the total size).
 
@@ -348,105 +348,84 @@ def recall(idx_a, idx_b):
     return hits / (n * k)
 
 
-def part_scale_max(n_max):
-    """Only the default pipeline at n_max (its ratio to 100k then comes from another run)."""
-    import os
+def _sample_recall(x, idx, m, q):
+    """Recall of the neighbour lists ``idx[q]`` against the exact ``m`` nearest of the rows ``q``."""
+    from tgrep.kernels.reference.ann import _exact_sample
 
-    k = 10
-    rep = Report(f"learn_graph_scale_{n_max // 1000}k", "cpu", d=68, k=k, load_start=os.getloadavg(),
-                 data="census_like (see part 5)")
-    learn_graph(census_like(2000), k)
-    x = census_like(n_max)
-    t0 = time.perf_counter()
-    _, _, info = learn_graph(x, k, return_info=True, verbose=True)
-    t = time.perf_counter() - t0
+    xc = x.float() - x.float().mean(0, keepdim=True)
+    return recall(idx[q], _exact_sample(xc, q, m))
+
+
+def _peak_gb():
     import resource
 
-    rep.meta["load_end"] = os.getloadavg()
-    rep.meta["peak_rss_gb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20, 2)
-    rep.add(f"census_like n={n_max} learn_graph (defaults)", t, None, knn_method=info["knn_method"],
-            knn_s=round(info["time_knn"], 1), theta_support_s=round(info["time_theta_support"], 1),
-            solve_s=round(info["time_solve"], 1), iterations=info["iterations"],
-            degree=round(info["mean_degree"], 3), isolated=info["isolated_nodes"], edges=info["support_edges"],
-            converged=info["converged"])
-    rep.finish()
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20, 2)
 
 
-def part_scale(quick, n_max, datasets=("census_like",), with_nndescent=False):
-    """ANN methods side by side at 100k (recall, time), the learned graph on the A-NN support vs
-    on the exact support at 100k, and the default pipeline at n_max (1M)."""
+def part_scale(quick, n_max, datasets=("census_like",)):
+    """kNN methods side by side at 100k (recall on 2,000 sampled queries, time), the learned
+    graph on the default (A-NN) support vs on the exact support at 100k, and the default pipeline
+    at n_max (1M) in the same run: time, growth over 100k, per-stage times, degree, recall of
+    the kNN stage (1,000 sampled queries), peak memory."""
     import os
 
-    from tgrep.ops.knn import knn
+    from tgrep.ops.knn import knn, resolve_method
 
     k, d = 10, 68
     m = 3 * k
     n_small = 20_000 if quick else 100_000
-    load0 = os.getloadavg()
-    rep = Report("learn_graph_scale", "cpu", d=d, k=k, r=3, threads=torch.get_num_threads(), load_start=load0,
-                 data="census_like: 50 clusters x 8-d random subspaces + 0.1 isotropic noise, d=68; "
-                      "gaussian: 50 isotropic unit Gaussians (centres N(0, 4 I)), d=68",
-                 target="t(1M)/t(100k) <= 15x; 1M <= 300 s; degree within 20% of k; "
+    rep = Report("learn_graph_scale", "cpu", d=d, k=k, r=3, threads=torch.get_num_threads(),
+                 load_start=os.getloadavg(),
+                 data="census_like: 50 clusters x 8-d random subspaces + 0.1 isotropic noise, d=68",
+                 target="t(1M)/t(100k) <= 15x (same run); 1M <= 300 s; degree within 20% of k; "
                         "100k: rel. l1 (A-NN vs exact support) <= 0.10")
     learn_graph(census_like(2000), k)   # warm-up: builds / loads the C++ kernels
-    from tgrep.ops.knn import resolve_method
-
-    for name in datasets:
-        x = census_like(n_small) if name == "census_like" else big_mixture(n_small, d=d)
-        # recall on 2,000 sampled queries against their exact lists (a full exact kNN is timed
-        # inside learn_graph(knn='exact') below)
-        q = torch.randperm(n_small, generator=torch.Generator().manual_seed(0))[:2000]
-        dq = torch.cdist(x[q], x).pow(2)
-        dq[torch.arange(q.numel()), q] = math.inf
-        exact_q = torch.topk(dq, m, largest=False).indices
-        del dq
-        for method in ("hnsw",) + (("nndescent",) if with_nndescent else ()):
-            try:
-                t0 = time.perf_counter()
-                _, idx = knn(x, m, method=method)
-                t = time.perf_counter() - t0
-            except ImportError:
-                continue
-            rep.add(f"{name} n={n_small} knn {method}", t, None, recall=round(recall(idx[q], exact_q), 4))
-            rep.finish()
-        graphs = {}
-        for method in ("exact", "hnsw"):
-            t0 = time.perf_counter()
-            ei, ew, info = learn_graph(x, k, knn=method, return_info=True)
-            graphs[method] = (time.perf_counter() - t0, (ei, ew), info)
-        (te, ge, ie), (ta, ga, ia) = graphs["exact"], graphs["hnsw"]
-        if name == "census_like":
-            t_auto, _, i_auto = graphs[resolve_method("auto", n_small, torch.device("cpu"), False)]
-            auto_small = (t_auto, i_auto)
-        rep.add(f"{name} n={n_small} learn_graph hnsw vs exact support", ta, te, peer="learn_graph(knn='exact')",
-                rel_l1=round(rel_l1(ga, ge, n_small), 4), degree_hnsw=round(ia["mean_degree"], 2),
-                degree_exact=round(ie["mean_degree"], 2), iterations=ia["iterations"],
-                iterations_exact=ie["iterations"], knn_s=round(ia["time_knn"], 1),
-                knn_exact_s=round(ie["time_knn"], 1))
-        rep.finish()
-        del x, graphs
-    # the default pipeline at n_small (the run above whose method 'auto' picks) and at n_max
-    results = {n_small: auto_small}
-    for n in (n_max,):
-        x = census_like(n)
+    x = census_like(n_small)
+    q = torch.randperm(n_small, generator=torch.Generator().manual_seed(0))[:2000]
+    for method in ("ivf", "hnsw"):
         t0 = time.perf_counter()
-        _, _, info = learn_graph(x, k, return_info=True, verbose=True)
-        results[n] = (time.perf_counter() - t0, info)
-        del x
-    (t1, i1), (t2, i2) = results[n_small], results[n_max]
-    for n, (t, info) in results.items():
-        rep.add(f"census_like n={n} learn_graph (defaults)", t, t1, peer=f"same at n={n_small}",
-                growth=round(t / t1, 2), knn_method=info["knn_method"], knn_s=round(info["time_knn"], 1),
-                theta_support_s=round(info["time_theta_support"], 1), solve_s=round(info["time_solve"], 1),
-                iterations=info["iterations"], degree=round(info["mean_degree"], 2),
-                isolated=info["isolated_nodes"], edges=info["support_edges"])
+        _, idx = knn(x, m, method=method)
+        t = time.perf_counter() - t0
+        rep.add(f"census_like n={n_small} knn {method} ({m} neighbours)", t, None,
+                recall=round(_sample_recall(x, idx, m, q), 4))
+        rep.finish()
+    graphs = {}
+    for method in ("exact", "auto"):
+        t0 = time.perf_counter()
+        ei, ew, info = learn_graph(x, k, knn=method, return_info=True)
+        graphs[method] = (time.perf_counter() - t0, (ei, ew), info)
+    (te, ge, ie), (ta, ga, ia) = graphs["exact"], graphs["auto"]
+    rep.add(f"census_like n={n_small} learn_graph defaults (knn={ia['knn_method']}) vs exact support", ta, te,
+            peer="learn_graph(knn='exact')", rel_l1=round(rel_l1(ga, ge, n_small), 4),
+            degree=round(ia["mean_degree"], 2), degree_exact=round(ie["mean_degree"], 2),
+            iterations=ia["iterations"], iterations_exact=ie["iterations"], knn_s=round(ia["time_knn"], 1),
+            knn_exact_s=round(ie["time_knn"], 1), solve_s=round(ia["time_solve"], 1),
+            solve_exact_s=round(ie["time_solve"], 1))
+    rep.finish()
+    t_small, i_small = ta, ia
+    del x, graphs, ge, ga
+    # the default pipeline at n_max, same run
+    x = census_like(n_max)
+    q = torch.randperm(n_max, generator=torch.Generator().manual_seed(0))[:1000]
+    t0 = time.perf_counter()
+    _, idx = knn(x, m)
+    t_knn = time.perf_counter() - t0
+    rec = _sample_recall(x, idx, m, q)
+    del idx
+    rep.add(f"census_like n={n_max} knn defaults ({resolve_method('auto', n_max, torch.device('cpu'), False)}, "
+            f"{m} neighbours) alone", t_knn, None, recall=round(rec, 4))
+    rep.finish()
+    t0 = time.perf_counter()
+    _, _, info = learn_graph(x, k, return_info=True, verbose=True)
+    t = time.perf_counter() - t0
+    for n, (tt, inf_) in ((n_small, (t_small, i_small)), (n_max, (t, info))):
+        rep.add(f"census_like n={n} learn_graph (defaults)", tt, t_small, peer=f"same at n={n_small}",
+                growth=round(tt / t_small, 2), knn_method=inf_["knn_method"], knn_s=round(inf_["time_knn"], 1),
+                theta_support_s=round(inf_["time_theta_support"], 1), solve_s=round(inf_["time_solve"], 1),
+                iterations=inf_["iterations"], converged=inf_["converged"], solver_threads=inf_["threads"],
+                degree=round(inf_["mean_degree"], 3), isolated=inf_["isolated_nodes"], edges=inf_["support_edges"])
     rep.meta["load_end"] = os.getloadavg()
-    try:
-        import resource
-
-        rep.meta["peak_rss_gb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20, 2)
-    except Exception:
-        pass
+    rep.meta["peak_rss_gb"] = _peak_gb()
     rep.finish()
 
 
@@ -512,8 +491,7 @@ def main():
          "labelprop": lambda: part_labelprop(args.quick),
          "cost": lambda: part_cost(args.quick, sizes),
          "batch": lambda: part_batch(args.quick),
-         "scale": lambda: part_scale(args.quick, args.n_max),
-         "scale_max": lambda: part_scale_max(args.n_max)}[part]()
+         "scale": lambda: part_scale(args.quick, args.n_max)}[part]()
         print(f"[{part}: {time.perf_counter() - t0:.0f} s]")
 
 

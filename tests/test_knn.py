@@ -134,3 +134,22 @@ def test_knn_cuda_larger(seed):
     assert (idx.cpu() == i2).float().mean() > 0.999
     ei, ew = tgrep.learn_graph(x, 10)
     assert ei.is_cuda and (ew > 0).all()
+
+
+def test_ivf_recall_and_exact_distances():
+    """IVF: the probe count is chosen by a sampled recall check (target 0.99), distances of the
+    neighbours found are exact, no row is left without k neighbours, self excluded."""
+    pytest.importorskip("faiss")
+    from tgrep.kernels.reference.knn import knn_dense
+
+    g = torch.Generator().manual_seed(3)
+    centers = torch.randn(8, 6, generator=g) * 4
+    x = centers[torch.randint(0, 8, (3000,), generator=g)] + torch.randn(3000, 6, generator=g)
+    d, i = tgrep.ops.knn(x, 10, method="ivf")
+    de, ie = knn_dense(x, x, 10, loop=False, self_query=True)
+    rec = float((i[:, :, None] == ie[:, None, :]).any(1).double().mean())
+    assert rec >= 0.97, rec
+    assert bool((i >= 0).all()) and bool((i != torch.arange(3000)[:, None]).all())
+    exact = ((x[:, None, :] - x[i]) ** 2).sum(-1)
+    torch.testing.assert_close(d, exact, rtol=1e-4, atol=1e-4)
+    assert bool((d.diff(dim=1) >= 0).all())

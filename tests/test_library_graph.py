@@ -55,16 +55,60 @@ def test_opcheck_fbf(seed, backend):
     x, row, col, z = _support(30)
     w0 = torch.rand(z.shape, dtype=torch.float64)
     with tgrep.use_backend(backend):
-        for args in ((row, col, z, None, 30, 0.0, math.inf, 50, 1e-6, 0.9, 1, False),
-                     (row, col, z, w0, 30, 0.5, 0.3, 50, 1e-6, 0.9, 1, False)):
+        batch = (torch.arange(30) >= 15).long()
+        inside = batch[row] == batch[col]
+        for args in ((row, col, z, None, None, 1, 30, 0.0, math.inf, 50, 1e-6, 0.9, 1, False),
+                     (row, col, z, w0, None, 1, 30, 0.5, 0.3, 50, 1e-6, 0.9, 1, False),
+                     (row[inside], col[inside], z[inside], None, batch, 2, 30, 0.0, math.inf, 50, 1e-6, 0.9, 1,
+                      False)):
             torch.library.opcheck(torch.ops.tgrep.graph_learning_fbf.default, args)
+
+
+def test_opcheck_knn_ivf(seed):
+    pytest.importorskip("faiss")
+    x = torch.randn(1500, 4)
+    torch.library.opcheck(torch.ops.tgrep.knn.default, (x, 5, None, False, "ivf", 0, 1, False))
+
+
+@pytest.mark.parametrize("backend", ["reference", "cpp"])
+def test_fbf_batch_equals_graphs_one_by_one(seed, backend):
+    """Each graph of a batch is its own problem (own step, own stopping test): the batched solve
+    gives, bit for bit, what every graph gives alone, iterations included."""
+    parts, offs = [], 0
+    for n in (12, 25, 18):
+        _, r, c, zz = _support(n)
+        parts.append((r + offs, c + offs, zz, n))
+        offs += n
+    row = torch.cat([p[0] for p in parts])
+    col = torch.cat([p[1] for p in parts])
+    z = torch.cat([p[2] for p in parts])
+    batch = torch.repeat_interleave(torch.arange(3), torch.tensor([p[3] for p in parts]))
+    with tgrep.use_backend(backend):
+        w, st = torch.ops.tgrep.graph_learning_fbf(row, col, z, None, batch, 3, offs, 0.0, math.inf, 5000, 1e-7, 0.9,
+                                                   1, False)
+        its, start, off = [], 0, 0
+        for r, c, zz, n in parts:
+            w1, st1 = torch.ops.tgrep.graph_learning_fbf(r - off, c - off, zz, None, None, 1, n, 0.0, math.inf, 5000,
+                                                         1e-7, 0.9, 1, False)
+            assert torch.equal(w[start:start + zz.numel()], w1)
+            its.append(int(st1[0]))
+            start += zz.numel()
+            off += n
+    assert int(st[0]) == max(its) and len(set(its)) > 1   # graphs stopped at different iterations
+
+
+def test_fbf_rejects_edges_between_graphs(seed):
+    x, row, col, z = _support(20)
+    batch = (torch.arange(20) >= 10).long()
+    with pytest.raises(ValueError, match="between different graphs"):
+        torch.ops.tgrep.graph_learning_fbf(row, col, z, None, batch, 2, 20, 0.0, math.inf, 10, 1e-6, 0.9, 1, False)
 
 
 def test_knn_and_fbf_compile_fullgraph_without_recompiles(seed):
     def f(x, row, col, z):
         d, i = torch.ops.tgrep.knn(x, 3, None, False, "exact", 0, 1, False)
-        w, st = torch.ops.tgrep.graph_learning_fbf(row, col, z, None, x.shape[0], 0.0, math.inf, 30, 1e-6, 0.9,
-                                                   1, False)
+        w, st = torch.ops.tgrep.graph_learning_fbf(row, col, z, None, None, 1, x.shape[0], 0.0, math.inf, 30, 1e-6,
+                                                   0.9, 1, False)
         return d.sum() + w.sum(), i
 
     calls = []

@@ -2,104 +2,249 @@
 //   min_{0 <= w <= max_w}  2 zᵀw − 1ᵀ log(K w) + ‖w‖² + c‖w − w0‖²,
 //   K = "sum over incident edges" (edges -> degrees)
 // (z already multiplied by θ; α = β = 1; the prior term and the cap as in GSPBox; c = 0 and
-// max_w = inf give the plain model). Indices are validated by the custom op tgrep::graph_learning_fbf
-// before this runs (row/col in [0, n)); the incidence CSR is built by the host code. One call runs up to `steps` iterations in place on
-// (w, v) and returns [iterations done, rel. primal change, rel. dual change]; `P` receives the
-// last prox output (exactly 0 on inactive edges). Twin: tgrep/kernels/reference/graph_learning.py.
+// max_w = inf give the plain model).
+//
+// Layout: the support as a symmetric CSR (`build_csr`): every undirected edge has a slot in
+// the row of each endpoint, nodes renumbered breadth-first, neighbour ids int32, values
+// float32/float64. Both slots of an
+// edge compute bit-identical updates (v_i + v_j == v_j + v_i in IEEE arithmetic), so the
+// two copies never drift apart, and every per-node sum (K w, K P) is a sequential row sum:
+// no atomics, no incidence gathers. One iteration is two passes over the rows:
+//   A: Y = w − γ(h2 w − 2c w0 + v_i + v_j), P = clip(Y − 2γz), then per node
+//      y = v + γ Kw, p = (y − √(y² + 4γ)) / 2, v' = p + γ KP − γ Kw        (dual, stored aside)
+//   B: w += P − γ(h2 P − 2c w0 + p_i + p_j) − Y     (Y recomputed from w and the old v)
+// Graphs of a batch (`gptr`: node ranges) are independent problems: each has its own step
+// γ_g and its own stopping test, exactly as if it were solved alone; a single graph runs its
+// rows in parallel, a batch runs its graphs in parallel. Indices are validated by the custom
+// op tgrep::graph_learning_fbf before this runs; `build_csr` bounds-checks them again.
+// Twin: tgrep/kernels/reference/graph_learning.py (log_model).
 #include <torch/extension.h>
 #include <cmath>
+#include <cstdint>
 #include <vector>
 
-template <typename T>
-static std::vector<double> fbf_impl(const torch::Tensor& row, const torch::Tensor& col, const torch::Tensor& z,
-                                    const torch::Tensor& inc_ptr, const torch::Tensor& inc_idx, torch::Tensor& w,
-                                    torch::Tensor& v, torch::Tensor& P, const torch::Tensor& w0, double c_d, double max_w_d,
-                                    double gamma_d, int64_t steps, double tol, int64_t nt) {
-  const int64_t E = z.numel(), n = v.numel();
+// CSR of the symmetric support, nodes renumbered in breadth-first order (neighbours get nearby
+// ids, so the per-slot gathers v[j], p[j] hit the cache; BFS never leaves a connected component
+// and starts from the smallest unvisited id, so the node ranges of a batch's graphs are kept):
+// ptr [n+1] and nbr [2E] int32 in the new numbering, eid [2E] (edge of each slot),
+// first [E] (a slot of every edge; both slots of an edge hold the same value).
+std::vector<torch::Tensor> build_csr(torch::Tensor row, torch::Tensor col, int64_t n) {
+  TORCH_CHECK(row.is_contiguous() && col.is_contiguous() && row.scalar_type() == torch::kInt64 &&
+              col.scalar_type() == torch::kInt64 && row.numel() == col.numel(), "build_csr: int64 row/col expected");
+  TORCH_CHECK(n >= 0 && n < (int64_t(1) << 31), "build_csr: num_nodes must be < 2^31");
+  const int64_t E = row.numel();
   const int64_t* r = row.data_ptr<int64_t>();
   const int64_t* c = col.data_ptr<int64_t>();
-  const T* zp = z.data_ptr<T>();
-  const int64_t* ip = inc_ptr.data_ptr<int64_t>();
-  const int64_t* ii = inc_idx.data_ptr<int64_t>();
-  T* wp = w.data_ptr<T>();
-  T* vp = v.data_ptr<T>();
-  T* Pp = P.data_ptr<T>();
-  std::vector<T> Y(E), p(n);
-  const T g = T(gamma_d);
-  const bool prior = w0.numel() == E && c_d > 0;
-  const T* w0p = prior ? w0.data_ptr<T>() : nullptr;
-  const T h2 = T(2) * T(1 + (prior ? c_d : 0.0));  // gradient of ‖w‖² + c‖w − w0‖² is h2·w − 2c·w0
-  const T c2 = T(2) * T(prior ? c_d : 0.0);
-  const T cap = T(max_w_d);
-  double rel_p = INFINITY, rel_d = INFINITY;
-  int64_t it = 0;
-  for (; it < steps;) {
-    // forward step + prox of f1 (positivity + linear term), per edge
-#pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
-    for (int64_t e = 0; e < E; ++e) {
-      const T lin = prior ? c2 * w0p[e] : T(0);
-      const T y = wp[e] - g * (h2 * wp[e] - lin + vp[r[e]] + vp[c[e]]);
-      Y[e] = y;
-      const T pe = y - T(2) * g * zp[e];
-      Pp[e] = pe > T(0) ? (pe < cap ? pe : cap) : T(0);
-    }
-    // dual: y = v + g K w, p = prox_{g f2*}(y), q = p + g K P  (per node, no atomics)
-    double dn = 0, dd = 0;
-#pragma omp parallel for schedule(static) reduction(+ : dn, dd) num_threads(nt) if (nt > 1)
-    for (int64_t i = 0; i < n; ++i) {
-      T sw = 0, sp = 0;
-      for (int64_t a = ip[i]; a < ip[i + 1]; ++a) {
-        sw += wp[ii[a]];
-        sp += Pp[ii[a]];
-      }
-      const T y = vp[i] + g * sw;
-      const T pi = (y - std::sqrt(y * y + T(4) * g)) / T(2);
-      p[i] = pi;
-      const T dv = pi + g * sp - y;
-      dn += double(dv) * double(dv);
-      dd += double(vp[i]) * double(vp[i]);
-      vp[i] += dv;
-    }
-    // second forward step on the primal, per edge
-    double pn = 0, pd = 0;
-#pragma omp parallel for schedule(static) reduction(+ : pn, pd) num_threads(nt) if (nt > 1)
-    for (int64_t e = 0; e < E; ++e) {
-      const T lin = prior ? c2 * w0p[e] : T(0);
-      const T q = Pp[e] - g * (h2 * Pp[e] - lin + p[r[e]] + p[c[e]]);
-      const T dw = q - Y[e];
-      pn += double(dw) * double(dw);
-      pd += double(wp[e]) * double(wp[e]);
-      wp[e] += dw;
-    }
-    ++it;
-    rel_p = pd > 0 ? std::sqrt(pn / pd) : INFINITY;
-    rel_d = dd > 0 ? std::sqrt(dn / dd) : INFINITY;
-    if (rel_p < tol && rel_d < tol) break;
+  std::vector<int64_t> op(n + 1, 0);
+  for (int64_t e = 0; e < E; ++e) {
+    TORCH_CHECK(r[e] >= 0 && r[e] < n && c[e] >= 0 && c[e] < n, "build_csr: index out of range");
+    ++op[r[e] + 1];
+    ++op[c[e] + 1];
   }
-  return {double(it), rel_p, rel_d};
+  for (int64_t i = 0; i < n; ++i) op[i + 1] += op[i];
+  std::vector<int64_t> cur(op.begin(), op.end() - 1);
+  std::vector<int32_t> onb(2 * E);
+  std::vector<int64_t> oei(2 * E);
+  for (int64_t e = 0; e < E; ++e) {
+    const int64_t a = cur[r[e]]++, b = cur[c[e]]++;
+    onb[a] = int32_t(c[e]);
+    oei[a] = e;
+    onb[b] = int32_t(r[e]);
+    oei[b] = e;
+  }
+  // breadth-first order: perm[new] = old, inv[old] = new
+  std::vector<int32_t> perm;
+  perm.reserve(n);
+  std::vector<int32_t> inv(n, -1);
+  for (int64_t s = 0; s < n; ++s) {
+    if (inv[s] >= 0) continue;
+    size_t head = perm.size();
+    inv[s] = int32_t(perm.size());
+    perm.push_back(int32_t(s));
+    while (head < perm.size()) {
+      const int32_t u = perm[head++];
+      for (int64_t a = op[u]; a < op[u + 1]; ++a) {
+        const int32_t j = onb[a];
+        if (inv[j] < 0) {
+          inv[j] = int32_t(perm.size());
+          perm.push_back(j);
+        }
+      }
+    }
+  }
+  auto opt = torch::TensorOptions().dtype(torch::kInt64);
+  torch::Tensor ptr = torch::empty({n + 1}, opt);
+  torch::Tensor nbr = torch::empty({2 * E}, torch::TensorOptions().dtype(torch::kInt32));
+  torch::Tensor eid = torch::empty({2 * E}, opt);
+  torch::Tensor first = torch::empty({E}, opt);
+  int64_t* pp = ptr.data_ptr<int64_t>();
+  int32_t* nb = nbr.data_ptr<int32_t>();
+  int64_t* ei = eid.data_ptr<int64_t>();
+  int64_t* fs = first.data_ptr<int64_t>();
+  int64_t k = 0;
+  pp[0] = 0;
+  for (int64_t u = 0; u < n; ++u) {
+    const int32_t i = perm[u];
+    for (int64_t a = op[i]; a < op[i + 1]; ++a, ++k) {
+      nb[k] = inv[onb[a]];
+      ei[k] = oei[a];
+      fs[oei[a]] = k;
+    }
+    pp[u + 1] = k;
+  }
+  return {ptr, nbr, eid, first};
 }
 
-std::vector<double> fbf_log_steps(torch::Tensor row, torch::Tensor col, torch::Tensor z, torch::Tensor inc_ptr,
-                                  torch::Tensor inc_idx, torch::Tensor w, torch::Tensor v, torch::Tensor P,
-                                  torch::Tensor w0, double c, double max_w, double gamma, int64_t steps, double tol,
-                                  int64_t num_threads) {
-  TORCH_CHECK(row.is_contiguous() && col.is_contiguous() && z.is_contiguous() && w.is_contiguous() &&
-              v.is_contiguous() && P.is_contiguous() && inc_ptr.is_contiguous() && inc_idx.is_contiguous() &&
-              w0.is_contiguous(), "contiguous inputs expected");
-  const int64_t E = z.numel(), n = v.numel();
-  TORCH_CHECK(row.numel() == E && col.numel() == E && w.numel() == E && P.numel() == E &&
-              inc_ptr.numel() == n + 1 && inc_idx.numel() == 2 * E && (w0.numel() == 0 || w0.numel() == E),
-              "fbf_log_steps: inconsistent sizes");
-  TORCH_CHECK(row.scalar_type() == torch::kInt64 && col.scalar_type() == torch::kInt64 &&
-              inc_ptr.scalar_type() == torch::kInt64 && inc_idx.scalar_type() == torch::kInt64, "int64 indices expected");
+template <typename T>
+struct Problem {
+  const int64_t* ptr;
+  const int32_t* nbr;
+  const T* z;
+  const T* w0;  // nullptr: no prior
+  T* w;
+  T* P;
+  T* v;
+  T* p;
+  T* vn;
+  T h2, c2, cap;
+};
+
+// one FBF iteration on the nodes [lo, hi) (a whole graph); returns the four squared norms
+template <typename T>
+static void iterate(const Problem<T>& q, int64_t lo, int64_t hi, T g, bool par, int64_t nt, double* out) {
+  double dn = 0, dd = 0, pn = 0, pd = 0;
+  const int64_t* ptr = q.ptr;
+  const int32_t* nbr = q.nbr;
+#pragma omp parallel for schedule(static, 256) reduction(+ : dn, dd) num_threads(nt) if (par && nt > 1)
+  for (int64_t i = lo; i < hi; ++i) {
+    const T vi = q.v[i];
+    T sw = 0, sp = 0;
+    for (int64_t a = ptr[i]; a < ptr[i + 1]; ++a) {
+      const T lin = q.w0 ? q.c2 * q.w0[a] : T(0);
+      const T wa = q.w[a];
+      const T y = wa - g * (q.h2 * wa - lin + (vi + q.v[nbr[a]]));
+      const T pe = y - T(2) * g * q.z[a];
+      const T Pa = pe > T(0) ? (pe < q.cap ? pe : q.cap) : T(0);
+      q.P[a] = Pa;
+      sw += wa;
+      sp += Pa;
+    }
+    const T y = vi + g * sw;
+    const T pi = (y - std::sqrt(y * y + T(4) * g)) / T(2);
+    q.p[i] = pi;
+    const T dv = pi + g * sp - y;
+    dn += double(dv) * double(dv);
+    dd += double(vi) * double(vi);
+    q.vn[i] = vi + dv;
+  }
+#pragma omp parallel for schedule(static, 256) reduction(+ : pn, pd) num_threads(nt) if (par && nt > 1)
+  for (int64_t i = lo; i < hi; ++i) {
+    const T vi = q.v[i], pi = q.p[i];
+    for (int64_t a = ptr[i]; a < ptr[i + 1]; ++a) {
+      const int32_t j = nbr[a];
+      const T lin = q.w0 ? q.c2 * q.w0[a] : T(0);
+      const T wa = q.w[a], Pa = q.P[a];
+      const T Y = wa - g * (q.h2 * wa - lin + (vi + q.v[j]));
+      const T Q = Pa - g * (q.h2 * Pa - lin + (pi + q.p[j]));
+      const T dw = Q - Y;
+      pn += double(dw) * double(dw);
+      pd += double(wa) * double(wa);
+      q.w[a] = wa + dw;
+    }
+  }
+  for (int64_t i = lo; i < hi; ++i) q.v[i] = q.vn[i];
+  out[0] = pn;
+  out[1] = pd;
+  out[2] = dn;
+  out[3] = dd;
+}
+
+// up to `steps` more iterations of every unfinished graph; state [G, 4] float64 per graph:
+// iterations done, rel. primal change, rel. dual change, finished (0/1). Updated in place.
+template <typename T>
+static void fbf_impl(const torch::Tensor& ptr, const torch::Tensor& nbr, const torch::Tensor& z, torch::Tensor& w,
+                     torch::Tensor& P, torch::Tensor& v, const torch::Tensor& w0, const torch::Tensor& gptr,
+                     const torch::Tensor& gamma, torch::Tensor& state, double c_d, double max_w_d, int64_t steps,
+                     double tol, int64_t nt) {
+  const int64_t n = v.numel(), G = gptr.numel() - 1;
+  std::vector<T> p(n), vn(n);
+  const bool prior = w0.numel() == z.numel() && c_d > 0;
+  Problem<T> q{ptr.data_ptr<int64_t>(), nbr.data_ptr<int32_t>(), z.data_ptr<T>(), prior ? w0.data_ptr<T>() : nullptr,
+               w.data_ptr<T>(), P.data_ptr<T>(), v.data_ptr<T>(), p.data(), vn.data(),
+               T(2) * T(1 + (prior ? c_d : 0.0)), T(2) * T(prior ? c_d : 0.0), T(max_w_d)};
+  const int64_t* gp = gptr.data_ptr<int64_t>();
+  const double* gam = gamma.data_ptr<double>();
+  double* st = state.data_ptr<double>();
+  const int64_t* pp = q.ptr;
+  auto run = [&](int64_t gi, bool par) {
+    double* s = st + 4 * gi;
+    if (s[3] != 0) return;
+    const int64_t lo = gp[gi], hi = gp[gi + 1];
+    if (pp[hi] == pp[lo]) {  // no edge: nothing to learn
+      s[1] = s[2] = 0;
+      s[3] = 1;
+      return;
+    }
+    const T g = T(gam[gi]);
+    double nrm[4];
+    for (int64_t it = 0; it < steps; ++it) {
+      iterate(q, lo, hi, g, par, nt, nrm);
+      s[0] += 1;
+      s[1] = nrm[1] > 0 ? std::sqrt(nrm[0] / nrm[1]) : INFINITY;
+      s[2] = nrm[3] > 0 ? std::sqrt(nrm[2] / nrm[3]) : INFINITY;
+      if (s[1] < tol && s[2] < tol) {
+        s[3] = 1;
+        return;
+      }
+    }
+  };
+  if (G == 1) {
+    run(0, true);
+  } else {
+#pragma omp parallel for schedule(dynamic, 4) num_threads(nt) if (nt > 1)
+    for (int64_t gi = 0; gi < G; ++gi) run(gi, false);
+  }
+}
+
+void fbf_csr_steps(torch::Tensor ptr, torch::Tensor nbr, torch::Tensor z, torch::Tensor w, torch::Tensor P,
+                   torch::Tensor v, torch::Tensor w0, torch::Tensor gptr, torch::Tensor gamma, torch::Tensor state,
+                   double c, double max_w, int64_t steps, double tol, int64_t num_threads) {
+  for (const auto* t : {&ptr, &nbr, &z, &w, &P, &v, &w0, &gptr, &gamma, &state})
+    TORCH_CHECK(t->is_contiguous(), "fbf_csr_steps: contiguous inputs expected");
+  const int64_t S = z.numel(), n = v.numel(), G = gptr.numel() - 1;
+  TORCH_CHECK(ptr.numel() == n + 1 && nbr.numel() == S && w.numel() == S && P.numel() == S &&
+              (w0.numel() == 0 || w0.numel() == S) && G >= 1 && gamma.numel() == G && state.numel() == 4 * G,
+              "fbf_csr_steps: inconsistent sizes");
+  TORCH_CHECK(ptr.scalar_type() == torch::kInt64 && nbr.scalar_type() == torch::kInt32 &&
+              gptr.scalar_type() == torch::kInt64 && gamma.scalar_type() == torch::kFloat64 &&
+              state.scalar_type() == torch::kFloat64, "fbf_csr_steps: index/state dtypes");
   TORCH_CHECK(num_threads >= 1, "num_threads must be >= 1");
+  const int64_t* pp = ptr.data_ptr<int64_t>();
+  const int64_t* gp = gptr.data_ptr<int64_t>();
+  TORCH_CHECK(pp[0] == 0 && pp[n] == S && gp[0] == 0 && gp[G] == n, "fbf_csr_steps: bad ptr/gptr");
+  for (int64_t i = 0; i < n; ++i) TORCH_CHECK(pp[i] <= pp[i + 1], "fbf_csr_steps: ptr not monotone");
+  for (int64_t g = 0; g < G; ++g) TORCH_CHECK(gp[g] <= gp[g + 1], "fbf_csr_steps: gptr not monotone");
+  const int32_t* nb = nbr.data_ptr<int32_t>();
+  bool ok = true;
+  // every neighbour of a node of graph g lies in graph g (so parallel graphs never share data)
+  for (int64_t g = 0; g < G && ok; ++g)
+    for (int64_t a = pp[gp[g]]; a < pp[gp[g + 1]]; ++a)
+      if (nb[a] < gp[g] || nb[a] >= gp[g + 1]) { ok = false; break; }
+  TORCH_CHECK(ok, "fbf_csr_steps: an edge leaves its graph (or an index is out of range)");
   TORCH_CHECK(w0.numel() == 0 || w0.scalar_type() == z.scalar_type(), "w0 dtype mismatch");
-  if (z.scalar_type() == torch::kFloat64) return fbf_impl<double>(row, col, z, inc_ptr, inc_idx, w, v, P, w0, c, max_w, gamma, steps, tol, num_threads);
-  TORCH_CHECK(z.scalar_type() == torch::kFloat32, "float32 or float64 expected");
-  return fbf_impl<float>(row, col, z, inc_ptr, inc_idx, w, v, P, w0, c, max_w, gamma, steps, tol, num_threads);
+  TORCH_CHECK(w.scalar_type() == z.scalar_type() && P.scalar_type() == z.scalar_type() &&
+              v.scalar_type() == z.scalar_type(), "fbf_csr_steps: dtype mismatch");
+  if (z.scalar_type() == torch::kFloat64) {
+    fbf_impl<double>(ptr, nbr, z, w, P, v, w0, gptr, gamma, state, c, max_w, steps, tol, num_threads);
+  } else {
+    TORCH_CHECK(z.scalar_type() == torch::kFloat32, "float32 or float64 expected");
+    fbf_impl<float>(ptr, nbr, z, w, P, v, w0, gptr, gamma, state, c, max_w, steps, tol, num_threads);
+  }
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("fbf_log_steps", &fbf_log_steps, "FBF primal-dual iterations of the log graph-learning model",
+  m.def("build_csr", &build_csr, "symmetric CSR of an undirected edge list (each edge once)",
+        py::call_guard<py::gil_scoped_release>());
+  m.def("fbf_csr_steps", &fbf_csr_steps, "FBF primal-dual iterations of the log graph-learning model (CSR)",
         py::call_guard<py::gil_scoped_release>());
 }

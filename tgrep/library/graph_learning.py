@@ -23,7 +23,7 @@ from ..utils.progress import progress
 from ._register import kernel_op
 
 
-def _check(row, col, z, w0, num_nodes, c, max_w, max_iter, tol, step, num_threads, verbose):
+def _check(row, col, z, w0, batch, num_graphs, num_nodes, c, max_w, max_iter, tol, step, num_threads, verbose):
     E = z.numel()
     if row.numel() != E or col.numel() != E:
         raise ValueError(f"'row', 'col' and 'z' must have the same length, got {row.numel()}, {col.numel()}, {E}")
@@ -39,6 +39,15 @@ def _check(row, col, z, w0, num_nodes, c, max_w, max_iter, tol, step, num_thread
              + check.nonneg_flags("z", z, allow_inf=False) + check.nonneg_flags("w0", w0, allow_inf=False))
     if E:
         flags.append(((row == col).any(), lambda: "the support must not contain self-loops (row == col)"))
+    if batch is not None:
+        if batch.numel() != num_nodes or num_graphs < 1:
+            raise ValueError(f"'batch' must have one entry per node ({num_nodes}) and 'num_graphs' >= 1")
+        flags = flags + check.index_flags("batch", batch, num_graphs)
+        if batch.numel() > 1:
+            flags.append(((batch.diff() < 0).any(), lambda: "'batch' must be sorted"))
+        if E:
+            flags.append(((batch[row.clamp(0, max(num_nodes - 1, 0))] != batch[col.clamp(0, max(num_nodes - 1, 0))]).any(),
+                          lambda: "the support has edges between different graphs of 'batch'"))
     check.values(flags)
 
 
@@ -46,10 +55,11 @@ def _stats(it, rp, rd, threads=-1.0):  # threads -1: the reference (no thread co
     return torch.tensor([float(it), rp, rd, threads], dtype=torch.float64)
 
 
-def _reference(row, col, z, w0, num_nodes, c, max_w, max_iter, tol, step, num_threads, verbose):
+def _reference(row, col, z, w0, batch, num_graphs, num_nodes, c, max_w, max_iter, tol, step, num_threads, verbose):
     with progress(total=max_iter, verbose=verbose, desc="graph learning (FBF, reference)") as bar:
         w, st = ref.log_model(row, col, z, num_nodes, max_iter=max_iter, tol=tol, step=step, w0=w0, c=c,
-                              max_w=max_w)
+                              max_w=max_w, node_graph=None if batch is None else batch.long(),
+                              num_graphs=num_graphs if batch is not None else 1)
         bar.update(int(st[0]))
     return w, _stats(*st.tolist())
 
@@ -60,25 +70,33 @@ def _cpp():
         return None
     from ..kernels.reference import fbf_host
 
-    def run(row, col, z, w0, num_nodes, c, max_w, max_iter, tol, step, num_threads, verbose):
+    def run(row, col, z, w0, batch, num_graphs, num_nodes, c, max_w, max_iter, tol, step, num_threads, verbose):
+        if num_nodes >= 2 ** 31:   # the CSR kernel stores int32 neighbour ids
+            return _reference(row.long(), col.long(), z, w0, batch, num_graphs, num_nodes, c, max_w, max_iter, tol,
+                              step, num_threads, verbose)
         with progress(total=max_iter, verbose=verbose, desc="graph learning (FBF)") as bar:
             return fbf_host.solve_cpp(mod, row.long(), col.long(), z, num_nodes, w0, c, max_w, max_iter, tol,
-                                      step, num_threads or max(1, torch.get_num_threads()), bar=bar)
+                                      step, num_threads or max(1, torch.get_num_threads()), bar=bar,
+                                      node_graph=None if batch is None else batch.long().contiguous(),
+                                      num_graphs=num_graphs if batch is not None else 1)
 
     return run
 
 
 @kernel_op("tgrep::graph_learning_fbf", cpp=_cpp, check=_check)
-def graph_learning_fbf(row: Tensor, col: Tensor, z: Tensor, w0: Optional[Tensor], num_nodes: int, c: float,
-                       max_w: float, max_iter: int, tol: float, step: float, num_threads: int,
-                       verbose: bool) -> tuple[Tensor, Tensor]:
+def graph_learning_fbf(row: Tensor, col: Tensor, z: Tensor, w0: Optional[Tensor], batch: Optional[Tensor],
+                       num_graphs: int, num_nodes: int, c: float, max_w: float, max_iter: int, tol: float,
+                       step: float, num_threads: int, verbose: bool) -> tuple[Tensor, Tensor]:
     """``(w [E], stats [4] float64 = [iterations, rel_primal, rel_dual, threads]``, threads ``-1`` from the reference): the
     minimiser of ``2zᵀw − 1ᵀlog(Kw) + ‖w‖² + c‖w − w0‖²`` over ``0 ≤ w ≤ max_w`` on the
-    support ``(row, col)`` (each undirected edge once, ``z`` already θ-scaled)."""
-    return _reference(row.long(), col.long(), z, w0, num_nodes, c, max_w, max_iter, tol, step, num_threads,
-                      verbose)
+    support ``(row, col)`` (each undirected edge once, ``z`` already θ-scaled). With ``batch``
+    (sorted graph id ``[num_nodes]`` in ``[0, num_graphs)``, no edge between graphs) every graph
+    is an independent problem with its own step and stopping test: a batch gives what its
+    graphs give one by one; ``stats`` is then the worst graph's."""
+    return _reference(row.long(), col.long(), z, w0, batch, num_graphs, num_nodes, c, max_w, max_iter, tol, step,
+                      num_threads, verbose)
 
 
 @graph_learning_fbf.register_fake
-def _(row, col, z, w0, num_nodes, c, max_w, max_iter, tol, step, num_threads, verbose):
+def _(row, col, z, w0, batch, num_graphs, num_nodes, c, max_w, max_iter, tol, step, num_threads, verbose):
     return z.new_empty(z.shape), z.new_empty((4,), dtype=torch.float64)

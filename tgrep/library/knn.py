@@ -2,7 +2,8 @@
 
 Kernels: on CPU the C++ heap selection over BLAS blocks (``csrc/cpu/knn.cpp``, host loop in
 :mod:`tgrep.kernels.reference.knn_host`) for ``method='exact'``, faiss' HNSW / flat index or
-pynndescent (:mod:`tgrep.kernels.reference.ann`) for the other methods; on CUDA the Triton
+pynndescent (:mod:`tgrep.kernels.reference.ann`; ``'ivf'``: faiss k-means lists searched by
+BLAS blocks + the same C++ selection) for the other methods; on CUDA the Triton
 brute-force kernel (:mod:`tgrep.kernels.triton.knn`, any method: exact on the GPU); the
 reference (:func:`tgrep.kernels.reference.knn.knn_blocked`, exact) anywhere.
 
@@ -21,10 +22,10 @@ from torch import Tensor
 from .._ext import load_cpp
 from ..kernels.reference import knn as ref
 from ..utils import check
-from ..utils.progress import progress
+from ..utils.progress import log, progress
 from ._register import kernel_op
 
-METHODS = ("exact", "hnsw", "faiss", "nndescent")
+METHODS = ("exact", "ivf", "hnsw", "faiss", "nndescent")
 TRITON_MAX_K = 128
 _SAFE = 2.0 ** 40  # |x| beyond this (or below its inverse) is rescaled before squaring
 
@@ -83,6 +84,17 @@ def _cpu(x, k, batch, loop, method, chunk, num_threads, verbose):
             return knn_host.knn_cpp(mod, x, k, batch, loop, chunk=chunk or 512, workers=num_threads, bar=bar)
     if batch is not None:
         raise ValueError(f"knn method {method!r} does not support 'batch'; use method='exact'")
+    if method == "ivf":
+        mod = load_cpp("knn")
+        if mod is None:
+            return _reference(x, k, batch, loop, method, chunk, num_threads, verbose)
+        with progress(total=n, verbose=verbose, desc="knn (ivf)") as bar:
+            info = {}
+            out = ann.ivf(x, k, loop, mod=mod, num_threads=num_threads, bar=bar, info=info)
+        est = info.get("sample_recall")
+        log(f"knn ivf: {info['lists']} lists, {info['probes']} probed per list (recall on a sample "
+            f"{'n/a' if est is None else f'{est:.3f}'}), {info['repaired']} rows re-searched exactly", verbose)
+        return out
     fn = {"hnsw": ann.hnsw, "faiss": ann.flat, "nndescent": ann.nndescent}[method]
     with progress(total=2 * n if method == "hnsw" else n, verbose=verbose, desc=f"knn ({method})") as bar:
         return fn(x, k, loop, num_threads=num_threads, bar=bar)

@@ -116,7 +116,8 @@ def _aggregate(lower, upper, batch, nb):
 def solve_log_model(row: torch.Tensor, col: torch.Tensor, z: torch.Tensor, num_nodes: int, *,
                     max_iter: int = 1000, tol: float = 1e-5, step: float = 0.9,
                     w0: torch.Tensor | None = None, c: float = 0.0, max_w: float = math.inf,
-                    num_threads: int | None = None, verbose: bool = False) -> tuple[torch.Tensor, dict]:
+                    batch: torch.Tensor | None = None, num_threads: int | None = None,
+                    verbose: bool = False) -> tuple[torch.Tensor, dict]:
     r"""Weights ``w`` of the log model on a support (custom op ``tgrep::graph_learning_fbf``):
 
     .. math::
@@ -136,6 +137,10 @@ def solve_log_model(row: torch.Tensor, col: torch.Tensor, z: torch.Tensor, num_n
         w0 (Tensor, optional): prior weights of the support edges. (default: :obj:`None`)
         c (float): weight of the prior term. (default: ``0``)
         max_w (float): upper bound of every weight. (default: ``inf``)
+        batch (LongTensor, optional): sorted graph of every node ``[num_nodes]`` (any
+            non-negative ids; no support edge between graphs): each graph is solved as an
+            independent problem (own step ``γ``, own stopping test), exactly as if alone; the
+            reported iterations and changes are the worst graph's. (default: :obj:`None`)
         num_threads (int, optional): CPU threads of the C++ kernel. :obj:`None` times the
             first iterations with ``torch.get_num_threads()`` and with 1 thread and keeps the
             faster. (default: :obj:`None`)
@@ -161,7 +166,11 @@ def solve_log_model(row: torch.Tensor, col: torch.Tensor, z: torch.Tensor, num_n
     if w0 is not None:
         check.tensor("w0", w0, dtypes=check.FLOAT_DTYPES, dim=1, device=z.device)
         w0 = w0.to(dtype).contiguous()
-    w, st = torch.ops.tgrep.graph_learning_fbf(row.long().contiguous(), col.long().contiguous(), z, w0,
+    nb = 1
+    if batch is not None:
+        batch, nb = check.batch("batch", batch, int(num_nodes), device=z.device)
+        nb = max(nb, 1)
+    w, st = torch.ops.tgrep.graph_learning_fbf(row.long().contiguous(), col.long().contiguous(), z, w0, batch, nb,
                                                int(num_nodes), float(c), float(max_w), max_iter, float(tol),
                                                float(step), nt or 0, bool(verbose))
     it, rel_p, rel_d, threads = st.tolist()
@@ -306,8 +315,8 @@ def learn_graph(x: torch.Tensor, k: int = 10, *, r: float = 3, theta: float | No
         model (str): ``'log'`` (eq. 3) or ``'l2'`` (eq. 4; plain-torch FISTA with an exact
             simplex projection per iteration: for comparisons and small graphs).
             (default: ``'log'``)
-        knn (str): ``'auto'`` (exact up to 200,000 nodes, faiss HNSW beyond, exact with
-            ``batch`` and on CUDA), ``'exact'``, ``'hnsw'``, ``'faiss'`` or ``'nndescent'``
+        knn (str): ``'auto'`` (exact up to 50,000 nodes, the IVF search beyond, exact with
+            ``batch`` and on CUDA), ``'exact'``, ``'ivf'``, ``'hnsw'``, ``'faiss'`` or ``'nndescent'``
             (see :func:`tgrep.ops.knn`); the method used is ``info['knn_method']``. (default: ``'auto'``)
         max_iter (int): solver iteration cap. (default: ``1000``)
         tol (float): relative primal/dual change to stop at. (default: ``1e-5``)
@@ -464,6 +473,7 @@ def learn_graph(x: torch.Tensor, k: int = 10, *, r: float = 3, theta: float | No
         t0 = time.perf_counter()
         w, sinfo = solve_log_model(row, col, zt, n, max_iter=max_iter, tol=tol, step=step, w0=prior,
                                    c=float(c) if c is not None else 0.0, max_w=max_w,
+                                   batch=bvec if batch is not None else None,
                                    num_threads=num_threads, verbose=verbose)
         info["time_solve"] = time.perf_counter() - t0
         info.update(sinfo)

@@ -11,13 +11,19 @@ Methods:
 * ``'exact'``     -- on CPU: BLAS dot-product blocks + heap selection in C++ (reference twin:
   blocked torch); on CUDA: a Triton kernel (distance tiles by ``tl.dot``, running top-k in
   registers; ``k <= 128``, else the blocked torch path).
+* ``'ivf'``       -- approximate: an inverted file of k-means lists (faiss' k-means on a sample,
+  ``n / 512`` lists); each list's members are compared, by BLAS blocks and the C++ heap
+  selection, with the members of the ``P`` lists whose centroids are nearest to its own, ``P``
+  the smallest that finds 99% of the true neighbours of 1,000 sampled queries (checked
+  against their exact lists); rows whose search looks stuck are re-searched exactly.
+  O(n·P·512·d) + k-means. CPU only (on CUDA the exact Triton kernel runs).
 * ``'hnsw'``      -- approximate: faiss' HNSW graph (``M = 16``, ``efConstruction = 80``,
   ``efSearch = max(64, 2(k+1))``), O(n log n · d). CPU only (on CUDA tensors the exact
   Triton kernel runs: brute force on a GPU beats a CPU graph index).
 * ``'faiss'``     -- ``faiss.IndexFlatL2`` (exact, BLAS).
 * ``'nndescent'`` -- ``pynndescent.NNDescent`` (approximate) when that optional package is installed.
-* ``'auto'``      -- ``'exact'`` on CUDA, with ``batch``, and up to ``AUTO_EXACT_MAX = 200,000``
-  points; ``'hnsw'`` beyond. :func:`resolve_method` says which one runs (``verbose`` prints it;
+* ``'auto'``      -- ``'exact'`` on CUDA, with ``batch``, and up to ``AUTO_EXACT_MAX``
+  points; ``'ivf'`` beyond (when faiss is installed). :func:`resolve_method` says which one runs (``verbose`` prints it;
   :func:`tgrep.learn_graph` reports it in ``info['knn_method']``).
 """
 from __future__ import annotations
@@ -28,8 +34,8 @@ from .. import library as _lib  # noqa: F401  (registers torch.ops.tgrep.knn)
 from ..utils import check
 from ..utils.progress import log
 
-METHODS = ("auto", "exact", "hnsw", "faiss", "nndescent")
-AUTO_EXACT_MAX = 200_000  # measured: at 100k learn_graph on HNSW 206 s vs exact 196 s (same run)
+METHODS = ("auto", "exact", "ivf", "hnsw", "faiss", "nndescent")
+AUTO_EXACT_MAX = 50_000  # above it the IVF search is several times faster than the exact one (see benchmarks/README.md)
 
 
 def _have(module: str) -> bool:
@@ -46,8 +52,8 @@ def resolve_method(method: str, n: int, device: torch.device, batch: bool) -> st
     if method == "auto":
         if device.type == "cuda" or n <= AUTO_EXACT_MAX or batch:
             return "exact"
-        return "hnsw" if _have("faiss") else "exact"
-    if method in ("faiss", "hnsw") and not _have("faiss"):
+        return "ivf" if _have("faiss") else "exact"
+    if method in ("faiss", "hnsw", "ivf") and not _have("faiss"):
         raise ImportError(f"knn method {method!r} needs faiss (pip install faiss-cpu)")
     if method == "nndescent" and not _have("pynndescent"):
         raise ImportError("knn method 'nndescent' needs the optional package pynndescent")
@@ -73,7 +79,7 @@ def knn(x: torch.Tensor, k: int, *, batch: torch.Tensor | None = None, loop: boo
         batch (LongTensor, optional): sorted example index ``[n]`` (any non-negative ids);
             neighbours are searched within each example only. (default: :obj:`None`)
         loop (bool): whether a point may be its own neighbour. (default: :obj:`False`)
-        method (str): ``'auto'``, ``'exact'``, ``'hnsw'``, ``'faiss'`` or ``'nndescent'``
+        method (str): ``'auto'``, ``'exact'``, ``'ivf'``, ``'hnsw'``, ``'faiss'`` or ``'nndescent'``
             (see the module docstring). (default: ``'auto'``)
         chunk (int, optional): queries per block of the exact search; each distance block is
             ``chunk × 4096`` on CPU, ``chunk × 65536`` on CUDA. (default: ``512`` on CPU, ``1024`` on CUDA)

@@ -1,7 +1,12 @@
 """Approximate and external nearest-neighbour searches behind ``tgrep::knn`` (CPU).
 
+* :func:`ivf` -- an inverted file searched by BLAS blocks: k-means lists (faiss' k-means on a
+  sample), then every list's members against the members of the ``P`` lists whose centroids are
+  nearest to its own (exact distances inside that candidate set, the C++ heap selection of
+  ``csrc/cpu/knn.cpp``); ``P`` is the smallest giving a recall ``>= IVF_RECALL`` on a sample of
+  queries checked against their exact lists. The default of ``knn='auto'`` at scale.
 * :func:`hnsw` -- faiss' HNSW graph (Malkov & Yashunin 2016) on the rows of ``x``, then
-  every row searched in it: O(n log n · d). The default of ``knn='auto'`` at scale.
+  every row searched in it: O(n log n · d).
 * :func:`flat` -- ``faiss.IndexFlatL2`` (exact, BLAS).
 * :func:`nndescent` -- ``pynndescent.NNDescent`` (optional package; approximate).
 
@@ -11,6 +16,8 @@ excluded when ``loop=False`` (wherever it sits among ties).
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 
@@ -18,6 +25,12 @@ HNSW_M = 16            # graph degree of the HNSW layers
 HNSW_EF_CONSTRUCTION = 80  # 40 leaves ~0.5% of the queries of a clustered set stuck in the wrong cluster
 HNSW_EF_SEARCH = 64    # at least 2 (k + 1)
 STEP = 50_000          # rows per add/search call (progress granularity)
+IVF_LIST = 512         # mean list size: nlist = n / IVF_LIST
+IVF_RECALL = 0.99      # target recall of the candidate sets, checked on a sample of queries
+IVF_SAMPLE = 1000      # queries of that check
+IVF_MAX_PROBES = 64    # cap of P (lists scanned per list)
+IVF_TRAIN = 32         # k-means sample: points per centroid (faiss' max_points_per_centroid)
+IVF_ITERS = 10         # k-means iterations
 STUCK = 0.5            # a row is re-queried when a point that found it is 2x nearer than its own nearest
 
 
@@ -74,21 +87,26 @@ def hnsw(x: torch.Tensor, k: int, loop: bool, *, num_threads: int = 1, bar=None,
     return _finish(D, I, n, k, loop)
 
 
-def _repair(x: torch.Tensor, D: np.ndarray, I: np.ndarray, kk: int, block: int = 1024):
+def _repair(x: torch.Tensor, D: np.ndarray, I: np.ndarray, kk: int, block: int = 1024, self_excluded: bool = False,
+            also: torch.Tensor | None = None):
     """Re-query exactly the rows whose HNSW search got stuck: a row is stuck when some point that
     found it is nearer to it than the nearest point it found itself (a search that ended in the
-    wrong region of a clustered set; "nearer" meaning by a factor ``STUCK``). Cost O(stuck · n · d); in place on ``D``, ``I``."""
+    wrong region of a clustered set; "nearer" meaning by a factor ``STUCK``), and the rows flagged
+    in ``also``. Cost O(stuck · n · d); in place on ``D``, ``I``."""
     n = D.shape[0]
     Dt = torch.from_numpy(D)
     It = torch.from_numpy(I)
     src = It.reshape(-1)
-    ok = src >= 0
-    rows = torch.arange(n).repeat_interleave(kk)[ok]
+    rows = torch.arange(n).repeat_interleave(kk)
+    ok = (src >= 0) & (src != rows)          # a row finding itself says nothing about its search
     rev = torch.full((n,), float("inf"))
     rev.scatter_reduce_(0, src[ok], Dt.reshape(-1)[ok], "amin")
     nearest = torch.where(It[:, 0] == torch.arange(n), Dt[:, min(1, kk - 1)], Dt[:, 0])
-    stuck = torch.nonzero(rev < STUCK * nearest).reshape(-1)
-    del rows
+    bad = rev < STUCK * nearest
+    if also is not None:   # rows that must be re-searched anyway (e.g. fewer than kk found)
+        bad |= also
+    stuck = torch.nonzero(bad).reshape(-1)
+    del rows, ok, src
     if stuck.numel() == 0:
         return 0
     xf = x.detach().float()
@@ -96,10 +114,144 @@ def _repair(x: torch.Tensor, D: np.ndarray, I: np.ndarray, kk: int, block: int =
     for a in range(0, stuck.numel(), block):
         q = stuck[a:a + block]
         d = (xn[q, None] + xn[None, :] - 2 * xf[q] @ xf.t()).clamp_min_(0)
+        if self_excluded:
+            d[torch.arange(q.numel()), q] = float("inf")
         dd, ii = torch.topk(d, kk, dim=1, largest=False)
         D[q.numpy()] = dd.numpy()
         I[q.numpy()] = ii.numpy()
     return int(stuck.numel())
+
+
+def _exact_sample(xc, q, kk, chunk=64):
+    """Exact ``kk`` nearest (self excluded) of the rows ``q`` among all rows of ``xc``."""
+    xn = (xc * xc).sum(1)
+    out = []
+    for a in range(0, q.numel(), chunk):
+        qq = q[a:a + chunk]
+        d = torch.addmm(xn[None, :], xc[qq], xc.t(), alpha=-2.0).add_(xn[qq, None])
+        d[torch.arange(qq.numel()), qq] = float("inf")
+        out.append(torch.topk(d, kk, dim=1, largest=False).indices)
+    return torch.cat(out)
+
+
+def ivf(x: torch.Tensor, k: int, loop: bool, *, mod, num_threads: int = 1, bar=None, recall: float | None = None,
+        list_size: int | None = None, probes: int | None = None, seed: int = 0, info: dict | None = None):
+    """Inverted-file kNN of every row among the rows, exact inside each row's candidate lists.
+
+    ``bar`` advances by ``n``; ``info`` (a dict, optional) receives ``lists``, ``probes``,
+    ``sample_recall`` (the recall estimate that chose ``probes``) and ``repaired`` rows.
+    ``mod``: the C++ extension ``csrc/cpu/knn.cpp`` (its heap selection).
+    """
+    from threadpoolctl import threadpool_limits
+
+    recall = IVF_RECALL if recall is None else recall
+    list_size = list_size or IVF_LIST
+    n, d = x.shape
+    xc = x.detach().float()
+    xc = (xc - xc.mean(0, keepdim=True)).contiguous()
+    nlist = max(1, min(n // max(1, list_size), 1 << 16))
+    faiss = _faiss(num_threads)
+    xs = xc.numpy()
+    if nlist > 1:
+        km = faiss.Kmeans(d, nlist, niter=IVF_ITERS, seed=seed, max_points_per_centroid=IVF_TRAIN,
+                          min_points_per_centroid=1, verbose=False)
+        km.train(xs)
+        cent = np.ascontiguousarray(km.centroids, dtype=np.float32)
+        flat_index = faiss.IndexFlatL2(d)
+        flat_index.add(cent)
+        home = torch.from_numpy(flat_index.search(xs, 1)[1][:, 0].astype(np.int64))
+        ct = torch.from_numpy(cent)
+        cn = torch.cdist(ct, ct)
+        pmax = min(nlist, IVF_MAX_PROBES)
+        cnbr = torch.topk(cn, pmax, dim=1, largest=False).indices          # [nlist, pmax], itself first
+    else:
+        home = torch.zeros(n, dtype=torch.long)
+        pmax = 1
+        cnbr = torch.zeros(1, 1, dtype=torch.long)
+    kk = min(k, n - (0 if loop else 1))
+    if probes is None and nlist > 1 and kk > 0:
+        # recall of "the candidates of home(i) are the lists cnbr[home(i), :P]" on a sample:
+        # rank of each true neighbour's list among its query's probe order (pmax: not reached)
+        g = torch.Generator().manual_seed(seed)
+        q = torch.randperm(n, generator=g)[:min(n, IVF_SAMPLE)]
+        true = _exact_sample(xc, q, kk)
+        hq, ht = home[q], home[true]
+        rank = torch.full((q.numel(), kk), pmax, dtype=torch.long)
+        hit = cnbr[hq][:, None, :] == ht[:, :, None]                         # [s, kk, pmax]
+        found = hit.any(2)
+        rank[found] = hit.float().argmax(2)[found]
+        srt = torch.sort(rank.reshape(-1)).values
+        need = srt[min(srt.numel() - 1, max(0, math.ceil(recall * srt.numel()) - 1))]
+        probes = int(min(pmax, int(need) + 1))
+        est = float((rank < probes).double().mean())
+    else:
+        probes = min(pmax, probes or pmax)
+        est = None
+    order = torch.argsort(home, stable=True)
+    lptr = torch.zeros(nlist + 1, dtype=torch.long)
+    lptr[1:] = torch.cumsum(torch.bincount(home, minlength=nlist), 0)
+    xp = xc[order].contiguous()
+    norms = (xp * xp).sum(1).contiguous()
+    xpn = xp.numpy()
+    xpT = xpn.T.copy()
+    best_d = torch.full((n, max(kk, 1)), float("inf"))
+    best_i = torch.full((n, max(kk, 1)), -1, dtype=torch.long)
+    empty = torch.empty(0, dtype=torch.long)
+    lp = lptr.tolist()
+    sizes = lptr.diff().tolist()
+    nbr = []
+    full = cnbr.tolist()
+    for li in range(nlist):   # at least kk + 1 candidates per list (k-means can leave tiny lists)
+        take, have = probes, sum(sizes[j] for j in full[li][:probes])
+        while have < kk + 1 and take < pmax:
+            have += sizes[full[li][take]]
+            take += 1
+        nbr.append(full[li][:take] if have >= kk + 1 else list(range(nlist)))
+    workers = max(1, min(int(num_threads), nlist))
+    chunk = 1024
+
+    def work(wid):
+        buf = np.empty(chunk * 4 * list_size, dtype=np.float32)
+        for li in range(wid, nlist, workers):
+            for a in range(lp[li], lp[li + 1], chunk):
+                b = min(lp[li + 1], a + chunk)
+                bd, bi = best_d[a:b], best_i[a:b]
+                for pj in nbr[li]:
+                    c0, c1 = lp[pj], lp[pj + 1]
+                    if c1 == c0:
+                        continue
+                    size = (b - a) * (c1 - c0)
+                    # a reused buffer (no page faults per block) unless a list is unusually large
+                    out = buf[:size].reshape(b - a, c1 - c0) if size <= buf.size else \
+                        np.empty((b - a, c1 - c0), dtype=np.float32)
+                    np.matmul(xpn[a:b], xpT[:, c0:c1], out=out)
+                    mod.knn_select(torch.from_numpy(out), norms[a:b], norms[c0:c1], c0, a, not loop, empty, empty,
+                                   bd, bi, 1)
+            if bar is not None:
+                bar.update(lp[li + 1] - lp[li])
+
+    if kk > 0:
+        with threadpool_limits(limits=1, user_api="blas"):
+            if workers == 1:
+                work(0)
+            else:
+                from concurrent.futures import ThreadPoolExecutor
+
+                with ThreadPoolExecutor(workers) as pool:
+                    list(pool.map(work, range(workers)))
+    # back to the original order (rows and neighbour ids)
+    D = np.empty((n, max(kk, 1)), dtype=np.float32)
+    I = np.empty((n, max(kk, 1)), dtype=np.int64)
+    best_d, srt = torch.sort(best_d, dim=1)              # the heaps are in heap order
+    best_i = torch.gather(best_i, 1, srt)
+    bi = torch.where(best_i >= 0, order[best_i.clamp_min(0)], best_i)
+    D[order.numpy()] = best_d.numpy()
+    I[order.numpy()] = bi.numpy()
+    fixed = _repair(x, D, I, max(kk, 1), self_excluded=not loop, also=torch.from_numpy(I[:, -1] < 0)) \
+        if kk > 0 else 0
+    if info is not None:
+        info.update(lists=nlist, probes=probes, sample_recall=est, repaired=fixed)
+    return _finish(D, I, n, k, True)
 
 
 def flat(x: torch.Tensor, k: int, loop: bool, *, num_threads: int = 1, bar=None):

@@ -101,40 +101,74 @@ def degrees(row, col, w, n):
     return d
 
 
-def fbf_log_steps(row, col, z, n, w, v, P, gamma: float, steps: int, tol: float, w0=None, c: float = 0.0,
-                  max_w: float = math.inf):
+def graph_gamma(row, col, n, step: float, c: float, node_graph, num_graphs: int) -> torch.Tensor:
+    """Per-graph step ``γ_g = step / μ_g``, ``μ_g = 2(1 + c) + √max_{(i,j)∈E_g}(deg_i + deg_j)``
+    (``[num_graphs]`` float64; a graph without edges gets ``step / (2(1 + c))``)."""
+    mu = torch.zeros(num_graphs, dtype=torch.float64, device=row.device)
+    if row.numel():
+        deg = torch.bincount(row, minlength=n) + torch.bincount(col, minlength=n)
+        mu.scatter_reduce_(0, node_graph[row], (deg[row] + deg[col]).double(), "amax", include_self=True)
+    return step / (2.0 * (1.0 + c) + mu.sqrt())
+
+
+def fbf_log_steps(row, col, z, n, w, v, P, gamma, steps: int, tol: float, w0=None, c: float = 0.0,
+                  max_w: float = math.inf, node_graph=None, state=None):
     """Up to ``steps`` FBF iterations in place on ``(w, v)``; ``P`` gets the last prox output.
 
-    With a prior (``w0``, ``c > 0``) the smooth term is ``‖w‖² + c‖w − w0‖²`` (gradient
-    ``2(1+c)w − 2c·w0``); ``max_w`` caps the weights in the prox of ``f1`` (GSPBox's options).
-    Returns ``(iterations, rel_primal_change, rel_dual_change)``; stops early once both are
-    below ``tol``.
+    ``gamma`` is a float (one graph) or a ``[G]`` tensor with ``node_graph`` (the graph of
+    every node): the graphs are independent problems, each with its own step and its own
+    stopping test (both relative changes below ``tol``), so a batch is solved exactly as its
+    graphs one by one. ``state`` (``[G, 4]`` float64: iterations, rel. primal change, rel.
+    dual change, finished) is updated in place and returned. With a prior (``w0``, ``c > 0``)
+    the smooth term is ``‖w‖² + c‖w − w0‖²`` (gradient ``2(1+c)w − 2c·w0``); ``max_w`` caps
+    the weights in the prox of ``f1`` (GSPBox's options).
     """
-    rel_p = rel_d = math.inf
-    it = 0
+    dev = z.device
+    if node_graph is None:
+        node_graph = torch.zeros(n, dtype=torch.long, device=dev)
+    G = int(gamma.numel()) if isinstance(gamma, torch.Tensor) else 1
+    gam = gamma.to(dev, torch.float64) if isinstance(gamma, torch.Tensor) else torch.full((1,), float(gamma),
+                                                                                         dtype=torch.float64, device=dev)
+    if state is None:
+        state = torch.zeros(G, 4, dtype=torch.float64, device=dev)
+    eg = node_graph[row]
+    ge, gn = gam[eg].to(z.dtype), gam[node_graph].to(z.dtype)
+    edges = torch.bincount(eg, minlength=G) if row.numel() else torch.zeros(G, dtype=torch.long, device=dev)
+    empty = (edges == 0) & (state[:, 3] == 0)
+    state[empty, 1:3] = 0.0
+    state[empty, 3] = 1.0
     prior = w0 is not None and w0.numel() == z.numel() and c > 0
     h2 = 2.0 * (1.0 + (c if prior else 0.0))
     lin = 2.0 * c * w0 if prior else 0.0
-    while it < steps:
-        Y = w - gamma * (h2 * w - lin + v[row] + v[col])
-        y = v + gamma * degrees(row, col, w, n)
-        torch.clamp(Y - 2 * gamma * z, min=0, max=max_w if max_w < math.inf else None, out=P)
-        p = (y - torch.sqrt(y * y + 4 * gamma)) / 2
-        Q = P - gamma * (h2 * P - lin + p[row] + p[col])
-        q = p + gamma * degrees(row, col, P, n)
+
+    def gsum(val, idx):
+        return torch.zeros(G, dtype=torch.float64, device=dev).index_add_(0, idx, val.double() ** 2)
+
+    for it in range(steps):
+        active = state[:, 3] == 0
+        Y = w - ge * (h2 * w - lin + (v[row] + v[col]))
+        y = v + gn * degrees(row, col, w, n)
+        Pn = torch.clamp(Y - 2 * ge * z, min=0, max=max_w if max_w < math.inf else None)
+        p = (y - torch.sqrt(y * y + 4 * gn)) / 2
+        Q = Pn - ge * (h2 * Pn - lin + (p[row] + p[col]))
+        q = p + gn * degrees(row, col, Pn, n)
         dw, dv = Q - Y, q - y
-        it += 1
-        # on CUDA the convergence test (a host sync) runs every 10 iterations only
-        check = w.device.type == "cpu" or it % 10 == 0 or it == steps
-        if check:
-            wn, vn = float(torch.linalg.vector_norm(w)), float(torch.linalg.vector_norm(v))
-            rel_p = float(torch.linalg.vector_norm(dw)) / wn if wn > 0 else math.inf
-            rel_d = float(torch.linalg.vector_norm(dv)) / vn if vn > 0 else math.inf
-        w.add_(dw)
-        v.add_(dv)
-        if check and rel_p < tol and rel_d < tol:
+        ae, an = active[eg], active[node_graph]
+        pn, pd = gsum(dw, eg), gsum(w, eg)
+        dn, dd = gsum(dv, node_graph), gsum(v, node_graph)
+        rel_p = torch.where(pd > 0, (pn / pd.clamp_min(1e-300)).sqrt(), torch.full_like(pd, math.inf))
+        rel_d = torch.where(dd > 0, (dn / dd.clamp_min(1e-300)).sqrt(), torch.full_like(dd, math.inf))
+        w.copy_(torch.where(ae, w + dw, w))
+        v.copy_(torch.where(an, v + dv, v))
+        P.copy_(torch.where(ae, Pn, P))
+        state[:, 0] += active.double()
+        state[:, 1] = torch.where(active, rel_p, state[:, 1])
+        state[:, 2] = torch.where(active, rel_d, state[:, 2])
+        state[:, 3] = torch.where(active & (rel_p < tol) & (rel_d < tol), 1.0, state[:, 3])
+        # on CUDA the "all finished" test (a host sync) runs every 10 iterations only
+        if (dev.type == "cpu" or it % 10 == 9) and bool((state[:, 3] != 0).all()):
             break
-    return it, rel_p, rel_d
+    return state
 
 
 def fbf_gamma(row, col, n, step: float, c: float = 0.0) -> float:
@@ -142,15 +176,29 @@ def fbf_gamma(row, col, n, step: float, c: float = 0.0) -> float:
     return step / (2.0 * (1.0 + c) + operator_norm_bound(row, col, n))
 
 
-def log_model(row, col, z, n, *, max_iter=1000, tol=1e-5, step=0.9, w0=None, c=0.0, max_w=math.inf):
-    """Solve the log model on the support ``(row, col)`` (each edge once); returns ``(w, stats)``
-    with ``stats = [iterations, rel_primal, rel_dual]`` (float64)."""
-    gamma = fbf_gamma(row, col, n, step, c if w0 is not None else 0.0)
+def stats(state: torch.Tensor) -> list:
+    """``[iterations, rel_primal, rel_dual]`` of a solve: the worst graph's."""
+    if state.shape[0] == 0:
+        return [0.0, 0.0, 0.0]
+    return [float(state[:, 0].max()), float(state[:, 1].max()), float(state[:, 2].max())]
+
+
+def log_model(row, col, z, n, *, max_iter=1000, tol=1e-5, step=0.9, w0=None, c=0.0, max_w=math.inf,
+              node_graph=None, num_graphs: int = 1):
+    """Solve the log model on the support ``(row, col)`` (each edge once; with ``node_graph``,
+    the graph of each node, one independent problem per graph); returns ``(w, stats)`` with
+    ``stats = [iterations, rel_primal, rel_dual]`` (float64; the worst graph's)."""
+    prior = w0 is not None and w0.numel() == z.numel() and c > 0
+    if node_graph is None:
+        node_graph = torch.zeros(n, dtype=torch.long, device=z.device)
+        num_graphs = 1
+    gamma = graph_gamma(row, col, n, step, c if prior else 0.0, node_graph, num_graphs)
     w = torch.zeros_like(z)
     v = torch.zeros(n, dtype=z.dtype, device=z.device)
     P = torch.zeros_like(z)
-    it, rp, rd = fbf_log_steps(row, col, z, n, w, v, P, gamma, max_iter, tol, w0=w0, c=c, max_w=max_w)
-    return P, torch.tensor([float(it), rp, rd], dtype=torch.float64)
+    state = fbf_log_steps(row, col, z, n, w, v, P, gamma, max_iter, tol, w0=w0, c=c, max_w=max_w,
+                          node_graph=node_graph)
+    return P, torch.tensor(stats(state), dtype=torch.float64)
 
 
 def dense_log_model(Z: torch.Tensor, theta: float = 1.0, *, max_iter: int = 20000, tol: float = 1e-8,
