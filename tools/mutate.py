@@ -62,6 +62,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PY = sys.executable
 PACKAGES = ["tgrep/ops", "tgrep/kernels/reference", "tgrep/nn", "tgrep/models", "tgrep/transforms",
             "tgrep/utils/check.py"]
+MAX_TEST_S = 30.0  # a test slower than this (un-mutated) is used only when no faster one executes the line
 STATE = Path(os.environ.get("TGREP_MUTATE_STATE", "/tmp/tgrep-mutate"))
 PYTEST_ARGS = ["-q", "-p", "no:cacheprovider", "-m", "not slow and not cuda", "--hypothesis-seed=0",
                "-o", "addopts=", "-W", "ignore::DeprecationWarning"]
@@ -336,7 +337,8 @@ def select_tests(m: Mutant, cmap: dict | None) -> list[str]:
         if not hit:  # no test executes the line: the tests of the file
             hit = {t for ts in lines.values() for t in ts}
         if hit:
-            return sorted(hit, key=lambda t: (dur.get(t, 1e9), t))
+            fast = [t for t in hit if dur.get(t, 1e9) <= MAX_TEST_S]  # the slow ones only when nothing else runs it
+            return sorted(fast or hit, key=lambda t: (dur.get(t, 1e9), t))
     return table_tests(m.file)
 
 
