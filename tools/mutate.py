@@ -99,7 +99,6 @@ _GL = ["tests/test_graph_learning.py"]
 _OT = ["tests/test_ot_compress.py", "tests/test_otc_peer.py"]
 _SM = ["tests/test_softmax_norm.py -k triton", "tests/test_library_edrep.py -k triton"]
 HAND_MADE = [
-    ("cpp-sp-relax-le", "csrc/cpu/shortest_path.cpp", "if (!(nd < sv.d)) continue;", "if (!(nd <= sv.d)) continue;", _SP),
     ("cpp-sp-early-exit", "csrc/cpu/shortest_path.cpp", "if (heap.h[0].key() > bound) break;",
      "if (heap.h[0].key() >= bound) break;", _SP),
     ("cpp-sp-sample-ge", "csrc/cpu/shortest_path.cpp",
@@ -109,9 +108,6 @@ HAND_MADE = [
      "(void)0;", _RF),
     ("cpp-knn-dist-2xy", "csrc/cpu/knn.cpp", "T dist = qi + ynp[j] - T(2) * gi[j];", "T dist = qi + ynp[j] - gi[j];",
      _KNN),
-    ("cpp-knn-no-self-skip", "csrc/cpu/knn.cpp", "if (skip_self && col == self) continue;",
-     "if (false && col == self) continue;", _KNN),
-    ("cpp-gl-prox-4g", "csrc/cpu/graph_learning.cpp", "std::sqrt(y * y + T(4) * g)", "std::sqrt(y * y + T(2) * g)", _GL),
     ("cpp-gl-stop-or", "csrc/cpu/graph_learning.cpp", "if (rel_p < tol && rel_d < tol) break;",
      "if (rel_p < tol || rel_d < tol) break;", _GL),
     ("cpp-ot-flow-sign", "csrc/cpu/ot_compress.cpp", "tt[g.dst[e]] += z[e];", "tt[g.dst[e]] -= z[e];", _OT),
@@ -121,16 +117,11 @@ HAND_MADE = [
     ("tri-pred-strict-le", "tgrep/kernels/triton/shortest_path.py", "((du[:, None] < dv) | ready[:, None])",
      "((du[:, None] <= dv) | ready[:, None])", _SPT),
     ("tri-pred-inf-tight", "tgrep/kernels/triton/shortest_path.py", "& (dv < float(\"inf\")) ", "", _SPT),
-    ("tri-relax-sample-le", "tgrep/kernels/triton/shortest_path.py",
-     "em = em & ((h >> 8).to(tl.int32) < thr)\n        old = tl.atomic_min",
-     "em = em & ((h >> 8).to(tl.int32) <= thr)\n        old = tl.atomic_min", _SPT),
     ("tri-bound-lt", "tgrep/kernels/triton/shortest_path.py", "act = act & (du <= bnd)", "act = act & (du < bnd)", _SPT),
     ("tri-grad-skip-first", "tgrep/kernels/triton/shortest_path.py", "tl.atomic_add(out_ptr + e, g, mask=live)",
      "tl.atomic_add(out_ptr + e, g, mask=live & (hops > 0))", _SPT),
     ("tri-sm-half-quad", "tgrep/kernels/triton/softmax_norm.py", "logit = lw + tl.sum(x * mu[None, :], 1) + 0.5 * ",
      "logit = lw + tl.sum(x * mu[None, :], 1) + 1.0 * ", _SM),
-    ("tri-sm-rescale", "tgrep/kernels/triton/softmax_norm.py", "s_run = s_run * tl.exp(m_run - shift) + ",
-     "s_run = s_run + ", _SM),
     ("tri-knn-dist-2xy", "tgrep/kernels/triton/knn.py", "dist = xn[:, None] + yn[None, :] - 2.0 * acc",
      "dist = xn[:, None] + yn[None, :] - 1.0 * acc", ["tests/test_knn.py -k triton"]),
 ]
@@ -326,14 +317,16 @@ def table_tests(path: str) -> list[str]:
 
 
 def select_tests(m: Mutant, cmap: dict | None) -> list[str]:
-    if m.kind == "hand-made":
-        return m.tests
+    if m.kind == "hand-made" and (m.file.endswith(".cpp") or not cmap or m.file not in cmap["lines"]):
+        return m.tests  # C++ is not traced: the hand-kept list
     if cmap:
         lines = cmap["lines"].get(m.file, {})
         dur = cmap["durations"]
         hit = set()
         for ln in range(m.line, (m.end_line or m.line) + 1):
             hit.update(lines.get(str(ln), []))
+        if not hit and m.kind == "hand-made":
+            return m.tests
         if not hit:  # no test executes the line: the tests of the file
             hit = {t for ts in lines.values() for t in ts}
         if hit:
@@ -672,7 +665,7 @@ def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--map", action="store_true", help="build the coverage map (which tests execute each line)")
     p.add_argument("--map-add", nargs="+", help="add these test files to the coverage map (e.g. new tests)")
-    p.add_argument("--sample", type=int, default=72, help="generated mutants to run (plus every hand-made one)")
+    p.add_argument("--sample", type=int, default=64, help="generated mutants to run (plus every hand-made one)")
     p.add_argument("--seed", type=int, default=12)
     p.add_argument("--timeout", type=float, default=150, help="seconds per mutant")
     p.add_argument("--budget-min", type=float, default=120, help="stop starting mutants after this many minutes")
