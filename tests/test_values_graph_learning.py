@@ -128,3 +128,27 @@ def test_transform_reads_attr_and_batch():
     want = learn_graph(x, 2, batch=batch)
     assert _same(got, want)
     assert bool((batch[got.edge_index[0]] == batch[got.edge_index[1]]).all())
+
+
+def test_reference_solver_with_a_prior_graph():
+    # min 2 z.w - sum log d + ||w||^2 + c ||w - w0||^2 (each edge once), w >= 0
+    x = _x(n=6, seed=5)
+    n = 6
+    r, c = _pairs(n)
+    z = ((x.numpy()[r] - x.numpy()[c]) ** 2).sum(1) * 0.4
+    w0 = np.linspace(0.0, 1.5, len(z))
+    cc = 2.0
+
+    def f(w):
+        d = np.maximum(np.bincount(r, w, n) + np.bincount(c, w, n), 1e-12)
+        val = 2 * z @ w - np.log(d).sum() + w @ w + cc * (w - w0) @ (w - w0)
+        g = 2 * z + 2 * w + 2 * cc * (w - w0) - 1 / d[r] - 1 / d[c]
+        return val, g
+
+    want = minimize(f, np.full(len(z), 0.3), jac=True, method="L-BFGS-B", bounds=[(0, None)] * len(z),
+                    options=dict(ftol=0, gtol=1e-12, maxiter=20000)).x
+    t = torch.tensor
+    got, stats = ref.log_model(t(r), t(c), t(z), n, max_iter=20000, tol=1e-10, w0=t(w0), c=cc)
+    np.testing.assert_allclose(got.numpy(), want, atol=1e-5)
+    plain, _ = ref.log_model(t(r), t(c), t(z), n, max_iter=20000, tol=1e-10)
+    assert not np.allclose(plain.numpy(), want, atol=1e-3), "precondition: the prior matters"

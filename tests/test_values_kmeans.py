@@ -104,3 +104,16 @@ def test_more_clusters_than_the_seeding_sample():
     x = _blobs(n_per=6, seed=6)
     labels, cent = kmeans(x, 8, init_sample=5, seed=0, return_centroids=True)
     assert cent.shape == (8, 2) and torch.equal(labels, torch.cdist(x, cent).argmin(1))
+
+
+def test_relative_tolerance_stops_after_a_small_step():
+    # the stopping test is on the *relative* squared centroid move ||c1 - c0||^2 / ||c0||^2
+    x = _blobs(spread=1.6, seed=4)
+    c0 = kmeans(x, 5, iters=0, seed=2, return_centroids=True)[1]
+    one = kmeans(x, 5, iters=1, seed=2, return_centroids=True)
+    shift = float(((one[1] - c0) ** 2).sum() / (c0 ** 2).sum())
+    assert 0 < shift < 0.2, shift
+    two = kmeans(x, 5, iters=2, seed=2, return_centroids=True)
+    assert not torch.equal(two[1], one[1]), "precondition: a second step moves the centroids"
+    got = kmeans(x, 5, iters=50, tol=0.25, seed=2, return_centroids=True)
+    assert torch.equal(got[1], one[1])

@@ -68,3 +68,17 @@ def test_approximate_methods_return_true_distances_and_find_the_hub(method):
     true = ((x[:, None, :].double() - x[idx].double()) ** 2).sum(-1)
     torch.testing.assert_close(dist.double(), true, rtol=1e-4, atol=1e-5)
     assert bool((dist[:, 1:] >= dist[:, :-1]).all())  # ascending
+
+
+@pytest.mark.parametrize("backend", ["reference", "cpp"])
+def test_every_backend_pads_and_matches_brute_force(backend):
+    import tgrep
+
+    x = _x(n=4, seed=3)
+    with tgrep.use_backend(backend):
+        dist, idx = knn(x, 6, method="exact")
+        dl, il = knn(x, 2, method="exact", loop=True)
+    bd, bi = _brute(x, 3)
+    assert torch.equal(idx[:, :3], bi) and bool((idx[:, 3:] == -1).all()) and bool(torch.isinf(dist[:, 3:]).all())
+    torch.testing.assert_close(dist[:, :3].double(), bd, rtol=1e-9, atol=1e-12)
+    assert torch.equal(il[:, 0], torch.arange(4)) and torch.equal(il[:, 1], bi[:, 0])

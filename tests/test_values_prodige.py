@@ -173,3 +173,14 @@ def test_default_distance_and_init_prob_are_used():
     G2 = ProdigeGraph(torch.tensor([[0], [1]]), 3, init_prob=0.75, init_weight=2.5).eval()
     torch.testing.assert_close(G2(torch.tensor([0])), torch.tensor([[0.0, 2.5, 10.0]]))
     assert math.isclose(G2._init_default, 10.0)
+
+
+def test_unfitted_compression_state_loads_as_unfitted():
+    from tgrep.models import ProdigeCompression
+
+    state = ProdigeCompression(4).state_dict()
+    fresh = ProdigeCompression(4)
+    fresh.load_state_dict(state)
+    assert fresh.graph is None
+    with pytest.raises(Exception, match="fit"):
+        fresh.pairwise_distances()
