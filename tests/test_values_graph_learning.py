@@ -152,3 +152,19 @@ def test_reference_solver_with_a_prior_graph():
     np.testing.assert_allclose(got.numpy(), want, atol=1e-5)
     plain, _ = ref.log_model(t(r), t(c), t(z), n, max_iter=20000, tol=1e-10)
     assert not np.allclose(plain.numpy(), want, atol=1e-3), "precondition: the prior matters"
+
+
+def test_solve_log_model_prior_needs_c():
+    # the default c = 0: a prior graph without c changes nothing (the documented default)
+    from tgrep.ops.graph_learning import solve_log_model
+
+    x = _x(n=6, seed=6)
+    r, c = _pairs(6)
+    z = torch.tensor(((x.numpy()[r] - x.numpy()[c]) ** 2).sum(1) * 0.5)
+    rr, cc = torch.tensor(r), torch.tensor(c)
+    w0 = torch.linspace(0.0, 1.5, len(r), dtype=torch.float64)
+    plain, _ = solve_log_model(rr, cc, z, 6, tol=1e-9, max_iter=5000)
+    same, _ = solve_log_model(rr, cc, z, 6, tol=1e-9, max_iter=5000, w0=w0)
+    torch.testing.assert_close(same, plain)
+    prior, _ = solve_log_model(rr, cc, z, 6, tol=1e-9, max_iter=5000, w0=w0, c=2.0)
+    assert not torch.allclose(prior, plain, atol=1e-3)

@@ -127,6 +127,22 @@ HAND_MADE = [
 ]
 
 
+# survivors judged equivalent (no test can tell them apart from the original), with the reason
+EQUIVALENT = {
+    "ot_costs:17:5c99b7": "`scatter`'s default `reduce` is already `\"sum\"`.",
+    "reinforce:17:acbec3": "`PAIR_CHUNK` (`1 << 22` -> `2 << 22`) only sizes the chunks of (row, edge) pairs; every "
+                           "row is still processed exactly once.",
+    "reinforce:33:acbec3": "`max(searchsorted(...), start + 2)` only moves a chunk boundary by one row; every row is "
+                           "still processed exactly once (slicing past `B` is empty).",
+    "kmeans:60:a0b432": "the clamp `min(searchsorted(cum, u * total), n - 1)` never binds: `u < 1` so `u * total < "
+                        "cum[-1]` and the index is at most `n - 1`; clamping at `n + 1` changes nothing.",
+    "graph_learning:453:acbec3": "θ from `k + 2` instead of `k + 1` sorted candidates per node: `theta_bounds` reads "
+                                 "only the first `k + 1` columns, so the extra column changes nothing.",
+    "select_ot:19:c82c61": "a bool or non-number `ratio` still gets a `TypeError` naming 'ratio' (from "
+                           "`check.positive_int`, which rejects bools and non-ints); only the message's wording differs.",
+}
+
+
 @dataclass
 class Mutant:
     id: str
@@ -605,6 +621,9 @@ def _esc(s: str, n: int = 80) -> str:
 
 
 def report(muts: list[Mutant], meta: dict, path: Path) -> None:
+    for m in muts:
+        if m.id in EQUIVALENT and m.status == "survived":
+            m.verdict = "equivalent: " + EQUIVALENT[m.id]
     done = [m for m in muts if m.status in ("caught", "survived")]
     equiv = [m for m in done if m.status == "survived" and m.verdict.startswith("equivalent")]
     real = [m for m in done if m not in equiv]
