@@ -157,6 +157,7 @@ class Mutant:
     detail: str = ""
     end_line: int = 0
     verdict: str = ""  # for survivors: "equivalent: why" or "gap: the test that now catches it"
+    first_status: str = ""  # the status of the first run (before the tests added for its survivors)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -657,6 +658,11 @@ def report(muts: list[Mutant], meta: dict, path: Path) -> None:
         "Issue 12 measured 21/32 = 66% before; the first run of this tool 9/12.",
         "",
     ]
+    first = [m for m in muts if (m.first_status or m.status) in ("caught", "survived")]
+    first_caught = sum((m.first_status or m.status) == "caught" for m in first)
+    first_equiv = sum(m in equiv for m in first)
+    lines += [f"First run (before the tests added for its survivors): {first_caught}/{len(first) - first_equiv} "
+              f"non-equivalent caught = {first_caught / max(1, len(first) - first_equiv):.1%}.", ""]
     hist = meta.get("history")
     if hist:
         lines += ["Runs:", ""] + [f"* {h}" for h in hist] + [""]
@@ -742,6 +748,7 @@ def main(argv=None) -> None:
         else:
             if old:
                 m.verdict = old.verdict
+                m.first_status = old.first_status or old.status
             todo.append(m)
     print(f"{len(chosen)} mutants, {len(todo)} to run", flush=True)
     if not todo:
@@ -763,6 +770,8 @@ def main(argv=None) -> None:
                 print("budget spent: stopping", flush=True)
                 break
             run_one(work, state, m, cmap, args.timeout, fork=not args.no_fork)
+            if m.first_status == "survived" and m.status == "caught":
+                m.verdict = "gap, closed: now " + m.detail.replace("FAILED ", "caught by `", 1).split(" - ")[0] + "`"
             print(f"[{i + 1}/{len(todo)}] {m.status:8s} {m.seconds:5.0f}s {m.id} {m.kind}: {_esc(m.old, 40)!r} -> "
                   f"{_esc(m.new, 40)!r} ({len(m.tests)} tests) {m.detail[:80]}", flush=True)
             save_results(results, chosen, meta)
