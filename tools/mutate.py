@@ -93,10 +93,11 @@ TESTS = [
 # hand-made kernel mutants: (id, file, old text, new text, tests)
 _SP = ["tests/test_shortest_paths.py"]
 _SPT = ["tests/test_shortest_paths.py -k triton"]
-_RF = ["tests/test_fuzz_properties.py::test_reinforce_equals_brute_force", "tests/test_prodige.py"]
-_KNN = ["tests/test_knn.py", "tests/test_fuzz_properties.py::test_knn_equals_brute_force"]
-_GL = ["tests/test_graph_learning.py"]
-_OT = ["tests/test_ot_compress.py", "tests/test_otc_peer.py"]
+_RF = ["tests/test_fuzz_properties.py::test_reinforce_equals_brute_force", "tests/test_values_prodige.py",
+       "tests/test_prodige.py"]
+_KNN = ["tests/test_values_knn.py", "tests/test_knn.py", "tests/test_fuzz_properties.py::test_knn_equals_brute_force"]
+_GL = ["tests/test_values_graph_learning.py", "tests/test_graph_learning.py"]
+_OT = ["tests/test_values_ot_compress.py", "tests/test_ot_compress.py", "tests/test_otc_peer.py"]
 _SM = ["tests/test_softmax_norm.py -k triton", "tests/test_library_edrep.py -k triton"]
 HAND_MADE = [
     ("cpp-sp-early-exit", "csrc/cpu/shortest_path.cpp", "if (heap.h[0].key() > bound) break;",
@@ -126,6 +127,32 @@ HAND_MADE = [
      "dist = xn[:, None] + yn[None, :] - 1.0 * acc", ["tests/test_knn.py -k triton"]),
 ]
 
+
+# notes for the report (docs/mutation.md)
+NOTES = [
+    "* **Test selection.** `--map` runs the suite's fast tests once under `coverage` with one context per test "
+    "(~16 min on the shared 2-core machine); a mutant then runs only the tests that executed its line, fastest "
+    "first, `-x`; tests slower than 30 s un-mutated are used only when nothing faster covers the line. A mutant "
+    "costs a few seconds (the fork server has torch, PyG, triton and scipy imported), a survivor the sum of its "
+    "covering tests; C++ mutants add one rebuild (~1-2 min) into the private cache.",
+    "* **Timeouts.** A run over `--timeout` whose tests take under a third of it un-mutated is counted as caught "
+    "(the mutant made the code hang or crawl: e.g. the eval graph keeping the *absent* edges, or a budget "
+    "giving thousands of edges); other timeouts are not counted (a slow machine is no evidence).",
+    "* **Hand-made kernel mutants.** C++ ones run hand-kept test lists (C++ is not traced); Triton ones run the "
+    "tests that executed the mutated kernel line under `TRITON_INTERPRET=1` (coverage sees the interpreted "
+    "Python). `tri-pred-ready-le` of the first run is left out: under the interpreter programs run in order "
+    "and it is equivalent there (only a GPU run can catch it).",
+    "* **New tests** (all assert values against an independent computation, seconds per file): "
+    "`tests/test_values_ot_pool.py` (gate `multiplier * tanh(k rho1)` on the op's rho1, degree/label costs "
+    "counted by hand, transport reduce vs scipy Dijkstra, EdgeCostNet formula, OTCompress pass-through), "
+    "`test_values_kmeans.py` (Lloyd fixed point vs cdist, restarts keep the least inertia, empty clusters, "
+    "tolerances), `test_values_prodige.py` (sparsity value/gradient, loo/ema/scalar baselines by linearity, a "
+    "fully sampled graph's surrogate, SparseAdam step, eval distances vs scipy), `test_values_graph_learning.py` "
+    "(log model vs scipy L-BFGS-B for the C++ solver, the dense reference and the prior, theta bounds, "
+    "stopping rule, LearnedGraphTransform pass-through of r/theta/scale/...), `test_values_knn.py`, "
+    "`test_values_ot_compress.py`, `test_values_edrep.py`, `test_values_validation.py`; `tests/test_readme.py` "
+    "now checks each block's comments against its namespace.",
+]
 
 # survivors judged equivalent (no test can tell them apart from the original), with the reason
 EQUIVALENT = {
@@ -679,9 +706,7 @@ def report(muts: list[Mutant], meta: dict, path: Path) -> None:
               f"{m.verdict or 'not yet looked at'}" for m in surv] or ["None."]
     if other:
         lines += ["", "## Not decided", ""] + [f"* `{m.id}` {m.status}: {m.detail}" for m in other]
-    notes = meta.get("notes")
-    if notes:
-        lines += ["", "## Notes", ""] + notes
+    lines += ["", "## Notes", ""] + NOTES
     path.write_text("\n".join(lines) + "\n")
 
 
