@@ -165,6 +165,9 @@ EQUIVALENT = {
                         "cum[-1]` and the index is at most `n - 1`; clamping at `n + 1` changes nothing.",
     "graph_learning:453:acbec3": "θ from `k + 2` instead of `k + 1` sorted candidates per node: `theta_bounds` reads "
                                  "only the first `k + 1` columns, so the extra column changes nothing.",
+    "tri-bound-lt": "expanding a vertex whose distance equals the bound (the largest tentative target distance) "
+                    "yields `d_u + w >= bound`, which improves no target (none is above the bound), and the "
+                    "predecessor pass has its own `<=` test; the returned distances and trees are unchanged.",
     "select_ot:19:c82c61": "a bool or non-number `ratio` still gets a `TypeError` naming 'ratio' (from "
                            "`check.positive_int`, which rejects bools and non-ints); only the message's wording differs.",
 }
