@@ -117,3 +117,10 @@ def test_relative_tolerance_stops_after_a_small_step():
     assert not torch.equal(two[1], one[1]), "precondition: a second step moves the centroids"
     got = kmeans(x, 5, iters=50, tol=0.25, seed=2, return_centroids=True)
     assert torch.equal(got[1], one[1])
+
+
+def test_default_seed_is_zero():
+    x = _blobs(spread=2.0, seed=8)
+    runs = {s: kmeans(x, 5, iters=1, seed=s) for s in (0, 1)}
+    assert not torch.equal(runs[0], runs[1]), "precondition: the seed matters"
+    assert torch.equal(kmeans(x, 5, iters=1), runs[0])

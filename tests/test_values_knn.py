@@ -82,3 +82,15 @@ def test_every_backend_pads_and_matches_brute_force(backend):
     assert torch.equal(idx[:, :3], bi) and bool((idx[:, 3:] == -1).all()) and bool(torch.isinf(dist[:, 3:]).all())
     torch.testing.assert_close(dist[:, :3].double(), bd, rtol=1e-9, atol=1e-12)
     assert torch.equal(il[:, 0], torch.arange(4)) and torch.equal(il[:, 1], bi[:, 0])
+
+
+def test_a_missing_optional_package_only_blocks_its_own_method(monkeypatch):
+    import sys
+
+    K = sys.modules["tgrep.ops.knn"]  # (the name tgrep.ops.knn is the function)
+    monkeypatch.setattr(K, "_have", lambda module: module != "pynndescent")
+    x = _x(n=12, seed=4)
+    dist, idx = knn(x, 3, method="exact")
+    assert torch.equal(idx, _brute(x, 3)[1])
+    with pytest.raises(ImportError, match="pynndescent"):
+        knn(x, 3, method="nndescent")
