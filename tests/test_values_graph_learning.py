@@ -168,3 +168,12 @@ def test_solve_log_model_prior_needs_c():
     torch.testing.assert_close(same, plain)
     prior, _ = solve_log_model(rr, cc, z, 6, tol=1e-9, max_iter=5000, w0=w0, c=2.0)
     assert not torch.allclose(prior, plain, atol=1e-3)
+
+
+@pytest.mark.parametrize("tol", [1e-3, 1e-4, 1e-5])
+def test_solver_stops_only_when_both_changes_are_below_tol(tol):
+    for seed in range(3):
+        x = _x(n=9, seed=10 + seed)
+        _, _, info = learn_graph(x, 3, theta=0.4, max_iter=20000, tol=tol, return_info=True)
+        assert info["converged"]
+        assert info["rel_primal"] < tol and info["rel_dual"] < tol, info

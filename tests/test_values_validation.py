@@ -44,6 +44,8 @@ def test_check_batch_compacts_ids_and_counts_graphs():
     assert b.numel() == 0 and g == 0
     b, g = check.batch("batch", None, 3)
     assert b.tolist() == [0, 0, 0] and g == 1
+    b, g = check.batch("batch", None, 0)
+    assert b.numel() == 0 and g == 0  # no node: no graph
     with pytest.raises(ValueError, match="'batch'"):
         check.batch("batch", torch.tensor([1, 0]), 2)
 

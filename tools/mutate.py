@@ -165,6 +165,12 @@ EQUIVALENT = {
                         "cum[-1]` and the index is at most `n - 1`; clamping at `n + 1` changes nothing.",
     "graph_learning:453:acbec3": "θ from `k + 2` instead of `k + 1` sorted candidates per node: `theta_bounds` reads "
                                  "only the first `k + 1` columns, so the extra column changes nothing.",
+    "knn:42:acbec3": "the padding index `-1` -> `-2` is overwritten: `_finish` sets the index of every infinite "
+                     "distance (the padding's) to `-1`.",
+    "reinforce:40:474853": "without the dtype check a float `sources` is still refused with an error naming "
+                           "'sources' (the op's value checks, `check=`), which is the contract; only the place differs.",
+    "shortest_path:24:b7a1d8": "without the dtype check a float `indptr` is still refused with an error naming "
+                               "'indptr' by the op's value checks inside `tgrep::shortest_paths`.",
     "tri-bound-lt": "expanding a vertex whose distance equals the bound (the largest tentative target distance) "
                     "yields `d_u + w >= bound`, which improves no target (none is above the bound), and the "
                     "predecessor pass has its own `<=` test; the returned distances and trees are unchanged.",
