@@ -761,9 +761,10 @@ def main(argv=None) -> None:
     cmap = json.loads((state / "map.json").read_text()) if (state / "map.json").exists() else None
     gen = all_generated()
     chosen = sample(gen, args.sample, args.seed) + ([] if args.no_hand_made else hand_made())
-    if args.only:
+    only = set(args.only or [])
+    if only - {m.id for m in chosen}:  # ids outside the sample: run them too
         pool = {m.id: m for m in gen + hand_made()}
-        chosen = [pool[i] for i in args.only]
+        chosen += [pool[i] for i in sorted(only - {m.id for m in chosen})]
     for m in chosen:
         m.tests = select_tests(m, cmap)
     if args.list:
@@ -777,7 +778,7 @@ def main(argv=None) -> None:
     for i, m in enumerate(chosen):
         old = prev.get(m.id)
         if old and old.old == m.old and old.new == m.new and old.status in ("caught", "survived", "error") \
-                and not (args.only or (args.rerun_survivors and old.status == "survived")):
+                and not (m.id in only or (args.rerun_survivors and old.status == "survived")):
             chosen[i] = old
         else:
             if old:
@@ -789,10 +790,7 @@ def main(argv=None) -> None:
         report(chosen, meta, md)
         save_results(results, chosen, meta)
         return
-    if not work.exists() or args.only or args.rerun_survivors:
-        make_tree(work)
-    else:  # a resumed run: re-copy the sources (a killed run may have left a mutant in place)
-        make_tree(work)
+    make_tree(work)  # always fresh: a killed run may have left a mutant in place
     if any(m.file.endswith(".cpp") for m in todo) or not (state / "cache").exists():
         prebuild(work, state)
     if not args.no_fork:
