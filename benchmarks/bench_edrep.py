@@ -1,6 +1,7 @@
 """EDRep benchmarks: speed, memory, accuracy of log Z, community detection.
 
     python benchmarks/bench_edrep.py [--quick] [--part speed|accuracy|community|all]
+    python benchmarks/bench_edrep.py --trees /work/wt/old   # this checkout vs another, same run
 
 * speed:     n = m = 50,000, d = 64: ``log_normalizer`` (k-means included) vs
              ``exact_log_normalizer``; ``EDRepLoss`` forward+backward vs the exact softmax
@@ -11,6 +12,11 @@
              features, Nystrom and uniform sampling at equal time (the paper's Fig. 1).
 * community: DCSBM graphs (n = 20,000, q = 4, c = 10), EDRep + k-means vs a spectral method
              and PyG Node2Vec (DeepWalk settings, pure-torch walks), NMI and time.
+
+* trees:     ``--trees PATH[,PATH]``: ``log_normalizer`` (k = 1, 8; forward, and forward +
+             backward) and the fused ``cluster_log_normalizer`` timed in this checkout and in
+             others (one worker process each, 1 thread, rounds interleaved): how the cost of the
+             custom-op wrappers (issue 9: within 5% of the pre-template code) is measured.
 
 Writes benchmarks/results/edrep_<part>-cpu.json and PNG figures next to it.
 """
@@ -28,7 +34,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import RESULTS, Report, timeit  # noqa: E402
+from harness import RESULTS, Report, time_trees, timeit  # noqa: E402
 from edrep_peers import (bethe_hessian_embedding, deepwalk_node2vec, nystrom_log_z,  # noqa: E402
                          original_compute_zest, random_features_log_z, regularized_spectral_embedding,
                          sampling_log_z)
@@ -405,18 +411,74 @@ def bench_regime(quick: bool, verbose: bool) -> None:
     rep.finish()
 
 
+_TREE_WORKER = r"""
+import sys
+tree = sys.argv[1]
+sys.path.insert(0, tree)
+import torch
+torch.set_num_threads(1)
+import tgrep
+from tgrep.ops import cluster_log_normalizer, log_normalizer
+assert tgrep.__file__.startswith(tree), tgrep.__file__
+n, d = int(sys.argv[2]), 64
+g = torch.Generator().manual_seed(0)
+x = torch.randn(n, d, generator=g) / d ** 0.5
+y = torch.randn(n, d, generator=g) / d ** 0.5
+xg = x.clone().requires_grad_()
+k = 8
+lw = torch.log(torch.full((k,), 1.0 / k))
+mu = torch.randn(k, d, generator=g) / d
+om = torch.randn(k, d, d, generator=g) / d ** 2
+om = 0.5 * (om + om.transpose(1, 2))
+def fb(k):
+    log_normalizer(xg, y, num_clusters=k).sum().backward()
+    xg.grad = None
+cases = {
+    "log_normalizer k=1": lambda: log_normalizer(x, y, num_clusters=1),
+    "log_normalizer k=8": lambda: log_normalizer(x, y, num_clusters=8),
+    "log_normalizer k=1 fwd+bwd": lambda: fb(1),
+    "log_normalizer k=8 fwd+bwd": lambda: fb(8),
+    "cluster_log_normalizer k=8": lambda: cluster_log_normalizer(x, lw, mu, om),
+}
+"""
+
+
+def bench_trees(trees: list[str], quick: bool) -> None:
+    """This checkout against others on the same inputs (min over interleaved rounds)."""
+    here = str(Path(__file__).resolve().parents[1])
+    arms = [("this tree", here)] + [(t, t) for t in trees]
+    n = 5_000 if quick else 20_000
+    cases = ["log_normalizer k=1", "log_normalizer k=8", "log_normalizer k=1 fwd+bwd", "log_normalizer k=8 fwd+bwd",
+             "cluster_log_normalizer k=8"]
+    rounds = 5 if quick else 30  # the cases take 10-100 ms: many rounds for a stable minimum
+    t = time_trees(_TREE_WORKER, arms, cases, rounds, (str(n),))
+    rep = Report("edrep_trees", "cpu", threads=1, n=n, m=n, d=64, rounds=rounds,
+                 trees=[f"{label}: {path}" for label, path in arms],
+                 note="min over interleaved rounds; tgrep_s = this tree, peer_s = the other tree")
+    for label, _ in arms[1:]:
+        for case in cases:
+            a, b = min(t[("this tree", case)]), min(t[(label, case)])
+            rep.add(case, a, b, peer=label, ratio=a / b,
+                    median_ratio=float(np.median(t[("this tree", case)]) / np.median(t[(label, case)])))
+    rep.finish()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="smaller problems")
     ap.add_argument("--part", default="all", choices=("speed", "memory", "accuracy", "community", "gpu", "original", "regime",
                                                        "all"))
     ap.add_argument("--quiet", action="store_true")
+    ap.add_argument("--trees", default=None, help="comma-separated other checkouts to time against (1 thread each)")
     ap.add_argument("--threads", type=int, default=1,
                     help="torch threads (default 1: on a shared, oversubscribed 2-core machine OpenMP "
                          "barriers make 2 threads many times slower for small ops; both sides get the same)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     verbose = not args.quiet
+    if args.trees:
+        bench_trees([t for t in args.trees.split(",") if t], args.quick)
+        return
     if args.part in ("speed", "all"):
         bench_speed(args.quick, verbose)
     if args.part in ("memory", "all"):

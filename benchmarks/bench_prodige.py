@@ -3,7 +3,7 @@ compression of scikit-learn's digits against MDS/PCA, training speed against a s
 implementation of the same update, collaborative filtering and classification with
 ``ProdigeEmbedding`` (training-step time against nn.Embedding, eager and torch.compile).
 
-    python benchmarks/bench_prodige.py [--quick] [--only sanity,digits,speed,cf,clf,embedding]
+    python benchmarks/bench_prodige.py [--quick] [--only sanity,digits,speed,cf,clf,embedding,hierarchy]
 
 Writes ``benchmarks/results/prodige-<device>.json`` (and ``prodige_digits_curve.png``).
 """
@@ -108,19 +108,25 @@ def digits_compression(report, quick, verbose):
         t0 = time.perf_counter()
         z = PCA(budget).fit_transform(x.numpy())
         pca = pair_mse(torch.cdist(torch.tensor(z), torch.tensor(z)), D)
+        from threadpoolctl import threadpool_limits
+
         t0 = time.perf_counter()
-        mds = MDS(budget, dissimilarity="precomputed", metric=True, n_init=1, max_iter=300, random_state=0,
-                  normalized_stress=False).fit_transform(D.double().numpy())
+        with threadpool_limits(1):  # MDS's numpy/BLAS on one thread, like torch's (set in main)
+            mds = MDS(budget, dissimilarity="precomputed", metric=True, n_init=1, max_iter=300, random_state=0,
+                      normalized_stress=False).fit_transform(D.double().numpy())
         t_mds = time.perf_counter() - t0
         mds = pair_mse(torch.cdist(torch.tensor(mds), torch.tensor(mds)), D)
         t0 = time.perf_counter()
         m = ProdigeCompression(target_params_per_instance=float(budget), verbose=verbose, seed=0).fit(x)
         t_fit = time.perf_counter() - t0
-        mse = pair_mse(m.pairwise_distances(), D)
+        P = m.pairwise_distances()
+        mse = pair_mse(P, D)
         ppi = m.parameters_per_instance()
+        unreachable = int((P >= float(m.graph.default_distance)).sum())  # where soft mode / default matter
         report.add(f"digits {x.size(0)}x64 <= {budget} params/item: PRODIGE defaults vs MDS-{budget}", t_fit, t_mds,
                    peer=f"sklearn MDS({budget})", prodige_mse=mse, mds_mse=mds, pca_mse=pca, params_per_instance=ppi,
-                   mse_ratio_mds=mds / mse, mse_ratio_pca=pca / mse, fit_time_ratio_mds=t_fit / t_mds)
+                   mse_ratio_mds=mds / mse, mse_ratio_pca=pca / mse, fit_time_ratio_mds=t_fit / t_mds,
+                   unreachable_pairs=unreachable, threads=torch.get_num_threads())
         history[budget] = {"history": m.history_, "mds_mse": mds, "pca_mse": pca, "prodige_mse": mse,
                            "params_per_instance": ppi}
     if not quick:
@@ -404,10 +410,24 @@ def _bow_step(model, x, y, opt, reinforce):
     opt.step()
 
 
+def _cpu_time(fn, repeat, warmup=2):
+    """Median CPU time of this thread per call (``time.thread_time``): what the step costs,
+    whatever else the shared machine runs (wall-clock time of a long step inflates under load)."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeat):
+        t0 = time.thread_time()
+        fn()
+        times.append(time.thread_time() - t0)
+    return float(np.median(times))
+
+
 def embedding_step(report, quick, verbose):
     """Training step (forward + backward + Adam) of a bag-of-words model, batch 64 x 50 tokens,
     ProdigeEmbedding(2000, 16) (defaults: the stored numbers of nn.Embedding(2000, 16)) against
-    nn.Embedding(2000, 16); without and with REINFORCE; eager and torch.compile."""
+    nn.Embedding(2000, 16); without and with REINFORCE; eager and torch.compile. Wall-clock
+    medians (the harness) and CPU-time medians of the calling thread (1 torch thread)."""
     V, K = 2000, 16
     gen = torch.Generator().manual_seed(0)
     x, y = torch.randint(0, V, (64, 50), generator=gen), torch.randint(0, 2, (64,), generator=gen)
@@ -415,14 +435,22 @@ def embedding_step(report, quick, verbose):
     torch.manual_seed(0)
     base = BagOfWords(torch.nn.Embedding(V, K), K)
     opt = torch.optim.Adam(base.parameters(), lr=0.01)
-    t_base = timeit(lambda: _bow_step(base, x, y, opt, False), repeat=reps * 5, warmup=3)["median"]
+    base_step = (lambda o: lambda: _bow_step(base, x, y, o, False))(opt)
+    t_base = timeit(base_step, repeat=reps * 5, warmup=3)["median"]
     for reinforce in (False, True):
         torch.manual_seed(0)
         model = BagOfWords(ProdigeEmbedding(V, K), K)
         opt = torch.optim.Adam(model.parameters(), lr=0.01)
         t = timeit(lambda: _bow_step(model, x, y, opt, reinforce), repeat=reps, warmup=2)["median"]
+        # CPU time, the two arms interleaved step by step (5 base steps per PRODIGE step)
+        cs, cb = [], []
+        for _ in range(reps):
+            cs.append(_cpu_time(lambda: _bow_step(model, x, y, opt, reinforce), 1, warmup=0))
+            cb += [_cpu_time(base_step, 1, warmup=0) for _ in range(5)]
+        c, c_base = float(np.median(cs)), float(np.median(cb))
         report.add(f"bag-of-words step, ProdigeEmbedding({V}, {K}){' + reinforce' if reinforce else ''}, 64x50",
-                   t, t_base, peer=f"nn.Embedding({V}, {K}) step", step_ratio=t / t_base,
+                   t, t_base, peer=f"nn.Embedding({V}, {K}) step", step_ratio=t / t_base, cpu_s=c,
+                   peer_cpu_s=c_base, cpu_step_ratio=c / c_base,
                    stored_numbers=model.emb.num_stored_parameters(), embedding_numbers=V * K)
     # torch.compile: the embedding forward compiled (fullgraph), the search stays one opaque op
     torch.manual_seed(0)
@@ -439,8 +467,78 @@ def embedding_step(report, quick, verbose):
                peer="eager step", compile_s=t_compile, step_ratio_eager=t_comp / t_eager)
 
 
+def _train_bow(emb, dim, x, y, classes, epochs, reinforce, seed=0, norm=False):
+    """Bag-of-words classifier over ``emb`` (mean -> [LayerNorm ->] linear): Adam(lr=0.01),
+    batch 64; returns the trained model in eval mode."""
+    torch.manual_seed(seed)
+    model = BagOfWords(emb, dim)
+    lin = torch.nn.Linear(dim, classes)
+    model.lin = torch.nn.Sequential(torch.nn.LayerNorm(dim), lin) if norm else lin
+    opt = torch.optim.Adam(model.parameters(), lr=0.01)
+    for _ in range(epochs):
+        for idx in torch.randperm(x.size(0)).split(64):
+            loss = torch.nn.functional.cross_entropy(model(x[idx]), y[idx])
+            if reinforce:
+                loss = loss + emb.reinforce(loss)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    return model.eval()
+
+
+def hierarchy(report, quick, verbose):
+    """Accuracy at equal stored numbers on planted hierarchical clusters
+    (:func:`tgrep.datasets.hierarchical_sequences`: 1000 items in 4 x 4 x 4 leaf clusters, label =
+    the level-1 cluster, 16 classes; 3000 training, 1000 test sequences of 30 tokens): a
+    bag-of-words classifier (mean -> linear, and mean -> LayerNorm -> linear) over
+    ProdigeEmbedding(V, K) with its defaults (budget = K numbers per item), with and without
+    REINFORCE, against nn.Embedding(V, K); and at a small budget, ProdigeEmbedding(V, K,
+    budget=4) against nn.Embedding(V, 4). Same optimiser (Adam, lr 0.01), epochs and head for
+    every arm; test accuracy, mean over seeds."""
+    from tgrep.datasets import hierarchical_sequences
+
+    V, K = 1000, 16
+    seeds = (0,) if quick else (0, 1, 2)
+    epochs = 4 if quick else 10
+    arms = {
+        f"ProdigeEmbedding({V}, {K})": (lambda: ProdigeEmbedding(V, K), K, False),
+        f"ProdigeEmbedding({V}, {K}) + reinforce": (lambda: ProdigeEmbedding(V, K), K, True),
+        f"nn.Embedding({V}, {K})": (lambda: torch.nn.Embedding(V, K), K, False),
+        f"ProdigeEmbedding({V}, {K}, budget=4)": (lambda: ProdigeEmbedding(V, K, budget=4.0), K, False),
+        f"nn.Embedding({V}, 4)": (lambda: torch.nn.Embedding(V, 4), 4, False),
+    }
+    pairs = ((f"ProdigeEmbedding({V}, {K})", f"nn.Embedding({V}, {K})"),
+             (f"ProdigeEmbedding({V}, {K}) + reinforce", f"nn.Embedding({V}, {K})"),
+             (f"ProdigeEmbedding({V}, {K}, budget=4)", f"nn.Embedding({V}, 4)"))
+    for norm in (False, True):
+        head = "mean -> LayerNorm -> linear" if norm else "mean -> linear"
+        rows = {}
+        for seed in progress(seeds, verbose=verbose, desc=f"hierarchy ({head})"):
+            gen = torch.Generator().manual_seed(seed)
+            x, y, _ = hierarchical_sequences(4000, V, (4, 4, 4), 30, generator=gen)
+            classes = int(y.max()) + 1
+            xtr, ytr, xte, yte = x[:3000], y[:3000], x[3000:], y[3000:]
+            for name, (make, dim, rf) in arms.items():
+                torch.manual_seed(seed)
+                emb = make()
+                t0 = time.perf_counter()
+                model = _train_bow(emb, dim, xtr, ytr, classes, epochs, rf, seed, norm)
+                sec = time.perf_counter() - t0
+                with torch.no_grad():
+                    acc = float((model(xte).argmax(1) == yte).float().mean())
+                size = emb.num_stored_parameters() if isinstance(emb, ProdigeEmbedding) else emb.weight.numel()
+                rows.setdefault(name, []).append((acc, size, sec))
+        mean = {k: [sum(r[i] for r in v) / len(v) for i in range(3)] for k, v in rows.items()}
+        for name, peer in pairs:
+            a, b = mean[name], mean[peer]
+            report.add(f"hierarchy accuracy ({head}): {name}", a[2], b[2], peer=peer, prodige_acc=a[0],
+                       peer_acc=b[0], acc_gain=a[0] - b[0], prodige_stored_numbers=a[1], peer_numbers=b[1],
+                       seeds=len(seeds), epochs=epochs, per_seed_acc=[r[0] for r in rows[name]],
+                       per_seed_peer_acc=[r[0] for r in rows[peer]])
+
+
 SECTIONS = {"sanity": sanity, "digits": digits_compression, "speed": speed, "cf": cf, "clf": clf,
-            "embedding": embedding_step}
+            "embedding": embedding_step, "hierarchy": hierarchy}
 
 
 def main():

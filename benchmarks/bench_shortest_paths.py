@@ -38,7 +38,7 @@ from scipy.sparse import csr_matrix
 from scipy.sparse.csgraph import dijkstra
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.harness import Report, timeit  # noqa: E402
+from benchmarks.harness import Report, time_trees, timeit  # noqa: E402
 from tgrep import use_backend  # noqa: E402
 from tgrep.ops import shortest_paths  # noqa: E402
 from tgrep.utils.progress import progress  # noqa: E402
@@ -178,15 +178,7 @@ cases = {
     "kernel_per_call": lambda: kern(indptr, indices, weight, sources[:1], sources[:1, None], None, 0, False),
     "kernel_per_call_stoch": lambda: kern(indptr, indices, weight, sources[:1], sources[:1, None], prob, 0, False),
 }
-with use_backend("cpp"):
-    for fn in cases.values():
-        fn()
-    print("ready", flush=True)
-    for line in sys.stdin:
-        name = line.strip()
-        t0 = time.perf_counter()
-        cases[name]()
-        print(time.perf_counter() - t0, flush=True)
+use_backend("cpp").__enter__()  # for the rest of this worker
 """
 
 TREE_CASES = ["full", "targets", "stoch_full", "full_pred", "small_B4", "kernel_full", "kernel_stoch_targets",
@@ -195,31 +187,12 @@ TREE_CASES = ["full", "targets", "stoch_full", "full_pred", "small_B4", "kernel_
 
 def trees_section(args, trees: list[str]) -> None:
     """Time the CPU cases in several checkouts (one worker process each, interleaved rounds)."""
-    import subprocess
-
     here = str(Path(__file__).resolve().parents[1])
     arms = [("this tree", here)] + [(t, t) for t in trees]
     B = 64 if args.quick else 256
-    env = dict(os.environ, TGREP_QUIET="1", OMP_NUM_THREADS="1")
-    procs = []
-    for _, path in arms:
-        p = subprocess.Popen([sys.executable, "-c", _WORKER, path, str(B)], stdin=subprocess.PIPE,
-                             stdout=subprocess.PIPE, text=True, env=env, cwd=path)
-        procs.append(p)
-    for p in procs:
-        assert p.stdout.readline().strip() == "ready"
     rounds = args.rounds or (3 if args.quick else 7)
     cases = args.cases.split(",") if args.cases else TREE_CASES
-    t: dict = {}
-    for _ in progress(range(rounds), desc="tree rounds"):
-        for case in cases:  # one case in every tree back to back: load changes hit all arms alike
-            for (label, _), p in zip(arms, procs):
-                p.stdin.write(case + "\n")
-                p.stdin.flush()
-                t.setdefault((label, case), []).append(float(p.stdout.readline()))
-    for p in procs:
-        p.stdin.close()
-        p.wait()
+    t = time_trees(_WORKER, arms, cases, rounds, (str(B),))
     report = Report("shortest_paths_trees" + (f"_{args.tag}" if args.tag else ""), "cpu", threads=1, quick=args.quick, B=B, rounds=rounds,
                     trees=[f"{label}: {path}" for label, path in arms],
                     note="min over interleaved rounds; tgrep_s = this tree, peer_s = the other tree")

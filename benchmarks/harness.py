@@ -86,3 +86,50 @@ class Report:
         path.write_text(json.dumps({"name": self.name, "meta": self.meta, "rows": self.rows}, indent=2) + "\n")
         print(f"wrote {path.relative_to(RESULTS.parent.parent)}")
         return path
+
+
+_SERVE = """
+import sys as _sys, time as _time
+for _fn in cases.values():
+    _fn()
+print("ready", flush=True)
+for _line in _sys.stdin:
+    _t0 = _time.perf_counter()
+    cases[_line.strip()]()
+    print(_time.perf_counter() - _t0, flush=True)
+"""
+
+
+def time_trees(worker: str, trees: list[tuple[str, str]], cases: list[str], rounds: int,
+               worker_args: tuple[str, ...] = ()) -> dict:
+    """Time ``cases`` in several checkouts of tgrep, one worker process per checkout, 1 thread.
+
+    ``worker`` is Python source run as ``python -c worker TREE *worker_args`` with ``cwd=TREE``:
+    it puts ``TREE`` first on ``sys.path`` and defines ``cases``, a dict of zero-argument
+    callables; the harness appends the serving loop (warm-up, ``ready``, then one case name per
+    line on stdin answered by the seconds it took). Rounds are interleaved
+    (each case in every tree back to back), so a change of machine load hits all arms alike.
+    ``trees`` is ``[(label, path), ...]``; returns ``{(label, case): [seconds, ...]}``.
+    """
+    import subprocess
+
+    from tgrep.utils.progress import progress
+
+    env = dict(os.environ, TGREP_QUIET="1", OMP_NUM_THREADS="1")
+    procs = [subprocess.Popen([sys.executable, "-c", worker + _SERVE, path, *worker_args], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True, env=env, cwd=path) for _, path in trees]
+    for p in procs:
+        line = p.stdout.readline().strip()
+        if line != "ready":
+            raise RuntimeError(f"a tree worker did not start (said {line!r})")
+    times: dict = {}
+    for _ in progress(range(rounds), desc="tree rounds"):
+        for case in cases:
+            for (label, _), p in zip(trees, procs):
+                p.stdin.write(case + "\n")
+                p.stdin.flush()
+                times.setdefault((label, case), []).append(float(p.stdout.readline()))
+    for p in procs:
+        p.stdin.close()
+        p.wait()
+    return times

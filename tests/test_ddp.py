@@ -5,16 +5,17 @@ What is synchronised, and what these tests pin down:
 
 * DDP all-reduces (averages) every parameter's gradient -- the path gradients, the sparsity
   term and the REINFORCE surrogate (``module.reinforce(loss)``, called on ``ddp.module`` after
-  the forward) alike, dense or sparse (gloo all-reduces sparse COO gradients). With equal
-  per-rank batches the result is the gradient of the *union batch* whenever the loss is a mean
-  of per-row terms and the estimator is linear in the rows: path gradients, the sparsity term,
-  REINFORCE with ``baseline='none'``, and OTCoarsening (every graph is compressed on its own).
-* REINFORCE baselines are per rank: ``'loo'`` averages the other rows *of the rank*, ``'ema'``
-  tracks the rank's own losses. Both stay unbiased, but are not the union-batch estimator, and
-  the ``'ema'`` state differs across ranks (tests marked xfail with the reason below).
-* Samples: ``forward`` without ``seed=`` draws the sample seed from the global torch RNG, so
-  ranks seeded alike (``lightning.seed_everything``) draw the same graphs for the same row
-  positions (xfail below): pass ``seed=`` (e.g. folding in the rank) for independent samples.
+  the forward) alike, dense or sparse: the edge parameters live in ``EdgeParameter``
+  (``nn.Embedding``) submodules, which is how DDP knows to expect sparse COO gradients (gloo
+  all-reduces them). With equal per-rank batches the result is the gradient of the *union
+  batch* whenever the loss is a mean of per-row terms.
+* REINFORCE baselines are global under ``torch.distributed``: ``'loo'`` averages the other rows
+  of *all* ranks and ``'ema'`` tracks the global mean loss (one all_reduce of the loss sum and
+  row count), so the DDP gradient equals the single-process union-batch estimator and the
+  ``'ema'`` state is the same on every rank. ``distributed=False`` keeps them per rank (then the
+  DDP gradient is the mean of the ranks' own estimators).
+* Samples: ``forward`` without ``seed=`` folds the process rank into the seed it draws, so ranks
+  seeded alike (``lightning.seed_everything``) still draw independent graphs.
 * The sample bookkeeping (``reinforce`` consumes the samples of the forwards since the last
   call) is per process and needs no synchronisation; replicas stay identical after
   SparseAdam / Adam steps.
@@ -35,16 +36,6 @@ pytestmark = pytest.mark.slow  # one spawn of 2 processes (~20 s) for the whole 
 WORLD = 2
 N, B, T = 24, 6, 4          # graph vertices, rows per rank, targets per row
 LAM = 0.3
-SPARSE_DDP = pytest.mark.xfail(strict=False, raises=AssertionError, reason=(
-    "ProdigeGraph(sparse=True) under DistributedDataParallel: backward raises 'NotImplementedError: "
-    "Cannot access storage of SparseTensorImpl' in DDP's reducer. DDP expects sparse gradients only "
-    "from nn.Embedding/nn.EmbeddingBag(sparse=True) modules (it checks the module type when it builds "
-    "its buckets), so the sparse COO gradients of weight_logit/presence_logit are copied into a dense "
-    "bucket. Fix belongs in tgrep/nn/prodige.py (e.g. hold the edge parameters in an nn.Embedding-like "
-    "submodule DDP recognises, or document DDP + sparse=False / a comm hook); until then SparseAdam "
-    "cannot be used under DDP"))
-
-
 # ----------------------------------------------------------------------------- the case
 def _graph(sparse: bool) -> ProdigeGraph:
     g = torch.Generator().manual_seed(11)
@@ -67,13 +58,13 @@ def _rows(rank: int):
     return src, dst, target, 1000 + rank  # the rank's sample seed
 
 
-def _graph_loss(graph, module, rank, baseline, beta=None):
+def _graph_loss(graph, module, rank, baseline, beta=None, distributed=None):
     """Rank ``rank``'s loss: per-row MSE to targets + sparsity + REINFORCE (one forward)."""
     src, dst, target, seed = _rows(rank)
     d = module(src, dst, seed=seed)
     per_row = ((d - target) ** 2).mean(1)
     adv = per_row if beta is None else per_row - beta
-    return per_row.mean() + LAM * graph.sparsity() + graph.reinforce(adv, baseline=baseline)
+    return per_row.mean() + LAM * graph.sparsity() + graph.reinforce(adv, baseline=baseline, distributed=distributed)
 
 
 def _grads(graph):
@@ -168,15 +159,16 @@ def _worker(rank, world, init_file, out_dir):
     dist = torch.distributed
     out = {}
 
-    def one_backward(sparse, baseline):  # 1. ProdigeGraph: path + sparsity + REINFORCE gradients
+    def one_backward(sparse, baseline, distributed=None):  # 1. ProdigeGraph: path + sparsity + REINFORCE
         graph = _graph(sparse)
         ddp = DDP(graph)
-        _graph_loss(graph, ddp, rank, baseline).backward()
+        _graph_loss(graph, ddp, rank, baseline, distributed=distributed).backward()
         return _grads(graph)
 
     for sparse in (False, True):
         for baseline in ("none", "loo"):
             _attempt(out, ("grad", sparse, baseline), lambda: one_backward(sparse, baseline))
+        _attempt(out, ("grad_local", sparse, "loo"), lambda: one_backward(sparse, "loo", False))
 
     def two_steps(sparse):  # 2. two optimiser steps (SparseAdam when sparse), replicas must agree
         graph = _graph(sparse)
@@ -192,12 +184,13 @@ def _worker(rank, world, init_file, out_dir):
     for sparse in (False, True):
         _attempt(out, ("steps", sparse), lambda: two_steps(sparse))
 
-    def ema():  # 3. the 'ema' baseline state after two steps
+    def ema():  # 3. the 'ema' baseline state after two steps, and the second step's gradients
         graph = _graph(False)
         ddp = DDP(graph)
         for _ in range(2):
+            graph.zero_grad()
             _graph_loss(graph, ddp, rank, "ema").backward()
-        return graph._ema
+        return graph._ema, _grads(graph)
 
     _attempt(out, "ema", ema)
 
@@ -308,33 +301,40 @@ def _close(a, b, **kw):
 
 
 # ----------------------------------------------------------------------------- tests
-SPARSE = [False, pytest.param(True, marks=SPARSE_DDP)]
+SPARSE = [False, True]
+
+
+@pytest.mark.parametrize("sparse", SPARSE)
+@pytest.mark.parametrize("key", [("grad", "none"), ("grad_local", "loo")])
+def test_prodige_graph_gradients_are_the_rank_mean(ddp_runs, sparse, key):
+    """Path, sparsity and REINFORCE gradients are all-reduced by DDP (dense and sparse COO);
+    with per-rank baselines (distributed=False) that is the mean of the ranks' own estimators."""
+    kind, baseline = key
+    expected = _rank_mean_grads(sparse, baseline)
+    for rank in range(WORLD):
+        got = _get(ddp_runs, rank, (kind, sparse, baseline))
+        _close(got, expected)
+    assert expected[1].abs().sum() > 0 and expected[0].abs().sum() > 0  # not vacuous
+
+
+def test_sparse_gradients_reach_ddp_as_sparse(ddp_runs):
+    # DDP expects sparse gradients from nn.Embedding(sparse=True) parameters only: the edge
+    # parameters are held by such modules, so the sparse run trains (it used to raise in DDP's reducer)
+    graph = _graph(True)
+    assert all(isinstance(m, torch.nn.Embedding) and m.sparse for m in (graph._edge_weight, graph._edge_presence))
+    for rank in range(WORLD):
+        assert _get(ddp_runs, rank, ("grad", True, "none"))[0].abs().sum() > 0
 
 
 @pytest.mark.parametrize("sparse", SPARSE)
 @pytest.mark.parametrize("baseline", ["none", "loo"])
-def test_prodige_graph_gradients_are_the_rank_mean(ddp_runs, sparse, baseline):
-    """Path, sparsity and REINFORCE gradients are all-reduced by DDP."""
-    expected = _rank_mean_grads(sparse, baseline)
-    for rank in range(WORLD):
-        _close(_get(ddp_runs, rank, ("grad", sparse, baseline)), expected)
-    assert expected[1].abs().sum() > 0 and expected[0].abs().sum() > 0  # not vacuous
-
-
-@pytest.mark.parametrize("sparse", SPARSE)
-@pytest.mark.parametrize("baseline", [
-    "none",
-    pytest.param("loo", marks=pytest.mark.xfail(strict=False, raises=AssertionError, reason=(
-        "ProdigeGraph.reinforce(baseline='loo') (the default 'auto' for per-row losses) averages the "
-        "other rows of the calling process only: under DDP the baseline is per rank, not the union "
-        "batch's leave-one-out mean (unbiased, but not the single-process estimator on the union batch). "
-        "Fix in tgrep/nn/prodige.py: all-reduce the loss sum and row count when torch.distributed is "
-        "initialised (opt-in, like EDRepLoss(distributed=True))"))),
-])
 def test_prodige_graph_matches_the_union_batch(ddp_runs, sparse, baseline):
     expected = _union_grads(sparse, baseline)
     for rank in range(WORLD):
         _close(_get(ddp_runs, rank, ("grad", sparse, baseline)), expected)
+    if baseline == "loo":  # the global baseline differs from the per-rank one: the test can fail
+        local = _rank_mean_grads(sparse, "loo")
+        assert not torch.allclose(local[1], expected[1])
 
 
 @pytest.mark.parametrize("sparse", SPARSE)
@@ -359,34 +359,48 @@ def test_optimizer_steps_keep_replicas_identical(ddp_runs, sparse):
     _close(a, [p.detach() for p in graph.parameters()])
 
 
-@pytest.mark.xfail(strict=False, raises=AssertionError, reason=(
-    "ProdigeGraph keeps the 'ema' REINFORCE baseline (the default 'auto' for a scalar loss, e.g. "
-    "ProdigeEmbedding in a classifier) in a plain Python float updated from the rank's own losses: "
-    "it is neither synchronised across DDP ranks nor in state_dict, so ranks diverge (and a "
-    "checkpoint loses it). Fix in tgrep/nn/prodige.py: a buffer, all-reduced when distributed"))
 def test_ema_baseline_is_the_same_on_every_rank(ddp_runs):
-    assert _get(ddp_runs, 0, "ema") == pytest.approx(_get(ddp_runs, 1, "ema"), rel=1e-12)
+    """The 'ema' baseline tracks the global mean loss: equal on every rank, equal to one process
+    seeing the union batch, and the second step's gradient is the union-batch estimator."""
+    (e0, g0), (e1, g1) = _get(ddp_runs, 0, "ema"), _get(ddp_runs, 1, "ema")
+    assert e0 == pytest.approx(e1, rel=1e-12)
+    graph = _graph(False)
+    ema = None
+    for step in range(2):
+        graph.zero_grad()
+        losses = []
+        total = 0
+        for r in range(WORLD):
+            src, dst, target, seed = _rows(r)
+            per_row = ((graph(src, dst, seed=seed) - target) ** 2).mean(1)
+            losses.append(per_row.detach())
+            beta = 0.0 if ema is None else ema
+            total = total + (per_row.mean() + LAM * graph.sparsity()
+                             + graph.reinforce(per_row - beta, baseline="none")) / WORLD
+        total.backward()
+        mean = float(torch.cat(losses).double().mean())
+        ema = mean if ema is None else 0.9 * ema + 0.1 * mean
+    assert e0 == pytest.approx(ema, rel=1e-12)
+    _close(g0, _grads(graph))
+    _close(g1, _grads(graph))
 
 
-@pytest.mark.xfail(strict=False, raises=AssertionError, reason=(
-    "ProdigeGraph.forward without seed= draws the sample seed from the global torch RNG: ranks "
-    "seeded alike (lightning.seed_everything, torch.manual_seed in every process) sample exactly "
-    "the same graphs for the same row positions, so the union batch holds duplicated rather than "
-    "independent samples. Fix in tgrep/nn/prodige.py: fold torch.distributed.get_rank() into the "
-    "drawn seed (or document that each rank must pass its own seed=)"))
 def test_same_global_seed_gives_independent_samples_per_rank(ddp_runs):
     assert not torch.equal(_get(ddp_runs, 0, "same_seed_dist"), _get(ddp_runs, 1, "same_seed_dist"))
 
 
 @pytest.mark.parametrize("sparse", SPARSE)
-def test_prodige_embedding_classifier_with_reinforce(ddp_runs, sparse):
+def test_prodige_embedding_classifier_with_reinforce(ddp_runs, sparse, monkeypatch):
     """A classifier over ProdigeEmbedding (graph: SparseAdam or Adam; head: Adam), scalar loss with
     REINFORCE: DDP's gradients are the mean of the ranks' own, and the replicas stay identical."""
+    import tgrep.nn.prodige as prodige
+
     acc = None
     for r in range(WORLD):
         model = _TokenClassifier(sparse)
         tokens, y = _tokens(r)
         torch.manual_seed(300 + r)
+        monkeypatch.setattr(prodige, "_rank", lambda r=r: r)  # the seed rank r folds in
         loss = F.cross_entropy(model(tokens), y)
         (loss + LAM * model.emb.sparsity() + model.emb.reinforce(loss, baseline="none")).backward()
         g = [p.grad.to_dense() if p.grad.is_sparse else p.grad for p in model.parameters()]

@@ -37,7 +37,7 @@ def test_opcheck_shortest_paths(seed, backend):
             torch.library.opcheck(torch.ops.tgrep.shortest_paths.default, args)
 
 
-@pytest.mark.parametrize("backend", ["reference", "triton"])
+@pytest.mark.parametrize("backend", ["reference", "cpp", "triton"])
 def test_opcheck_path_ops(seed, backend):
     indptr, indices, w = _graph()
     n = indptr.numel() - 1
@@ -45,9 +45,15 @@ def test_opcheck_path_ops(seed, backend):
     dist, pred = torch.ops.tgrep.shortest_paths(indptr, indices, w, src, None, None, seed_tensor(0, "cpu"), True)
     g = torch.randn(dist.shape, dtype=w.dtype, requires_grad=True)
     v = torch.randn(w.shape, dtype=w.dtype, requires_grad=True)
+    tg = torch.randint(0, n, (3, 4))
+    dist_t = dist.gather(1, tg)
+    g_t = torch.randn(dist_t.shape, dtype=w.dtype, requires_grad=True)
     with tgrep.use_backend(backend):
         torch.library.opcheck(torch.ops.tgrep.path_gradient.default, (g, dist, pred, src, None, indptr, w.numel()))
-    torch.library.opcheck(torch.ops.tgrep.path_sum.default, (v, dist, pred, src, None, indptr))
+        torch.library.opcheck(torch.ops.tgrep.path_gradient.default, (g_t, dist_t, pred, src, tg, indptr, w.numel()))
+        if backend != "triton":  # path_sum has no Triton kernel (CUDA runs the reference)
+            torch.library.opcheck(torch.ops.tgrep.path_sum.default, (v, dist, pred, src, None, indptr))
+            torch.library.opcheck(torch.ops.tgrep.path_sum.default, (v, dist_t, pred, src, tg, indptr))
 
 
 def test_opcheck_reinforce(seed):

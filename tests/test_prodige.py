@@ -329,3 +329,54 @@ def test_undirected_edge_index_in_pyg_convention_is_merged():
         ProdigeGraph(torch.tensor([[1], [1]]), 3)
     directed = ProdigeGraph(ei, 3, directed=True, init_weight=w)
     assert directed.num_edges == 5  # the self-loop is dropped, both directions kept
+
+
+@pytest.mark.parametrize("soft", [False, True])
+def test_soft_mode_unreachable_pairs_use_all_candidates(monkeypatch, soft):
+    """Soft mode: a pair with no path in its sampled graph gets its distance in the graph of
+    all candidate edges (scipy Dijkstra on every edge), with the path gradient on that path;
+    reachable pairs keep the sampled distance. Hard mode: default_distance, no length gradient."""
+    g = tiny_graph()
+    g.soft = soft
+    E = int(g.indptr[-1])
+    # row 0: only CSR edges leaving/entering vertex 0 and 1 along 0-1 present; row 1: everything
+    keep01 = sum(1 << e for e in range(E) if {int(g.indices[e]), int(np.searchsorted(g.indptr, e, "right") - 1)}
+                 == {0, 1})
+    force_samples(monkeypatch, [keep01, (1 << E) - 1], E)
+    g.train()
+    src, dst = torch.tensor([0, 0]), torch.tensor([[1, 3], [1, 3]])
+    d = g(src, dst, seed=0)
+    w = g.edge_weight.detach().numpy()
+    ei = g.edge_index.numpy()
+    A = csr_matrix((np.r_[w, w], (np.r_[ei[0], ei[1]], np.r_[ei[1], ei[0]])), shape=(4, 4))
+    full = dijkstra(A, indices=0)
+    assert d[0, 0].item() == pytest.approx(full[1]) and d[1, 1].item() == pytest.approx(full[3])
+    assert d[0, 1].item() == pytest.approx(full[3] if soft else 5.0)
+    d[0, 1].backward()
+    grad = g.weight_logit.grad
+    if soft:  # gradient sigmoid(theta) on the edges of the full graph's shortest path 0 -> 3
+        _, pred = dijkstra(A, indices=0, return_predecessors=True)
+        path, v = set(), 3
+        while v != 0:
+            path.add((min(v, pred[v]), max(v, pred[v])))
+            v = pred[v]
+        want = torch.tensor([float((a, b) in path) for a, b in ei.T.tolist()], dtype=grad.dtype)
+        torch.testing.assert_close(grad, want * torch.sigmoid(g.weight_logit.detach()))
+    else:
+        assert grad is None or float(grad.abs().sum()) == 0.0
+    assert f"soft={soft}" in repr(g)
+    with pytest.raises(TypeError, match="soft"):
+        ProdigeGraph(torch.tensor([[0], [1]]), 2, soft=1)
+
+
+def test_soft_mode_compiles_fullgraph_without_recompiles():
+    """The soft training forward (two searches + where) under torch.compile(fullgraph=True,
+    dynamic=True): one graph across batch sizes, the eager values."""
+    from tests._compile import count_compiles
+
+    g = ProdigeGraph(torch.tensor([[0, 1, 2, 0], [1, 2, 3, 3]]), 5, init_prob=0.5, soft=True).train()
+    calls = [(torch.arange(b) % 5, torch.arange(5).expand(b, 5), 7) for b in (2, 3, 4)]
+    outs, graphs = count_compiles(lambda s, d, seed: g(s, d, seed=seed), *calls)
+    assert graphs == 1
+    for (s, d, seed), out in zip(calls, outs):
+        torch.testing.assert_close(out, g(s, d, seed=seed))

@@ -74,7 +74,7 @@ def test_budget_on_vectors_is_met_exactly_and_connected(seed):
     D = torch.cdist(x, x)
     mse, mean = float(((P - D) ** 2).mean()), float(((D - D.mean()) ** 2).mean())
     assert mse < mean  # better than predicting the mean distance, with a spanning tree (budget 3)
-    assert [r["phase"] for r in m.history_].count("prune") == 7 * 2
+    assert [r["phase"] for r in m.history_].count("prune") == 7 * 2  # 8 rounds, 2 epochs between
 
 
 def test_hub_edges_match_farthest_point_sampling(seed):
@@ -155,3 +155,26 @@ def test_graph_constructor_arguments_named():
         g.reinforce(d, momentum=math.nan)
     with pytest.raises(ValueError, match="directed"):
         ProdigeGraph.bipartite(torch.tensor([[0], [0]]), 1, 1, directed=True)
+
+
+def test_initial_lengths_at_least_squares_scale():
+    """Lengths start at the candidate distances times s = <d_G, D> / <d_G, d_G> (d_G: the
+    graph's shortest paths at unscaled lengths): checked against scipy's all-pairs Dijkstra
+    (the fit samples targets, so to a few percent); on an exact backbone s = 1."""
+    from scipy.sparse import csr_matrix
+    from scipy.sparse.csgraph import dijkstra
+
+    x = torch.randn(40, 5, generator=torch.Generator().manual_seed(3))
+    m = ProdigeCompression(epochs=0, finetune_epochs=0, knn=3, hubs=3, hub_links=1, verbose=False, seed=0).fit(x)
+    ei = m.graph.edge_index
+    w = (x[ei[0]] - x[ei[1]]).norm(dim=1).double()
+    s = m.graph.init_weight.double() / w
+    assert float(s.max() - s.min()) < 1e-5 * float(s.mean())  # one factor for every edge
+    A = csr_matrix((torch.cat([w, w]).numpy(), (torch.cat([ei[0], ei[1]]).numpy(), torch.cat([ei[1], ei[0]]).numpy())),
+                   shape=(40, 40))
+    d, D = torch.tensor(dijkstra(A)), torch.cdist(x.double(), x.double())
+    want = float((d * D).sum() / (d * d).sum())
+    assert want < 0.95 and float(s[0]) == pytest.approx(want, rel=0.05)
+    _, _, Dg = _er(12, 4)
+    m = ProdigeCompression(epochs=0, finetune_epochs=0, verbose=False, seed=0).fit(distances=Dg.float())
+    torch.testing.assert_close(m.graph.init_weight, Dg.float()[m.graph.edge_index[0], m.graph.edge_index[1]])

@@ -29,8 +29,8 @@ def _count_compiles(fn, inputs):
 
 def test_shapes_directions_and_gradients(seed):
     torch.manual_seed(seed)
-    emb = ProdigeEmbedding(20, 3, budget=8.0)
-    assert "20, 3" in repr(emb) and "budget=8.0" in repr(emb)
+    emb = ProdigeEmbedding(20, 3, budget=8.0, center=False)  # raw distances: both directions agree
+    assert "20, 3" in repr(emb) and "budget=8.0" in repr(emb) and "center=False" in repr(emb)
     assert emb.num_stored_parameters() <= 8 * 20
     idx = torch.randint(0, 20, (4, 5))
     emb.eval()
@@ -88,7 +88,7 @@ def test_padding_idx_zero_output_no_gradient():
     assert int((emb.graph.edge_index == 0).sum()) == 0  # the padding vertex costs no edges
     x = torch.tensor([[0, 3, 0], [5, 0, 7]])
     out = emb(x)
-    assert torch.equal(out[x == 0], torch.zeros(3, 4)) and bool((out[x != 0] > 0).all())
+    assert torch.equal(out[x == 0], torch.zeros(3, 4)) and bool((out[x != 0] != 0).all())
     assert torch.equal(ref(x)[x == 0], torch.zeros(3, 4))
     out.sum().backward()
     # the padding token contributes nothing: same gradient as without the padding positions
@@ -226,3 +226,78 @@ def test_frozen_embedding_is_deterministic_in_training_mode():
     a = emb(x)
     emb.eval()
     torch.testing.assert_close(a, emb(x))
+
+
+def test_state_dict_keeps_flat_edge_keys_and_the_ema_baseline():
+    # the edge parameters live in EdgeParameter submodules (for DDP's sparse gradients), but the
+    # checkpoint keys stay 'graph.weight_logit' / 'graph.presence_logit'; the 'ema' REINFORCE
+    # baseline is in the extra state, so a resumed run continues with the same baseline
+    torch.manual_seed(0)
+    for sparse in (False, True):
+        emb = ProdigeEmbedding(30, 4, sparse=sparse)
+        sd = emb.state_dict()
+        assert "graph.weight_logit" in sd and "graph.presence_logit" in sd
+        assert not any("_edge_" in k for k in sd)
+        emb(torch.randint(0, 30, (5, 3))).sum()
+        emb.reinforce(torch.tensor(1.5), baseline="ema")
+        assert emb.graph._ema == 1.5
+        with torch.no_grad():
+            emb.graph.weight_logit.normal_()
+        fresh = ProdigeEmbedding(30, 4, sparse=sparse, generator=torch.Generator().manual_seed(9))
+        fresh.load_state_dict(emb.state_dict())
+        assert torch.equal(fresh.graph.weight_logit, emb.graph.weight_logit)
+        assert fresh.graph._ema == 1.5
+        assert {n for n, _ in fresh.named_parameters()} == {n for n, _ in emb.named_parameters()}
+
+
+def test_reinforce_distributed_needs_a_bool():
+    emb = ProdigeEmbedding(20, 3)
+    emb(torch.tensor([1, 2]))
+    with pytest.raises(TypeError, match="distributed"):
+        emb.reinforce(torch.tensor(1.0), distributed="yes")
+
+
+def test_hierarchical_sequences_plant_the_tree():
+    from tgrep.datasets import hierarchical_sequences
+
+    g = torch.Generator().manual_seed(3)
+    x, y, path = hierarchical_sequences(400, 96, (2, 3, 4), 40, leaf_frac=0.6, sibling_frac=0.2, generator=g)
+    assert x.shape == (400, 40) and y.shape == (400,) and path.shape == (96, 3)
+    assert int(x.min()) >= 0 and int(x.max()) < 96
+    # levels nest: the level-l id determines the level-(l-1) id
+    assert torch.equal(path[:, 0], path[:, 1] // 3) and torch.equal(path[:, 1], path[:, 2] // 4)
+    assert torch.bincount(path[:, 2], minlength=24).min() == 4  # items split evenly over the 24 leaves
+    # the most frequent leaf among a sequence's tokens is (almost always) under its label
+    leaf = path[x, 2]
+    top = torch.mode(leaf, dim=1).values
+    assert float((top // 4 == y).float().mean()) > 0.95
+    with pytest.raises(ValueError, match="num_items"):
+        hierarchical_sequences(10, 20, (4, 4, 4))
+
+
+def test_center_subtracts_the_item_mean_without_gradient(seed):
+    torch.manual_seed(seed)
+    emb = ProdigeEmbedding(30, 4, padding_idx=2)
+    assert emb.center and "center=True" in repr(emb)
+    emb.eval()
+    raw = emb.graph(torch.arange(30), torch.arange(30, 34).expand(30, 4))  # independent: items -> anchors
+    keep = torch.arange(30) != 2
+    idx = torch.randint(0, 30, (6, 5))
+    expected = (raw - raw[keep].mean(0))[idx].masked_fill((idx == 2).unsqueeze(-1), 0.0)
+    torch.testing.assert_close(emb(idx), expected)
+    # no gradient through the mean: exactly the gradient of the raw distances (so a batch's
+    # gradient stays on its own items' paths, sparse gradients stay sparse)
+    w = torch.randn(30, 4)
+    grads = []
+    for center in (True, False):
+        emb.center = center
+        emb.zero_grad()
+        (emb.table() * w).sum().backward()
+        grads.append(emb.graph.weight_logit.grad.clone())
+    torch.testing.assert_close(grads[0], grads[1])
+    assert grads[0].abs().sum() > 0
+    with pytest.raises(ValueError, match="center"):
+        ProdigeEmbedding(10, 2, direction="items", center=True, budget=4.0)
+    with pytest.raises(TypeError, match="center"):
+        ProdigeEmbedding(10, 2, center=1, budget=4.0)
+    assert not ProdigeEmbedding(10, 2, direction="items", budget=4.0).center

@@ -684,7 +684,7 @@ def test_triton_inf_and_zero_weights_match_cpp_and_reference(seed, monkeypatch, 
     from tgrep.kernels.triton import shortest_path as tri
 
     if small_blocks:
-        monkeypatch.setattr(tri, "_launch_cfg", lambda total: (16, 4, 4))
+        monkeypatch.setattr(tri, "_launch_cfg", lambda total: ((lambda meta: (-(-total // 16),)), 16, 4, 4))
     g = torch.Generator().manual_seed(seed)
     for trial in range(6):
         dtype = (torch.float32, torch.float64)[trial % 2]
@@ -745,3 +745,142 @@ def test_gradient_penalty_double_backward_is_exact(backend):
     (h,) = torch.autograd.grad((g**2).sum(), weight, create_graph=True)
     (k,) = torch.autograd.grad(h.sum(), weight)
     torch.testing.assert_close(k, torch.where(on_path, 8.0, 0.0).double())
+
+
+# ----------------------------------------------------------------------------------------
+# C++ backward kernels (csrc/cpu/path_gradient.cpp): tgrep::path_gradient and tgrep::path_sum
+# ----------------------------------------------------------------------------------------
+def _path_case(trial, dtype):
+    """A random search's (dist, pred, sources, targets, indptr); every 5th case with a random
+    (malformed: cycles, self-pointing) predecessor array, which every kernel must cut at N + 1 hops."""
+    n = int(torch.randint(1, 30, ()))
+    indptr, indices, w = random_graph(n, int(torch.randint(0, 90, ())), dtype=dtype, undirected=bool(trial % 3),
+                                      zero_frac=0.2 if trial % 4 == 1 else 0.0)
+    B = int(torch.randint(0, 5, ()))
+    src = torch.randint(0, n, (B,))
+    tg = None if trial % 2 else torch.randint(0, n, (B, int(torch.randint(0, 7, ()))))
+    prob = None if trial % 3 == 0 else torch.rand(w.numel(), dtype=dtype)
+    dist, pred = ref.shortest_paths(indptr, indices, w, src, tg, prob, trial, True)
+    if trial % 5 == 4 and pred.numel() and w.numel():
+        pred = torch.randint(-1, w.numel(), pred.shape)
+    return dist, pred, src, tg, indptr, w.numel()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_cpp_path_gradient_and_path_sum_equal_reference(seed, dtype):
+    if not usable("cpp"):
+        pytest.skip("C++ backend not available here")
+    from tgrep._ext import load_cpp
+
+    ext = load_cpp("path_gradient")
+    # the tree accumulation adds in another order than the walk: float32 sums of up to B * T
+    # gradients differ in the last bits (seen: 3e-5 on values ~3.5)
+    tol = dict(rtol=1e-5, atol=1e-4) if dtype == torch.float32 else {}
+    for trial in range(60):
+        dist, pred, src, tg, indptr, E = _path_case(trial, dtype)
+        g = torch.randn(dist.shape, dtype=dtype)
+        g[torch.rand(g.shape) < 0.2] = 0  # zero gradients are skipped
+        v = torch.randn(E, dtype=dtype)
+        edge_src = torch.repeat_interleave(torch.arange(indptr.numel() - 1), indptr.diff())
+        exp_g = ref.path_gradient(g, dist, pred, src, tg, edge_src, E)
+        exp_s = ref.path_sum(v, dist, pred, src, tg, edge_src)
+        for mode in (0, 1, 2):  # auto, walk per pair, tree accumulation (falls back on cycles)
+            torch.testing.assert_close(ext.path_gradient(g, dist, pred, src, tg, indptr, E, mode), exp_g, **tol)
+            got_s = ext.path_sum(v, dist, pred, src, tg, indptr, mode)
+            torch.testing.assert_close(got_s, exp_s, **tol)
+            if mode == 1:  # the walk adds in the reference's order
+                assert torch.equal(got_s, exp_s)
+        with tgrep.use_backend("cpp"):  # the op runs the same kernel
+            torch.testing.assert_close(torch.ops.tgrep.path_gradient(g, dist, pred, src, tg, indptr, E), exp_g, **tol)
+            torch.testing.assert_close(torch.ops.tgrep.path_sum(v, dist, pred, src, tg, indptr), exp_s, **tol)
+
+
+def test_cpp_path_ops_are_transposes(seed):
+    # <path_gradient(g), v> == <g, path_sum(v)>: what makes every order of derivative exact
+    if not usable("cpp"):
+        pytest.skip("C++ backend not available here")
+    for trial in range(20):
+        dist, pred, src, tg, indptr, E = _path_case(trial, torch.float64)
+        g, v = torch.randn(dist.shape, dtype=torch.float64), torch.randn(E, dtype=torch.float64)
+        with tgrep.use_backend("cpp"):
+            a = (torch.ops.tgrep.path_gradient(g, dist, pred, src, tg, indptr, E) * v).sum()
+            b = (g * torch.ops.tgrep.path_sum(v, dist, pred, src, tg, indptr)).sum()
+        torch.testing.assert_close(a, b)
+
+
+def test_cpp_path_gradient_in_parallel_equals_one_thread(seed):
+    if not usable("cpp"):
+        pytest.skip("C++ backend not available here")
+    from tgrep._ext import load_cpp
+
+    ext = load_cpp("path_gradient")
+    n = 400
+    indptr, indices, w = random_graph(n, 3000, undirected=True)
+    src = torch.randint(0, n, (96,))
+    dist, pred = ref.shortest_paths(indptr, indices, w, src, None, None, 0, True)
+    g = torch.randn(dist.shape, dtype=w.dtype)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = ext.path_gradient(g, dist, pred, src, None, indptr, w.numel())
+        torch.set_num_threads(2)
+        two = ext.path_gradient(g, dist, pred, src, None, indptr, w.numel())
+    finally:
+        torch.set_num_threads(threads)
+    torch.testing.assert_close(one, two)
+
+
+_CPP_DIRECT_PATH = [
+    ("indptr", "ip=[0, 1, 5]"), ("indptr", "ip=[0, 2, 1]"), ("indptr", "ip=[3, 1, 2]"), ("indptr", "ip=[0, 2]"),
+    ("indptr", "ip=[0, 2**40, 2]"), ("pred", "pred=[[-1, 2]]"), ("pred", "pred=[[-1, 2**40]]"),
+    ("pred", "pred=[-1, 0]"), ("targets", "tg=[[2**33]]"), ("targets", "tg=[[-1]]"), ("targets", "tg=[[0], [1]]"),
+    ("dist", "dist=[[0.0]]"), ("sources", "src=[0, 1]"), ("num_edges", "E=-1"),
+]
+
+
+def test_cpp_path_ops_direct_call_never_out_of_range():
+    if not usable("cpp"):
+        pytest.skip("C++ backend not available here")
+    code = PRELUDE + """
+from tgrep._ext import load_cpp
+ext = load_cpp("path_gradient")
+CASES = %r
+for name, spec in CASES:
+    ip, pred, src, tg, dist, E = [0, 1, 2], [[-1, 0]], [0], None, [[0.0, 1.0]], 2
+    exec(spec)
+    if tg is not None and name != "dist":
+        dist = [[1.0] * len(tg[0])] * len(tg)
+    t = lambda v, d=None: None if v is None else torch.tensor(v, dtype=d)
+    d = t(dist)
+    print(name, outcome(lambda: ext.path_gradient(torch.ones_like(d), d, t(pred), t(src), t(tg), t(ip), E)))
+    if name != "num_edges":
+        print(name, outcome(lambda: ext.path_sum(torch.ones(E), d, t(pred), t(src), t(tg), t(ip))))
+print("good", outcome(lambda: ext.path_gradient(torch.ones(1, 2), torch.tensor([[0.0, 1.0]]), torch.tensor([[-1, 0]]),
+                                                torch.tensor([0]), None, torch.tensor([0, 1, 2]), 2)))
+""" % (_CPP_DIRECT_PATH,)
+    lines = run_isolated(code)
+    assert lines[-1] == "good OK", lines[-1]
+    for line in lines[:-1]:
+        name, rest = line.split(" ", 1)
+        assert rest.startswith(("ValueError", "TypeError")) and name in rest, line
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(indptr=torch.tensor([0, 1, 9])), "indptr"),
+    (dict(indptr=torch.tensor([0, 2, 1])), "indptr"),
+    (dict(indptr=torch.tensor([0, 2])), "indptr"),
+    (dict(pred=torch.tensor([[-1, 5]])), "pred"),
+    (dict(dist=torch.zeros(1, 3)), "dist"),
+])
+def test_path_op_bad_input_is_a_value_error(kwargs, match):
+    args = dict(dist=torch.tensor([[0.0, 1.0]]), pred=torch.tensor([[-1, 0]]), sources=torch.tensor([0]),
+                targets=None, indptr=torch.tensor([0, 1, 2]))
+    args.update(kwargs)
+    for backend in ("reference", "cpp"):
+        with tgrep.use_backend(backend):
+            with pytest.raises(ValueError, match=match):
+                torch.ops.tgrep.path_gradient(torch.ones_like(args["dist"]), args["dist"], args["pred"],
+                                              args["sources"], args["targets"], args["indptr"], 2)
+            with pytest.raises(ValueError, match=match):
+                torch.ops.tgrep.path_sum(torch.ones(2), args["dist"], args["pred"], args["sources"],
+                                         args["targets"], args["indptr"])

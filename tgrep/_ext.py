@@ -9,6 +9,7 @@ to skip C++ entirely.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import subprocess
@@ -55,6 +56,33 @@ def _stage(build: Path, src: Path) -> Path:
     return build / src.name
 
 
+@contextlib.contextmanager
+def _build_lock(build: Path):
+    """Hold an OS lock on ``build`` while torch builds or loads the extension there.
+
+    torch's own lock is a bare file (``build/lock``) that a process killed mid-build leaves
+    behind, after which every later load waits on it forever. The OS releases this lock when
+    its holder dies, and every tgrep build takes it first: so a torch ``lock`` found while we
+    hold ours belongs to a dead build, and is removed.
+    """
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX: torch's lock alone
+        yield
+        return
+    with open(build / "tgrep.flock", "a+") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            stale = build / "lock"
+            if stale.exists():
+                warnings.warn(f"tgrep: removing a stale build lock left by an interrupted build ({stale})",
+                              RuntimeWarning, stacklevel=4)
+                stale.unlink(missing_ok=True)
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
 def load_cpp(name: str) -> ModuleType | None:
     """Compile (once, cached on disk) and import ``csrc/cpu/<name>.cpp``; ``None`` on failure."""
     with _lock:
@@ -81,8 +109,9 @@ def load_cpp(name: str) -> ModuleType | None:
 
             flags = ["-O3", "-fopenmp", "-march=x86-64-v2"] if os.uname().machine == "x86_64" \
                 else ["-O3", "-fopenmp"]
-            mod = load(name=f"tgrep_{name}_{digest}", sources=[str(copy)], build_directory=str(build),
-                       extra_cflags=flags, extra_ldflags=["-fopenmp"], verbose=False)
+            with _build_lock(build):
+                mod = load(name=f"tgrep_{name}_{digest}", sources=[str(copy)], build_directory=str(build),
+                           extra_cflags=flags, extra_ldflags=["-fopenmp"], verbose=False)
         except Exception as exc:  # compiler missing, ninja missing, compile error ...
             first = str(exc).strip().splitlines()[-1:] or [""]
             _fail(name, f"build failed: {exc.__class__.__name__}: {first[0][:300]}", warn=True)

@@ -89,6 +89,8 @@ def _custom_ops() -> list[tuple[str, tuple[str, ...] | None]]:
     out = []
     for qualname in sorted(names):
         opdef = found.get(qualname) or OPDEFS.get(qualname)
+        if getattr(opdef, "part_of", None):  # a launch_op's check / reference twin: in its row
+            continue
         kernels = getattr(opdef, "kernels", None)
         out.append((qualname.split("::", 1)[1], tuple(kernels) if kernels is not None else None))
     return out

@@ -1,7 +1,8 @@
 """Custom ops of the PRODIGE family: ``tgrep::shortest_paths``, ``tgrep::path_gradient``,
 ``tgrep::path_sum`` and ``tgrep::reinforce_coefficients``.
 
-Kernels: C++ (``csrc/cpu/shortest_path.cpp``, ``csrc/cpu/prodige_reinforce.cpp``) on CPU,
+Kernels: C++ (``csrc/cpu/shortest_path.cpp``, ``csrc/cpu/path_gradient.cpp``,
+``csrc/cpu/prodige_reinforce.cpp``) on CPU,
 Triton (:mod:`tgrep.kernels.triton.shortest_path`) on CUDA, the references in
 :mod:`tgrep.kernels.reference` anywhere. The Triton search loops on the host until its
 frontier is empty (a convergence check every few launches), so these ops are opaque to
@@ -104,20 +105,37 @@ shortest_paths.register_autograd(_search_backward, setup_context=_search_setup)
 
 
 # ------------------------------------------------------------------------------ path_gradient / path_sum
-def _path_flags(dist, pred, sources, targets, num_edges):
+def _path_flags(dist, pred, sources, targets, indptr, num_edges):
+    """Shapes (raised at once: no values needed) and the value flags of the path ops: pred in
+    [-1, E), sources/targets in [0, N), indptr a CSR pointer array over E edges."""
+    if pred.dim() != 2:
+        raise ValueError(f"'pred' must be [B, N], got shape {tuple(pred.shape)}")
     B, n = pred.shape
-    flags = [(torch.tensor(dist.shape[0] != B or sources.shape[0] != B),
-              lambda: f"'dist', 'pred' and 'sources' must have B rows, got {dist.shape[0]}, {B}, {sources.shape[0]}")]
+    if indptr.dim() != 1 or indptr.numel() != n + 1:
+        raise ValueError(f"'indptr' must have N + 1 = {n + 1} entries (N = pred.shape[1]), got {indptr.numel()}")
+    T = n if targets is None else targets.shape[-1]
+    if targets is not None and (targets.dim() != 2 or targets.shape[0] != B):
+        raise ValueError(f"'targets' must be [B, T] with B = {B}, got shape {tuple(targets.shape)}")
+    if tuple(dist.shape) != (B, T) or sources.shape[0] != B:
+        raise ValueError(f"'dist' must be [B, T] = [{B}, {T}] and 'sources' [B], got {tuple(dist.shape)} and "
+                         f"{tuple(sources.shape)}")
+    flags = [((indptr[0] != 0) | (indptr[-1] != num_edges),
+              lambda: f"'indptr' must start at 0 and end at the number of edges ({num_edges}), "
+                      f"got {int(indptr[0])} and {int(indptr[-1])}")]
+    if n:
+        flags.append(((indptr.diff() < 0).any(), lambda: "'indptr' must be non-decreasing"))
     return (flags + check.index_flags("pred", pred, num_edges, lower=-1) + check.index_flags("sources", sources, n)
             + check.index_flags("targets", targets, n))
 
 
 def _check_path_gradient(grad_dist, dist, pred, sources, targets, indptr, num_edges):
-    check.values(_path_flags(dist, pred, sources, targets, num_edges))
+    if grad_dist.shape != dist.shape:
+        raise ValueError(f"'grad_dist' must have the shape of 'dist' {tuple(dist.shape)}, got {tuple(grad_dist.shape)}")
+    check.values(_path_flags(dist, pred, sources, targets, indptr, num_edges))
 
 
 def _check_path_sum(edge_values, dist, pred, sources, targets, indptr):
-    check.values(_path_flags(dist, pred, sources, targets, edge_values.numel()))
+    check.values(_path_flags(dist, pred, sources, targets, indptr, edge_values.numel()))
 
 
 def _ref_path_gradient(grad_dist, dist, pred, sources, targets, indptr, num_edges):
@@ -130,7 +148,8 @@ def _tri_path_gradient():
         grad_dist, dist, pred, sources, targets, _edge_src(indptr), num_edges)
 
 
-@kernel_op("tgrep::path_gradient", triton=_tri_path_gradient, check=_check_path_gradient)
+@kernel_op("tgrep::path_gradient", cpp=cpp_kernel("path_gradient", "path_gradient"), triton=_tri_path_gradient,
+           check=_check_path_gradient)
 def path_gradient(grad_dist: Tensor, dist: Tensor, pred: Tensor, sources: Tensor, targets: Optional[Tensor],
                   indptr: Tensor, num_edges: int) -> Tensor:
     """``out[e] = sum of grad_dist[b, t]`` over the finite (row, target) pairs whose returned
@@ -143,7 +162,7 @@ def _(grad_dist, dist, pred, sources, targets, indptr, num_edges):
     return grad_dist.new_empty(num_edges)
 
 
-@kernel_op("tgrep::path_sum", check=_check_path_sum)
+@kernel_op("tgrep::path_sum", cpp=cpp_kernel("path_gradient", "path_sum"), check=_check_path_sum)
 def path_sum(edge_values: Tensor, dist: Tensor, pred: Tensor, sources: Tensor, targets: Optional[Tensor],
              indptr: Tensor) -> Tensor:
     """``out[b, t] = sum of edge_values[e]`` over the edges of row ``b``'s returned path to

@@ -31,7 +31,7 @@ from torch import Tensor
 from ..kernels.reference import kmeans as ref_kmeans
 from ..kernels.reference import softmax_norm as ref
 from ..utils import check
-from ._register import kernel_op
+from ._register import kernel_op, launch_op
 
 EMPTY = -1e30  # log-weight of an empty cluster: exp() underflows to exactly 0
 _NONE = (0,)
@@ -58,6 +58,11 @@ def _scaled(x: Tensor, scale: Tensor) -> Tensor:
     """``x * scale`` clamped to the dtype's range (``scale`` a power of two >= 1)."""
     if float(scale) == 1.0:
         return x
+    return _scaled_traced(x, scale)
+
+
+def _scaled_traced(x: Tensor, scale: Tensor) -> Tensor:
+    """:func:`_scaled` without the host sync (the Triton launchers run in traced code)."""
     big = torch.finfo(x.dtype).max
     return (x * scale.to(x.dtype)).clamp(-big, big)
 
@@ -81,27 +86,37 @@ def _check_cln(x, log_weight, mu, omega, scale):
     check.values(flags)
 
 
-def _tri_forward():
-    tri = _triton()
-
-    def run(x, lw, mu, om, scale):
-        xs = _scaled(x, scale)
-        return tri.cluster_lse_forward(xs, lw, mu, om) if tri.supports(x) else ref.cluster_lse_forward(xs, lw, mu, om)
-
-    return run
+def _tri_supports(x, *args) -> bool:
+    return _triton().supports(x)
 
 
-@kernel_op("tgrep::cluster_log_normalizer", triton=_tri_forward, check=_check_cln)
-def cluster_log_normalizer(x: Tensor, log_weight: Tensor, mu: Tensor, omega: Tensor, scale: Tensor) -> Tensor:
-    """``[n]``: ``logsumexp_a(log_weight_a + x'_i mu_a + x'_i Omega_a x'_i / 2)`` with
-    ``x' = scale * x`` (``scale``: a 0-d power of two >= 1 that the statistics were divided
-    by, so that moments of huge rows do not overflow; ``x'`` clamped to the dtype's range)."""
+@kernel_op("tgrep::cluster_log_normalizer_reference", check=_check_cln)
+def _cln_reference(x: Tensor, log_weight: Tensor, mu: Tensor, omega: Tensor, scale: Tensor) -> Tensor:
+    """The reference twin of ``tgrep::cluster_log_normalizer`` (row-blocked torch)."""
     return ref.cluster_lse_forward(_scaled(x.contiguous(), scale), log_weight, mu, omega)
 
 
-@cluster_log_normalizer.register_fake
+@_cln_reference.register_fake
 def _(x, log_weight, mu, omega, scale):
     return x.new_empty(x.shape[0])
+
+
+def _tri_forward():
+    from ..kernels.triton.softmax_norm import cluster_lse_forward
+
+    def launch(token, x, log_weight, mu, omega, scale):
+        return cluster_lse_forward(_scaled_traced(x, scale + token.to(scale.dtype)), log_weight, mu, omega)
+
+    return launch
+
+
+cluster_log_normalizer = launch_op("tgrep::cluster_log_normalizer", reference=_cln_reference, triton=_tri_forward,
+                                   check=_check_cln, supports=_tri_supports)
+cluster_log_normalizer.__doc__ = """``[n]``: ``logsumexp_a(log_weight_a + x'_i mu_a + x'_i Omega_a x'_i / 2)`` with
+``x' = scale * x`` (``scale``: a 0-d power of two >= 1 that the statistics were divided by, so
+that moments of huge rows do not overflow; ``x'`` clamped to the dtype's range). A
+:func:`~tgrep.library.launch_op`: Triton kernels visible to Inductor on CUDA, the row-blocked
+reference twin elsewhere."""
 
 
 def _ref_cln_backward(grad, x, log_weight, mu, omega, lse, scale, need_x, need_stats):
@@ -114,31 +129,15 @@ def _ref_cln_backward(grad, x, log_weight, mu, omega, lse, scale, need_x, need_s
     return (dx, *stats)
 
 
-def _tri_cln_backward():
-    tri = _triton()
-
-    def run(grad, x, log_weight, mu, omega, lse, scale, need_x, need_stats):
-        if not tri.supports(x):
-            return _ref_cln_backward(grad, x, log_weight, mu, omega, lse, scale, need_x, need_stats)
-        x = _scaled(x, scale)
-        dx, gw = tri.cluster_lse_backward(grad, x.contiguous(), log_weight, mu, omega, lse, need_stats=need_stats)
-        if not need_stats:
-            return dx, _empty(x), _empty(x), _empty(x)
-        return (dx, *ref.stats_grads(gw, x))
-
-    return run
-
-
-@kernel_op("tgrep::cluster_log_normalizer_backward", triton=_tri_cln_backward)
-def cluster_log_normalizer_backward(grad: Tensor, x: Tensor, log_weight: Tensor, mu: Tensor, omega: Tensor,
-                                    lse: Tensor, scale: Tensor, need_x: bool, need_stats: bool
-                                    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """``(dx', dlog_weight, dmu, domega)`` of ``sum_i grad_i lse_i`` w.r.t. ``x' = scale * x``
-    and the statistics (``[0]`` for what is not needed); ``omega`` symmetric."""
+@kernel_op("tgrep::cluster_log_normalizer_backward_reference")
+def _cln_backward_reference(grad: Tensor, x: Tensor, log_weight: Tensor, mu: Tensor, omega: Tensor,
+                            lse: Tensor, scale: Tensor, need_x: bool, need_stats: bool
+                            ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The reference twin of ``tgrep::cluster_log_normalizer_backward``."""
     return _ref_cln_backward(grad, x, log_weight, mu, omega, lse, scale, need_x, need_stats)
 
 
-@cluster_log_normalizer_backward.register_fake
+@_cln_backward_reference.register_fake
 def _(grad, x, log_weight, mu, omega, lse, scale, need_x, need_stats):
     n, d = x.shape
     k = mu.shape[0]
@@ -146,6 +145,27 @@ def _(grad, x, log_weight, mu, omega, lse, scale, need_x, need_stats):
     if not need_stats:
         return dx, _empty(x), _empty(x), _empty(x)
     return dx, x.new_empty(k), x.new_empty(k, d), x.new_empty(k, d, d)
+
+
+def _tri_cln_backward():
+    from ..kernels.triton.softmax_norm import cluster_lse_backward
+
+    def launch(token, grad, x, log_weight, mu, omega, lse, scale, need_x, need_stats):
+        x = _scaled_traced(x, scale + token.to(scale.dtype))
+        dx, gw = cluster_lse_backward(grad, x.contiguous(), log_weight, mu, omega, lse, need_stats=need_stats)
+        dx = dx if need_x else _empty(x)
+        if not need_stats:
+            return dx, _empty(x), _empty(x), _empty(x)
+        return (dx, *ref.stats_grads(gw, x))
+
+    return launch
+
+
+cluster_log_normalizer_backward = launch_op(
+    "tgrep::cluster_log_normalizer_backward", reference=_cln_backward_reference, triton=_tri_cln_backward,
+    supports=lambda grad, x, *args: _triton().supports(x))
+cluster_log_normalizer_backward.__doc__ = """``(dx', dlog_weight, dmu, domega)`` of ``sum_i grad_i lse_i`` w.r.t.
+``x' = scale * x`` and the statistics (``[0]`` for what is not needed); ``omega`` symmetric."""
 
 
 def _cln_setup(ctx, inputs, output):
@@ -169,6 +189,7 @@ def _cln_backward(ctx, grad):
 
 
 cluster_log_normalizer.register_autograd(_cln_backward, setup_context=_cln_setup)
+_cln_reference.register_autograd(_cln_backward, setup_context=_cln_setup)
 
 
 # ------------------------------------------------------------------------------ second moments
@@ -256,8 +277,10 @@ def statistics(y: Tensor, labels: Optional[Tensor], k: int, weights: Optional[Te
     return finish_statistics(count, wsum, s1, s2_fn, y.dtype)
 
 
-def statistics_sums(y, labels, k, weights):
-    """``(count [k], wsum [k], s1 [k, d], s2(mu) -> [k, d, d])``: the sufficient statistics (sums)."""
+def statistics_sums(y, labels, k, weights, scale: Optional[Tensor] = None):
+    """``(count [k], wsum [k], s1 [k, d], s2(mu) -> [k, d, d])``: the sufficient statistics (sums)
+    of the rows ``y / scale`` (``scale``: a 0-d power of two, so the division is exact; it is
+    fused into the centring pass instead of costing a pass of its own)."""
     m, d = y.shape
     w = weights
     wy = y if w is None else y * w[:, None]
@@ -271,15 +294,19 @@ def statistics_sums(y, labels, k, weights):
         count = torch.zeros(k, dtype=y.dtype, device=y.device).index_add_(0, lab, torch.ones_like(y[:, 0]))
         wsum = count if w is None else torch.zeros(k, dtype=y.dtype, device=y.device).index_add_(0, lab, w)
         s1 = torch.zeros(k, d, dtype=y.dtype, device=y.device).index_add_(0, lab, wy)
+    inv = None if scale is None else (1.0 / scale).to(y.dtype)
+    if inv is not None:
+        s1 = s1 * inv
 
     def s2_fn(mu):
         shift = mu.detach()
         if lab is None:
-            c = y - shift
+            neg = -shift
             labels_ = torch.zeros(m, dtype=torch.long, device=y.device)
         else:
-            c = y - shift[lab]
+            neg = -shift[lab]
             labels_ = lab
+        c = neg + y if inv is None else torch.addcmul(neg, y, inv)  # y / scale - shift, one pass
         wc = c if w is None else c * w[:, None]
         raw = cluster_outer(wc, c, labels_, mu.shape[0])
         dm = mu - shift

@@ -13,6 +13,7 @@ from ..utils import check, log, progress
 BACKBONE_MAX_N = 600  # fit(distances=D): all pairs + backbone test up to this size, else kNN + hubs
 BACKBONE_RTOL = 1e-6  # a pair is implied by a two-hop detour at most this much (relative) longer
 PRUNE_ROUNDS, ROUND_EPOCHS = 8, 2  # pruning to the budget: geometric rounds, fine-tune epochs between
+DENSE_MAX_N = 4096  # fit(x): the [N, N] target distances are precomputed up to this size (64 MB)
 
 
 def select_edges(edge_index: torch.Tensor, score: torch.Tensor, num_nodes: int, k: int) -> torch.Tensor:
@@ -105,21 +106,27 @@ class ProdigeCompression(nn.Module):
        graphs). On a distance matrix of up to 600 points: all pairs minus those implied by a
        two-hop detour (:func:`backbone_pairs`), which for a shortest-path metric is exactly the
        set of edges any realising graph needs; larger matrices use kNN + hubs from ``D``.
-       Lengths start at the target distances.
+       Lengths start at the target distances times the least-squares scale of the resulting
+       graph distances (:meth:`_length_scale`; every shortest path scales with the lengths, so
+       this is the best uniform start: about 0.5 on vectors, where detours through hubs
+       overestimate, exactly 1 on a metric backbone).
     2. *Training.* ``epochs`` epochs of Adam over batches of ``batch_size`` sources and
        ``targets_per_row`` random targets (all when fewer): path gradients for the lengths;
        with ``sparsity`` :math:`\lambda > 0` also REINFORCE for the presence probabilities.
     3. *Sparsification.* With ``target_params_per_instance`` the graph is brought to exactly
        ``floor((budget - 1) N / 2)`` edges in 8 geometric rounds that keep the edges carrying
        the most shortest paths (a maximum-usage spanning forest first), fine-tuning the lengths
-       for 2 epochs after each round. Without a budget the edges that no shortest path of an
-       epoch uses, neither at the initial nor at the trained lengths, are dropped.
+       for 2 epochs after each round at the full learning rate. Without a budget the edges
+       that no shortest path of an epoch uses, neither at the initial nor at the trained
+       lengths, are dropped.
     4. *Fine-tune.* ``finetune_epochs`` epochs on the deterministic graph, learning rate
-       decaying linearly to 0.
+       decaying linearly to 0 (the Adam state carries over from the pruning rounds). The loss
+       at a constant rate stalls at a noise floor; the decay is what brings it down.
 
     On scikit-learn's digits (1,797 points) at 4 numbers per point the defaults reach a
-    distance MSE 3.1x below metric MDS-4 (0.0094 vs 0.029); at 8 numbers MDS-8 is ahead
-    (0.0077 vs 0.0064) (``benchmarks/README.md``).
+    distance MSE 3.1x below metric MDS-4 (0.0094-0.0096 vs 0.029); at 8 numbers MDS-8 is ahead
+    (0.0079 vs 0.0064): the unpruned candidate graph itself only trains to about 0.0075
+    there (``benchmarks/README.md``).
 
     Args:
         target_params_per_instance (float, optional): memory budget in stored numbers per point
@@ -204,6 +211,9 @@ class ProdigeCompression(nn.Module):
                 raise ValueError(f"'x' must have at least 2 rows, got {n}")
             x = x.detach().float()
             self._x, self._D, device = x, None, x.device
+            if n <= DENSE_MAX_N:  # targets by lookup instead of per-batch vector differences
+                self._D = torch.cat([torch.cdist(x[s:s + 512], x, compute_mode="donot_use_mm_for_euclid_dist")
+                                     for s in range(0, n, 512)])
 
             def dist_to(h):
                 return (x - x[h]).norm(dim=1)
@@ -239,13 +249,34 @@ class ProdigeCompression(nn.Module):
         scale = float(w.mean()) if w.numel() and float(w.mean()) > 0 else 1.0
         dmax = float(self._targets(torch.arange(min(n, 512), device=device),
                                    torch.arange(n, device=device).expand(min(n, 512), n)).max())
-        self.graph = ProdigeGraph(ei, n, init_weight=w.clamp_min(1e-3 * scale),
-                                  default_distance=max(2 * dmax, 1e-6)).to(device)
+        w = w.clamp_min(1e-3 * scale)
         self.num_points = n
+        for rescaled in (False, True):  # the second graph starts at the least-squares scale of the first's
+            self.graph = ProdigeGraph(ei, n, init_weight=w, default_distance=max(2 * dmax, 1e-6)).to(device)
+            if not rescaled:
+                w = w * self._length_scale(gen)
         self.history_ = []
         self._train(gen)
         self._x = self._D = None
         return self
+
+    @torch.no_grad()
+    def _length_scale(self, gen, rows: int = 256) -> float:
+        r"""The factor :math:`s = \langle d_G, D\rangle / \langle d_G, d_G\rangle` minimising
+        :math:`\sum (D_{ij} - s\, d_G(i, j))^2` over ``rows`` random sources' targets: scaling every
+        length by ``s`` scales every shortest path by ``s`` (the paths do not change), so this is
+        the best uniform start. Candidate lengths at the target distances overestimate far pairs
+        (a detour through hubs is longer than the straight line), so ``s < 1`` on vectors; on an
+        exact metric backbone ``s = 1``."""
+        g = self.graph.eval()
+        n, device = self.num_points, g.indptr.device
+        src = torch.randperm(n, generator=gen)[:rows].to(device)
+        T = min(self.targets_per_row, n)
+        dst = torch.randint(0, n, (src.numel(), T), generator=gen).to(device)
+        d, t = g(src, dst).double(), self._targets(src, dst).double()
+        ok = d < float(g.default_distance)  # reachable pairs only
+        den = float((d[ok] ** 2).sum())
+        return min(max(float((d[ok] * t[ok]).sum()) / den, 1e-3), 1e3) if den > 0 else 1.0
 
     def _targets(self, src: torch.Tensor, dst: torch.Tensor) -> torch.Tensor:
         if self._D is not None:
@@ -298,24 +329,33 @@ class ProdigeCompression(nn.Module):
                 rows += src.numel()
             self._record("train", total / rows, t0)
             bar.set_postfix(loss=f"{total / rows:.4g}", params=f"{self.history_[-1]['params_per_instance']:.2f}")
+        # pruning and fine-tune share one Adam; the learning rate decays linearly to 0 over the fine-tune
+        rounds = 0
         if budget is not None:
             keep = int(math.floor((budget - 1) * n / 2))
             cur = torch.nonzero(g.presence_logit.detach() >= 0).squeeze(1)
-            if cur.numel() > keep:
+            rounds = PRUNE_ROUNDS if cur.numel() > keep else 0
+        per_epoch = math.ceil(n / self.batch_size)
+        pre = max(rounds - 1, 0) * ROUND_EPOCHS * per_epoch  # steps between pruning rounds: full rate
+        total = max(1, self.finetune_epochs * per_epoch)
+        opt = torch.optim.Adam([g.weight_logit], lr=self.lr)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: min(1.0, max(0.0, 1 - (i - pre) / total)))
+        if budget is not None:
+            if rounds:
                 start = cur.numel()
-                for r in range(PRUNE_ROUNDS):
-                    k = max(keep, int(round(keep * (start / keep) ** ((PRUNE_ROUNDS - 1 - r) / PRUNE_ROUNDS))))
+                for r in range(rounds):
+                    k = max(keep, int(round(keep * (start / keep) ** ((rounds - 1 - r) / rounds))))
                     self._keep_only(cur[select_edges(g.edge_index[:, cur], self._usage(gen)[cur], n, k)])
                     cur = torch.nonzero(g.presence_logit.detach() >= 0).squeeze(1)
-                    if r < PRUNE_ROUNDS - 1:
-                        self._finetune(gen, t0, ROUND_EPOCHS, "prune", decay=False)
+                    if r < rounds - 1:
+                        self._finetune(gen, t0, ROUND_EPOCHS, "prune", opt, sched)
             log(f"PRODIGE: kept {cur.numel()} edges by shortest-path usage ({budget} params/instance)", self.verbose)
         else:  # drop the edges no shortest path uses (of an epoch, at the initial and trained lengths)
             used = used0 | (self._usage(gen) > 0)
             cur = torch.nonzero((g.presence_logit.detach() >= 0) & used).squeeze(1)
             if cur.numel():
                 self._keep_only(cur)
-        self._finetune(gen, t0, self.finetune_epochs, "finetune", decay=True)
+        self._finetune(gen, t0, self.finetune_epochs, "finetune", opt, sched)
         g.eval()
 
     @torch.no_grad()
@@ -339,14 +379,11 @@ class ProdigeCompression(nn.Module):
             usage += gw / torch.sigmoid(w.detach())  # d softplus / d logit = sigmoid
         return usage
 
-    def _finetune(self, gen, t0, epochs, phase, decay):
+    def _finetune(self, gen, t0, epochs, phase, opt, sched):
         if not epochs:
             return
         g = self.graph
         g.eval()
-        opt = torch.optim.Adam([g.weight_logit], lr=self.lr)
-        steps = epochs * math.ceil(self.num_points / self.batch_size)
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: max(0.0, 1 - i / steps) if decay else 1.0)
         bar = progress(range(epochs), verbose=self.verbose, desc=f"PRODIGE {phase}", leave=phase == "finetune")
         for _ in bar:
             total, rows = 0.0, 0

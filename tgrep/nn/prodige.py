@@ -42,6 +42,43 @@ def gather(param: torch.Tensor, index: torch.Tensor, sparse: bool) -> torch.Tens
     return _SparseGather.apply(param, index) if sparse else param[index]
 
 
+class EdgeParameter(nn.Embedding):
+    """Holds one learnable number per candidate edge (``weight`` ``[M]``) the way
+    ``nn.Embedding`` holds its table. :class:`~torch.nn.parallel.DistributedDataParallel`
+    expects sparse gradients only from parameters of ``nn.Embedding`` / ``nn.EmbeddingBag``
+    modules with ``sparse=True`` (it checks the module type when it builds its buckets), so
+    this is what makes ``ProdigeGraph(sparse=True)`` trainable under DDP."""
+
+    def __init__(self, num_edges: int, sparse: bool, device=None):
+        nn.Module.__init__(self)  # nn.Embedding's table is [n, d]; this one is [M]
+        self.num_embeddings, self.embedding_dim, self.sparse = num_edges, 1, sparse
+        self.padding_idx, self.max_norm, self.norm_type, self.scale_grad_by_freq = None, None, 2.0, False
+        self.weight = nn.Parameter(torch.empty(num_edges, device=device))
+
+    def forward(self, index: torch.Tensor) -> torch.Tensor:
+        return gather(self.weight, index, self.sparse)
+
+    def extra_repr(self) -> str:
+        return f"{self.num_embeddings}, sparse={self.sparse}"
+
+
+# the edge parameters live in EdgeParameter submodules; the state_dict keeps the flat names
+_EDGE_PARAMS = {"weight_logit": "_edge_weight", "presence_logit": "_edge_presence"}
+
+
+def _flat_edge_keys(module, state_dict, prefix, local_metadata):
+    for name, holder in _EDGE_PARAMS.items():
+        key = f"{prefix}{holder}.weight"
+        if key in state_dict:
+            state_dict[prefix + name] = state_dict.pop(key)
+
+
+def _nested_edge_keys(module, state_dict, prefix, *args):
+    for name, holder in _EDGE_PARAMS.items():
+        if prefix + name in state_dict:
+            state_dict[f"{prefix}{holder}.weight"] = state_dict.pop(prefix + name)
+
+
 def inverse_softplus(w: torch.Tensor) -> torch.Tensor:
     """``x`` with ``softplus(x) = w`` (``w > 0``), stable for small and large ``w``."""
     return torch.where(w > 20, w, torch.log(torch.expm1(w.clamp_max(20))))
@@ -65,15 +102,33 @@ def bool_arg(name: str, value) -> bool:
     return value
 
 
+def _world_size() -> int:
+    dist = torch.distributed
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def _rank() -> int:
+    dist = torch.distributed
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+_RANK_STRIDE = 0x2545F491  # odd: distinct ranks give distinct seeds for the same draw
+
+
 def _seed(seed, device) -> torch.Tensor:
-    """The 0-d int64 seed tensor the ops take (``None``: drawn from torch's generator, no sync)."""
+    """The 0-d int64 seed tensor the ops take (``None``: drawn from torch's generator, no sync;
+    under ``torch.distributed`` the process rank is folded in, so ranks seeded alike still
+    draw independent samples)."""
     if isinstance(seed, torch.Tensor):
         if seed.dim() != 0 or seed.dtype != torch.int64:
             raise TypeError("'seed' must be an int or a 0-d int64 tensor")
         return seed
     if seed is not None:
         check.seed("seed", seed)
-    return seed_tensor(seed, device)
+        return seed_tensor(seed, device)
+    drawn = seed_tensor(None, device)
+    rank = _rank()  # a Python int (constant-folded by torch.compile)
+    return drawn if rank == 0 else (drawn + rank * _RANK_STRIDE) % (2**31 - 1)
 
 
 class ProdigeGraph(nn.Module):
@@ -138,13 +193,18 @@ class ProdigeGraph(nn.Module):
             (default: ``10.0``).
         learn_default_distance (bool, optional): make ``default_distance`` a parameter
             (default: ``False``).
+        soft (bool, optional): the original PRODIGE's soft mode: in training mode a pair with
+            no path in its sampled graph takes its distance in the graph of *all* candidate
+            edges (absent edges stay usable), so it gets a path gradient instead of the
+            constant ``default_distance``. One extra search per row; eval mode is unchanged
+            (default: ``False``).
         sparse (bool, optional): gradients of the edge parameters are sparse COO tensors, for
             :class:`torch.optim.SparseAdam` (like ``nn.Embedding(sparse=True)``) (default: ``False``).
     """
 
     def __init__(self, edge_index: torch.Tensor, num_nodes: int, *, directed: bool = False,
                  init_weight: float | torch.Tensor = 1.0, init_prob: float = 0.9, default_distance: float = 10.0,
-                 learn_default_distance: bool = False, sparse: bool = False):
+                 learn_default_distance: bool = False, sparse: bool = False, soft: bool = False):
         super().__init__()
         check.positive_int("num_nodes", num_nodes)
         check.edge_index("edge_index", edge_index, num_nodes)
@@ -153,6 +213,7 @@ class ProdigeGraph(nn.Module):
         bool_arg("directed", directed)
         bool_arg("learn_default_distance", learn_default_distance)
         bool_arg("sparse", sparse)
+        self.soft = bool_arg("soft", soft)
         check.in_range("init_prob", init_prob, 0.0, 1.0, lo_open=True, hi_open=True)
         check.in_range("default_distance", default_distance, 0.0, math.inf, lo_open=True, hi_open=True)
         edge_index = edge_index.long()
@@ -182,7 +243,19 @@ class ProdigeGraph(nn.Module):
         else:
             self.register_buffer("default_distance", dd)
         self._set_structure(edge_index, w0)
+        self.register_state_dict_post_hook(_flat_edge_keys)
+        self.register_load_state_dict_pre_hook(_nested_edge_keys)
         self.reset_parameters()
+
+    @property
+    def weight_logit(self) -> nn.Parameter:
+        """``[M]`` length logits (``state_dict`` key ``weight_logit``)."""
+        return self._edge_weight.weight
+
+    @property
+    def presence_logit(self) -> nn.Parameter:
+        """``[M]`` presence logits (``state_dict`` key ``presence_logit``)."""
+        return self._edge_presence.weight
 
     def _set_structure(self, edge_index: torch.Tensor, w0: torch.Tensor) -> None:
         """(Re)build the buffers and edge parameters for ``edge_index`` (canonical: coalesced,
@@ -193,17 +266,18 @@ class ProdigeGraph(nn.Module):
         for name, t in (("edge_index", edge_index), ("init_weight", w0), ("indptr", indptr), ("indices", indices),
                         ("perm", perm)):  # perm: CSR edge -> parameter
             self.register_buffer(name, t)
-        self.weight_logit = nn.Parameter(torch.empty(M, device=dev))
-        self.presence_logit = nn.Parameter(torch.empty(M, device=dev))
+        self._edge_weight = EdgeParameter(M, self.sparse, dev)    # .weight_logit
+        self._edge_presence = EdgeParameter(M, self.sparse, dev)  # .presence_logit
         self._last = None  # the samples of the last training forward, for reinforce()
         self._ema = None
 
     # ------------------------------------------------------------------ checkpoints
     def get_extra_state(self) -> dict:
-        return {"num_nodes": self.num_nodes, "directed": self.directed}
+        return {"num_nodes": self.num_nodes, "directed": self.directed, "reinforce_ema": self._ema}
 
     def set_extra_state(self, state: dict) -> None:
-        pass  # applied in _load_from_state_dict, before the tensors are copied
+        # the structure is applied in _load_from_state_dict, before the tensors are copied
+        self._ema = state.get("reinforce_ema") if isinstance(state, dict) else None
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                               error_msgs):
@@ -306,6 +380,10 @@ class ProdigeGraph(nn.Module):
             p = torch.sigmoid(self.presence_logit.detach())[self.perm]
             dist, pred = torch.ops.tgrep.shortest_paths(self.indptr, self.indices, w, src, targets, p, seed_t, True)
             self._last = (seed_t, src, pred, p)  # one slot (a list would recompile per length)
+            if self.soft:  # unreachable in the sample: the all-candidates graph's distance
+                full, _ = torch.ops.tgrep.shortest_paths(self.indptr, self.indices, w, src, targets, None, seed_t,
+                                                         w.requires_grad and torch.is_grad_enabled())
+                dist = torch.where(torch.isinf(dist), full, dist)
         else:
             w = self._csr_weight(True)
             need_pred = w.requires_grad and torch.is_grad_enabled()
@@ -315,7 +393,8 @@ class ProdigeGraph(nn.Module):
         return dist.squeeze(1) if dst is not None and dst.dim() == 1 else dist
 
     # ------------------------------------------------------------------ REINFORCE
-    def reinforce(self, loss: torch.Tensor, *, baseline: str = "auto", momentum: float = 0.9) -> torch.Tensor:
+    def reinforce(self, loss: torch.Tensor, *, baseline: str = "auto", momentum: float = 0.9,
+                  distributed: bool | None = None) -> torch.Tensor:
         r"""Surrogate whose gradient w.r.t. ``presence_logit`` is the REINFORCE estimate for
         the samples of the last training-mode :meth:`forward` (value ``0``; add it to the loss).
 
@@ -329,29 +408,48 @@ class ProdigeGraph(nn.Module):
                 All keep the estimator unbiased (default: ``"auto"``).
             momentum (float, optional): decay of the ``"ema"`` baseline, in ``[0, 1)``
                 (default: ``0.9``).
+            distributed (bool, optional): compute the baseline over the *global* batch of all
+                processes (one ``all_reduce`` of the loss sum and row count), so that under
+                :class:`~torch.nn.parallel.DistributedDataParallel` (which averages the ranks'
+                gradients) the estimate equals the single-process one on the union batch and the
+                ``"ema"`` state is the same on every rank. Every rank must then call
+                :meth:`reinforce` at the same step, as DDP's backward requires anyway
+                (default: ``None``: when ``torch.distributed`` is initialised with more than one
+                process).
         """
         check.tensor("loss", loss, dtypes=check.FLOAT_DTYPES, dim=(0, 1))
         check.one_of("baseline", baseline, ("auto", "loo", "ema", "none"))
         check.in_range("momentum", momentum, 0.0, 1.0, hi_open=True)
+        if distributed is None:
+            distributed = _world_size() > 1
+        else:
+            bool_arg("distributed", distributed)
         if self._last is None:
             raise RuntimeError("reinforce() needs a training-mode forward() first (samples are taken from it)")
         seed, src, pred, p = self._last
         L = loss.detach().double().to(self.indptr.device)
-        if bool(torch.isnan(L).any()):
-            raise ValueError("'loss' contains NaN")
         per_row = L.dim() == 1
         B = src.numel()
         if per_row and L.numel() != B:
             raise ValueError(f"'loss' must have one entry per row of the last forward ({B}), got {L.numel()}")
         if baseline == "auto":
             baseline = "loo" if per_row and B >= 2 else "ema"
+        if baseline == "loo" and (not per_row or B < 2):
+            raise ValueError("baseline='loo' needs per-row losses of at least 2 rows")
+        # [sum of losses, rows, NaN count] over the global batch (a scalar loss counts as one row)
+        stats = torch.stack([L.sum(), L.new_tensor(float(L.numel())), torch.isnan(L).sum().double()])
+        if distributed and baseline in ("loo", "ema"):
+            torch.distributed.all_reduce(stats)
+        total, rows, nans = stats.tolist()  # the one host sync (the NaN check needs it anyway)
+        if nans:
+            raise ValueError("'loss' contains NaN")
         if baseline == "loo":
-            if not per_row or B < 2:
+            if rows < 2:
                 raise ValueError("baseline='loo' needs per-row losses of at least 2 rows")
-            base = (L.sum() - L) / (B - 1)
+            base = (total - L) / (rows - 1)
         elif baseline == "ema":
             base = torch.full_like(L, 0.0 if self._ema is None else self._ema)
-            mean = float(L.mean())
+            mean = total / rows
             self._ema = mean if self._ema is None else momentum * self._ema + (1 - momentum) * mean
         else:
             base = torch.zeros_like(L)
@@ -440,7 +538,7 @@ class ProdigeGraph(nn.Module):
     def extra_repr(self) -> str:
         return (f"num_nodes={self.num_nodes}, num_edges={self.num_edges}, directed={self.directed}, "
                 f"init_prob={self.init_prob:g}, default_distance={self._init_default:g}, "
-                f"learn_default_distance={self.learn_default_distance}, sparse={self.sparse}")
+                f"learn_default_distance={self.learn_default_distance}, sparse={self.sparse}, soft={self.soft}")
 
 
 def knn_edges(x: torch.Tensor, k: int) -> torch.Tensor:

@@ -25,7 +25,14 @@ class ProdigeEmbedding(nn.Module):
 
     where :math:`v_0..v_{n-1}` are item vertices and :math:`a_1..a_K` extra anchor vertices
     (vertices ``n .. n+K-1`` of the graph). Unreachable anchors give the graph's (learnable)
-    ``default_distance``.
+    ``default_distance``. With ``center=True`` (the default for ``direction="anchors"``) each
+    dimension is centred on its mean over the items,
+    :math:`\mathrm{emb}(i)_k = d_G(v_i, a_k) - \operatorname{sg}\big[\frac1n \sum_j d_G(v_j, a_k)\big]`
+    (``sg``: no gradient through the mean; the padding item is left out of it): a translation
+    per dimension, which a following layer's bias absorbs, so it changes nothing the model can
+    express -- but raw distances share a large positive offset, and a linear layer on top of
+    them trains far slower (planted hierarchy benchmark: 0.72 vs 0.99 test accuracy after 10
+    epochs).
 
     **Storage budget.** ``budget`` is the number of stored numbers per item, counted as the
     paper does (``N + 2|E|`` for the graph, anchors included, divided by ``num_embeddings``);
@@ -71,11 +78,15 @@ class ProdigeEmbedding(nn.Module):
             ``"items"`` for a directed ``graph``).
         generator (torch.Generator, optional): random source of the candidate graph
             (default: ``None``: torch's global generator).
+        center (bool, optional): centre every dimension on its mean over the items (see
+            above; needs ``direction="anchors"``, where the whole table is computed anyway)
+            (default: ``None``: ``True`` for ``direction="anchors"``, else ``False``).
     """
 
     def __init__(self, num_embeddings: int, embedding_dim: int, padding_idx: int | None = None, *,
                  budget: float | None = None, sparse: bool = False, graph: ProdigeGraph | None = None,
-                 direction: str | None = None, generator: torch.Generator | None = None):
+                 direction: str | None = None, generator: torch.Generator | None = None,
+                 center: bool | None = None):
         super().__init__()
         check.positive_int("num_embeddings", num_embeddings)
         check.positive_int("embedding_dim", embedding_dim)
@@ -103,6 +114,10 @@ class ProdigeEmbedding(nn.Module):
         direction = direction or ("items" if graph.directed else "anchors")
         if direction == "anchors" and graph.directed:
             raise ValueError("direction='anchors' needs an undirected graph")
+        center = direction == "anchors" if center is None else bool_arg("center", center)
+        if center and direction != "anchors":
+            raise ValueError("center=True needs direction='anchors' (the mean is over every item's distances)")
+        self.center = center
         self.num_embeddings, self.embedding_dim, self.padding_idx = n, K, padding_idx
         self.budget, self.direction, self.sparse = budget, direction, sparse
         self.graph = graph
@@ -171,7 +186,7 @@ class ProdigeEmbedding(nn.Module):
         graph = ProdigeGraph(ei.cpu(), n + K, init_weight=w.cpu().clamp_min(1e-6),
                              default_distance=float(m.graph.default_distance), learn_default_distance=True,
                              sparse=sparse)
-        emb = cls(n, K, padding_idx, sparse=sparse, graph=graph)
+        emb = cls(n, K, padding_idx, sparse=sparse, graph=graph, center=False)  # emb(i)_k ~ ||x_i - c_k||
         emb.budget = budget
         emb.requires_grad_(not freeze)
         return emb
@@ -206,8 +221,17 @@ class ProdigeEmbedding(nn.Module):
                                       error_msgs)
 
     def table(self) -> torch.Tensor:
-        """``[n, K]`` the embedding of every item (one set of searches; in training mode a sample)."""
-        return self.graph(self.anchors, None)[:, :self.num_embeddings].T
+        """``[n, K]`` the embedding of every item (one set of searches; in training mode a sample;
+        centred when ``center``; the padding row is not zeroed here)."""
+        t = self.graph(self.anchors, None)[:, :self.num_embeddings].T.contiguous()  # rows gather fast
+        if not self.center:
+            return t
+        with torch.no_grad():
+            total, count = t.sum(0), t.size(0)
+            if self.padding_idx is not None:
+                total, count = total - t[self.padding_idx], count - 1
+            mean = total / max(count, 1)
+        return t - mean
 
     def forward(self, index: torch.Tensor) -> torch.Tensor:
         check.tensor("index", index, dtypes=check.INDEX_DTYPES, device=self.anchors.device)
@@ -230,4 +254,5 @@ class ProdigeEmbedding(nn.Module):
         if self.padding_idx is not None:
             s += f", padding_idx={self.padding_idx}"
         s += f", budget={self.budget}, num_edges={self.graph.num_edges}, direction={self.direction!r}"
+        s += f", center={self.center}"
         return s + (", sparse=True" if self.sparse else "")

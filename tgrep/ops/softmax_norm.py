@@ -68,12 +68,13 @@ def _check_labels(labels, y) -> None:
 
 
 # ----------------------------------------------------------------------------- statistics
-def _statistics(y: Tensor, labels: Tensor | None, k: int, weights: Tensor | None, dist: bool):
-    """:func:`cluster_statistics` without validation (``labels`` in ``[0, k)``)."""
+def _statistics(y: Tensor, labels: Tensor | None, k: int, weights: Tensor | None, dist: bool,
+                scale: Tensor | None = None):
+    """:func:`cluster_statistics` of ``y / scale`` without validation (``labels`` in ``[0, k)``)."""
     ct = _compute_dtype(y)
     yc = y.to(ct)
     w = None if weights is None else weights.to(ct)
-    count, wsum, s1, s2_fn = lib.statistics_sums(yc, labels, k, w)
+    count, wsum, s1, s2_fn = lib.statistics_sums(yc, labels, k, w, scale)
     reduce = None
     if dist:
         count, wsum, s1 = all_reduce_sum(count), all_reduce_sum(wsum), all_reduce_sum(s1)
@@ -231,9 +232,10 @@ def _estimate(x, y, labels, k, weights, detach_stats, dist):
     # scale before the moments: y / s with s a power of two >= 1 (exact, detached), x * s;
     # x.mu + x Omega x / 2 is unchanged, and the second moments of rows of norm 1e20 no
     # longer overflow (the result is +inf only when log Z itself passes the dtype's range)
-    amax = ys.detach().abs().amax().to(_compute_dtype(y)).clamp_min(1.0)
+    lo, hi = torch.aminmax(ys.detach())  # one pass, no temporary (abs().amax() is 3x slower)
+    amax = torch.maximum(hi, -lo).to(_compute_dtype(y)).clamp_min(1.0)
     s = torch.exp2(torch.floor(torch.log2(amax)))
-    log_w, mu, omega = _statistics(ys / s, labels, k, ws, dist)
+    log_w, mu, omega = _statistics(ys, labels, k, ws, dist, scale=s)
     return _cluster_lse(x, log_w, mu, omega, s)
 
 

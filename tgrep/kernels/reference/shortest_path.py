@@ -87,7 +87,9 @@ def path_gradient(grad_dist: torch.Tensor, dist: torch.Tensor, pred: torch.Tenso
     """d(sum grad_dist * dist)/d weight: walk predecessor edges from each target to its source.
 
     Vectorised over all (row, target) pairs; one step per hop of the longest path. Entries
-    with infinite distance (unreachable) or zero gradient contribute nothing.
+    with infinite distance (unreachable) or zero gradient contribute nothing. A walk stops at a
+    negative ``pred`` entry or after ``N + 1`` steps (a valid tree has paths of at most
+    ``N - 1`` edges; a malformed ``pred`` with a cycle is cut there, as in every kernel).
     """
     B = pred.size(0)
     if targets is None:
@@ -98,7 +100,9 @@ def path_gradient(grad_dist: torch.Tensor, dist: torch.Tensor, pred: torch.Tenso
     out = torch.zeros(num_edges, dtype=grad_dist.dtype, device=grad_dist.device)
     live = g != 0
     rows, cur, g = rows[live], cur[live], g[live]
-    while cur.numel():
+    for _ in range(pred.size(1) + 1):
+        if not cur.numel():
+            break
         e = pred[rows, cur]
         ok = e >= 0
         rows, e, g = rows[ok], e[ok], g[ok]
@@ -120,7 +124,9 @@ def path_sum(edge_values: torch.Tensor, dist: torch.Tensor, pred: torch.Tensor, 
     live = torch.isfinite(dist).reshape(-1)
     pair = pair[live]
     rows, cur = pair // max(T, 1), targets.long().reshape(-1)[live]
-    while pair.numel():
+    for _ in range(pred.size(1) + 1):  # as in path_gradient: at most N + 1 steps
+        if not pair.numel():
+            break
         e = pred[rows, cur]
         ok = e >= 0
         pair, rows, e = pair[ok], rows[ok], e[ok]

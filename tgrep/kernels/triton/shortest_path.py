@@ -54,6 +54,7 @@ import triton
 import triton.language as tl
 
 from ..._backend import triton_interpret
+from . import launch
 from ..reference import rng
 
 CHECK_EVERY = 8  # launches between host-side convergence checks
@@ -181,11 +182,11 @@ def _pred_kernel(dist_ptr, pred_ptr, bound_ptr, sources_ptr, indptr_ptr, indices
         tl.atomic_min(pred_ptr + slot, key, mask=em)
 
 
-def _launch_cfg(total: int) -> tuple[int, int, int]:
-    """(BLOCK, CH, num_warps): few large programs under the interpreter, GPU-sized tiles else."""
-    if triton_interpret():
-        return max(16, min(triton.next_power_of_2(max(total, 1)), 2048)), 16, 4
-    return 64, 32, 4
+def _launch_cfg(total: int) -> tuple[tuple, int, int, int]:
+    """(grid, BLOCK, CH, num_warps) of the relaxation and predecessor passes (CH: edges per
+    vertex handled per inner step)."""
+    grid, block = launch.flat(total, gpu_block=64)
+    return grid, block, (16 if triton_interpret() else 32), 4
 
 
 def default_delta(weight: torch.Tensor, n: int) -> float:
@@ -258,8 +259,7 @@ def shortest_paths(indptr: torch.Tensor, indices: torch.Tensor, weight: torch.Te
     nmin = torch.zeros(B, dtype=itype, device=device)  # smallest frontier distance per row (bits)
     lim = torch.empty(B, dtype=dtype, device=device)
 
-    BLOCK, CH, warps = _launch_cfg(total)
-    grid = (triton.cdiv(total, BLOCK),)
+    grid, BLOCK, CH, warps = _launch_cfg(total)
     counters = torch.zeros(CHECK_EVERY, 2, dtype=torch.int64, device=device)
     launches = scanned = updates = 0
     while True:
@@ -348,7 +348,7 @@ def path_gradient(grad_dist: torch.Tensor, dist: torch.Tensor, pred: torch.Tenso
     T = n if targets is None else targets.size(1)
     tgt = g if targets is None else targets.long().contiguous()  # placeholder when unused
     total = B * T
-    BLOCK = max(16, min(triton.next_power_of_2(total), 1024)) if triton_interpret() else 128
-    _path_grad_kernel[(triton.cdiv(total, BLOCK),)](pred.contiguous(), edge_src.contiguous(), tgt, g, out, n, T,
+    grid, BLOCK = launch.flat(total, gpu_block=128, interp_cap=1024)
+    _path_grad_kernel[grid](pred.contiguous(), edge_src.contiguous(), tgt, g, out, n, T,
                                                     total, HAS_TARGETS=targets is not None, BLOCK=BLOCK)
     return out

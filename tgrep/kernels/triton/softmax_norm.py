@@ -11,8 +11,10 @@ the host). ``d`` up to 128 (padded to a power of two >= 16); the library falls b
 the row-blocked torch kernel above that and for float64.
 
 Offsets are int64 (``n * d`` and ``k * d * d`` may pass ``2**31``); the prologue (row block
-load) and the per-cluster logit are shared ``@triton.jit`` helpers, and :func:`launch_config`
-is the one place block sizes and the grid are chosen. Overflowing logits give ``+inf``
+load) and the per-cluster logit are shared ``@triton.jit`` helpers; block sizes and the grid
+come from :func:`tgrep.kernels.triton.launch.row_tiles`. The launches go through
+:func:`torch.library.wrap_triton` (the op is a :func:`torch.library.triton_op`), so
+``torch.compile`` sees these kernels instead of an opaque call. Overflowing logits give ``+inf``
 (never NaN), as in the reference.
 """
 from __future__ import annotations
@@ -20,6 +22,9 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+from torch.library import wrap_triton
+
+from .launch import row_tiles
 
 MAX_D = 128
 
@@ -85,13 +90,6 @@ def _cluster_lse_bwd(X, LW, MU, OM, LSE, G, DX, GW, n, d, k, stride_x,
     tl.store(DX + rows[:, None] * d + cols[None, :], dx, mask=xmask)
 
 
-def launch_config(n: int, d: int) -> tuple[tuple[int], int, int]:
-    """``(grid, BLOCK_N, BLOCK_D)`` for ``n`` rows of dimension ``d`` (the one launch-config helper)."""
-    block_d = max(16, triton.next_power_of_2(d))
-    block_n = 64 if block_d <= 64 else 32
-    return (triton.cdiv(n, block_n),), block_n, block_d
-
-
 def supports(x: torch.Tensor) -> bool:
     """Whether these kernels take ``x`` (float32 / half, ``d <= MAX_D``)."""
     return x.dtype != torch.float64 and x.shape[1] <= MAX_D
@@ -100,10 +98,10 @@ def supports(x: torch.Tensor) -> bool:
 def cluster_lse_forward(x: torch.Tensor, log_w: torch.Tensor, mu: torch.Tensor, omega: torch.Tensor) -> torch.Tensor:
     n, d = x.shape
     k = mu.shape[0]
-    grid, block_n, block_d = launch_config(n, d)
+    grid, block_n, block_d = row_tiles(n, d)
     out = torch.empty(n, dtype=torch.float32, device=x.device)
     if n:
-        _cluster_lse_fwd[grid](x, log_w.contiguous(), mu.contiguous(), omega.contiguous(), out, n, d, k, x.stride(0),
+        wrap_triton(_cluster_lse_fwd)[grid](x, log_w.contiguous(), mu.contiguous(), omega.contiguous(), out, n, d, k, x.stride(0),
                                BLOCK_N=block_n, BLOCK_D=block_d)
     return out.to(x.dtype)
 
@@ -112,11 +110,11 @@ def cluster_lse_backward(grad, x, log_w, mu, omega, lse, need_stats: bool = Fals
     """``(dx [n, d], gw [n, k] or None)``; ``omega`` must be symmetric."""
     n, d = x.shape
     k = mu.shape[0]
-    grid, block_n, block_d = launch_config(n, d)
+    grid, block_n, block_d = row_tiles(n, d)
     dx = torch.empty((n, d), dtype=torch.float32, device=x.device)
     gw = torch.empty((n, k), dtype=torch.float32, device=x.device) if need_stats else dx
     if n:
-        _cluster_lse_bwd[grid](x, log_w.contiguous(), mu.contiguous(), omega.contiguous(), lse.contiguous(),
+        wrap_triton(_cluster_lse_bwd)[grid](x, log_w.contiguous(), mu.contiguous(), omega.contiguous(), lse.contiguous(),
                                grad.contiguous(), dx, gw, n, d, k, x.stride(0),
                                BLOCK_N=block_n, BLOCK_D=block_d, STORE_GW=need_stats)
     return dx.to(x.dtype), (gw.to(x.dtype) if need_stats else None)
