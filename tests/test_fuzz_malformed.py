@@ -130,7 +130,7 @@ case("lg_nan", "ops.learn_graph(x * nan, 3)", E, "x")
 case("lg_model", "ops.learn_graph(x, 3, model='foo')", E, "model")
 case("lg_threads_float", "ops.learn_graph(x, 3, num_threads=2.5)", E, "num_threads", slow=True,
      xfail="raw pybind TypeError 'fbf_log_steps(): incompatible function arguments' after minutes "
-           "(issue 12 item 10)")
+           "(issue 12 item 10; the kernel is now fbf_csr_steps)")
 case("lg_batch_neg", "ops.learn_graph(x, 3, batch=torch.full((20,), -3))", E, "batch")
 case("lg_sparse", "ops.learn_graph(x.to_sparse(), 3)", E, "x",
      xfail="aten NotImplementedError on a sparse tensor (issue 12 item 10)")
