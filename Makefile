@@ -9,7 +9,8 @@ TORCH_PIN ?= torch==2.13.0
 # Every later install runs under this constraints file, which pins the torch installed above,
 # so an extra that asks for torch (lightning does) can never replace it.
 CONSTRAINTS := $(VENV)/constraints.txt
-# the extras `make setup` installs: all of them (the tests use every one)
+# the extras `make setup` installs: all that the tests and demos use (`mutation`, for
+# tools/mutate.py, is installed by `.venv/bin/pip install -c .venv/constraints.txt -e ".[mutation]"`)
 EXTRAS ?= test,demo,lightning,docs,notebooks
 
 .PHONY: setup demo test test-fast bench info docs notebooks clean
