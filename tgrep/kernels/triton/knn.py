@@ -15,13 +15,15 @@ import torch
 import triton
 import triton.language as tl
 
+from . import launch
+
 
 @triton.jit
 def _knn_kernel(X, XN, B, LO, HI, OUT_D, OUT_I, n, d, k, stride_x,
                 HAS_BATCH: tl.constexpr, SKIP_SELF: tl.constexpr, BLOCK_M: tl.constexpr,
                 BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, K_PAD: tl.constexpr, DIFF: tl.constexpr):
     pid = tl.program_id(0)
-    rows = pid * BLOCK_M + tl.arange(0, BLOCK_M)
+    rows = pid.to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M).to(tl.int64)  # n * d may pass 2**31
     rmask = rows < n
     kc = tl.arange(0, K_PAD)
     inf = float("inf")
@@ -100,8 +102,7 @@ def knn_triton(x: torch.Tensor, k: int, *, batch: torch.Tensor | None = None, lo
         hi = torch.full((nblocks,), n, dtype=torch.long, device=x.device)
     out_d = torch.empty((n, k), dtype=xc.dtype, device=x.device)
     out_i = torch.empty((n, k), dtype=torch.long, device=x.device)
-    k_pad = max(16, triton.next_power_of_2(k))
-    block_d = 4 if exact64 else (16 if d <= 16 else 32)   # the float64 path holds a 3-d tile
+    k_pad, block_d = launch.knn_tiles(k, d, exact64)
     _knn_kernel[(nblocks,)](xc, xn, b, lo.contiguous(), hi.contiguous(), out_d, out_i, n, d, k,
                             xc.stride(0), HAS_BATCH=batch is not None, SKIP_SELF=not loop,
                             BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d, K_PAD=k_pad, DIFF=exact64)

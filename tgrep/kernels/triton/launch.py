@@ -4,7 +4,8 @@ Two shapes cover the kernels:
 
 * :func:`flat` -- a 1-D launch over ``total`` work items (edges of a frontier, path cells);
 * :func:`row_tiles` -- programs of ``BLOCK_N`` rows of a ``[n, d]`` matrix, ``d`` padded
-  to a power of two (the EDRep normalizer, the kNN queries).
+  to a power of two (the EDRep normalizer);
+* :func:`knn_tiles` -- the kNN kernel's candidate-list width and feature tile.
 
 Under the interpreter (``TRITON_INTERPRET=1``, how tests run the kernels on CPU) each program
 runs as Python: few large programs are then many times faster than GPU-sized tiles, and the
@@ -33,3 +34,10 @@ def row_tiles(n, d: int, max_rows: int = 64):
     block_d = max(16, triton.next_power_of_2(d))
     block_n = max_rows if block_d <= 64 else max_rows // 2
     return (lambda meta: (triton.cdiv(n, meta["BLOCK_N"]),)), block_n, block_d
+
+
+def knn_tiles(k: int, d: int, float64: bool) -> tuple[int, int]:
+    """``(K_PAD, BLOCK_D)`` of the kNN kernel: the ``k`` best slots padded to a power of two
+    >= 16, and the feature tile (4 in float64, whose path holds a 3-d difference tile; else 16
+    or 32 for ``tl.dot``)."""
+    return max(16, triton.next_power_of_2(k)), (4 if float64 else (16 if d <= 16 else 32))
