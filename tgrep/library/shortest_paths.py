@@ -119,11 +119,7 @@ def _path_flags(dist, pred, sources, targets, indptr, num_edges):
     if tuple(dist.shape) != (B, T) or sources.shape[0] != B:
         raise ValueError(f"'dist' must be [B, T] = [{B}, {T}] and 'sources' [B], got {tuple(dist.shape)} and "
                          f"{tuple(sources.shape)}")
-    flags = [((indptr[0] != 0) | (indptr[-1] != num_edges),
-              lambda: f"'indptr' must start at 0 and end at the number of edges ({num_edges}), "
-                      f"got {int(indptr[0])} and {int(indptr[-1])}")]
-    if n:
-        flags.append(((indptr.diff() < 0).any(), lambda: "'indptr' must be non-decreasing"))
+    flags = check.indptr_flags(indptr, num_edges, f"the number of edges ({num_edges})")
     return (flags + check.index_flags("pred", pred, num_edges, lower=-1) + check.index_flags("sources", sources, n)
             + check.index_flags("targets", targets, n))
 
@@ -211,11 +207,7 @@ def _check_reinforce(indptr, pred, sources, seed, edge_prob, advantage):
     if sources.numel() != B or advantage.numel() != B:
         raise ValueError(f"'sources' and 'advantage' must have B = {B} entries, "
                          f"got {sources.numel()} and {advantage.numel()}")
-    flags = [((indptr[0] != 0) | (indptr[-1] != E),
-              lambda: f"'indptr' must start at 0 and end at len(edge_prob) = {E}, "
-                      f"got {int(indptr[0])} and {int(indptr[-1])}")]
-    if n:
-        flags.append(((indptr.diff() < 0).any(), lambda: "'indptr' must be non-decreasing"))
+    flags = check.indptr_flags(indptr, E, f"len(edge_prob) = {E}")
     check.values(flags + check.index_flags("pred", pred, E, lower=-1) + check.index_flags("sources", sources, n)
                  + check.prob_flags("edge_prob", edge_prob) + check.finite_flags("advantage", advantage))
 

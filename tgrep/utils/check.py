@@ -151,12 +151,18 @@ def csr_flags(indptr: torch.Tensor, indices: torch.Tensor, num_cols: int, *, ind
               indices_name: str = "indices") -> list:
     """``indptr`` starts at 0, ends at ``len(indices)``, never decreases; ``indices`` in ``[0, num_cols)``."""
     E = indices.numel()
-    flags = [((indptr[0] != 0) | (indptr[-1] != E),
-              lambda: f"'{indptr_name}' must start at 0 and end at len({indices_name}) = {E}, "
-                      f"got {int(indptr[0])} and {int(indptr[-1])}")]
+    return (indptr_flags(indptr, E, f"len({indices_name}) = {E}", name=indptr_name)
+            + index_flags(indices_name, indices, num_cols))
+
+
+def indptr_flags(indptr: torch.Tensor, num_entries: int, end: str, *, name: str = "indptr") -> list:
+    """``indptr`` (non-empty) starts at 0, ends at ``num_entries`` (``end`` says what that is in
+    the message), and never decreases."""
+    flags = [((indptr[0] != 0) | (indptr[-1] != num_entries),
+              lambda: f"'{name}' must start at 0 and end at {end}, got {int(indptr[0])} and {int(indptr[-1])}")]
     if indptr.numel() > 1:
-        flags.append(((indptr.diff() < 0).any(), lambda: f"'{indptr_name}' must be non-decreasing"))
-    return flags + index_flags(indices_name, indices, num_cols)
+        flags.append(((indptr.diff() < 0).any(), lambda: f"'{name}' must be non-decreasing"))
+    return flags
 
 
 def nonneg_flags(name: str, value: torch.Tensor | None, *, allow_inf: bool = True) -> list:

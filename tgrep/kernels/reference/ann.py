@@ -142,7 +142,6 @@ def ivf(x: torch.Tensor, k: int, loop: bool, *, mod, num_threads: int = 1, bar=N
     ``sample_recall`` (the recall estimate that chose ``probes``) and ``repaired`` rows.
     ``mod``: the C++ extension ``csrc/cpu/knn.cpp`` (its heap selection).
     """
-    from threadpoolctl import threadpool_limits
 
     recall = IVF_RECALL if recall is None else recall
     list_size = list_size or IVF_LIST
@@ -231,14 +230,9 @@ def ivf(x: torch.Tensor, k: int, loop: bool, *, mod, num_threads: int = 1, bar=N
                 bar.update(lp[li + 1] - lp[li])
 
     if kk > 0:
-        with threadpool_limits(limits=1, user_api="blas"):
-            if workers == 1:
-                work(0)
-            else:
-                from concurrent.futures import ThreadPoolExecutor
+        from .knn_host import run_workers
 
-                with ThreadPoolExecutor(workers) as pool:
-                    list(pool.map(work, range(workers)))
+        run_workers(work, workers)
     # back to the original order (rows and neighbour ids)
     D = np.empty((n, max(kk, 1)), dtype=np.float32)
     I = np.empty((n, max(kk, 1)), dtype=np.int64)

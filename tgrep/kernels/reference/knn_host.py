@@ -26,7 +26,6 @@ def knn_cpp(mod, x: torch.Tensor, k: int, batch: torch.Tensor | None, loop: bool
             block: int = 4096, workers: int = 1, bar=None):
     """``(dist, index)`` ``[n, k]`` in the working dtype of ``x`` (float32/float64), ascending,
     ``inf`` / ``-1`` padding; ``x`` centred by the caller or not (it is centred here)."""
-    from threadpoolctl import threadpool_limits
 
     n = x.shape[0]
     dtype = x.dtype if x.dtype in (torch.float32, torch.float64) else torch.float32
@@ -61,13 +60,21 @@ def knn_cpp(mod, x: torch.Tensor, k: int, batch: torch.Tensor | None, loop: bool
             if bar is not None:
                 bar.update(b - a)
 
+    run_workers(work, workers)
+    best_d, order = torch.sort(best_d, dim=1)
+    best_i = torch.gather(best_i, 1, order)
+    best_i = torch.where(torch.isinf(best_d), torch.full_like(best_i, -1), best_i)
+    return best_d, best_i
+
+
+def run_workers(work, workers: int) -> None:
+    """``work(0) .. work(workers - 1)`` on a thread pool (the C++ selection releases the GIL),
+    with BLAS held to one thread per worker so the two levels of threads do not multiply."""
+    from threadpoolctl import threadpool_limits
+
     with threadpool_limits(limits=1, user_api="blas"):
         if workers == 1:
             work(0)
         else:
             with ThreadPoolExecutor(workers) as pool:
                 list(pool.map(work, range(workers)))
-    best_d, order = torch.sort(best_d, dim=1)
-    best_i = torch.gather(best_i, 1, order)
-    best_i = torch.where(torch.isinf(best_d), torch.full_like(best_i, -1), best_i)
-    return best_d, best_i
