@@ -39,6 +39,16 @@ def _dense(x, lw, mu, om):
     return torch.logsumexp(logits, 1)
 
 
+def _run_without_interpreter(code: str) -> subprocess.CompletedProcess:
+    """``code`` in a fresh process without ``TRITON_INTERPRET`` (real JIT kernels, no GPU needed)."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = str(ROOT)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=str(ROOT),
+                         timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    return out
+
+
 def test_kernels_are_visible_to_the_compile_cache():
     """Without the interpreter the Triton kernels are JITFunctions; the scan must reach them
     through the op's loader (else a changed kernel could be served from a stale AOT cache)."""
@@ -53,11 +63,7 @@ def test_kernels_are_visible_to_the_compile_cache():
         "    from torch._library.triton import get_inner_triton_kernels\n"
         "    print(op, sorted(k.fn.__name__ for k in get_inner_triton_kernels(load())))\n"
     )
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env["PYTHONPATH"] = str(ROOT)
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=str(ROOT),
-                         timeout=120)
-    assert out.returncode == 0, out.stderr[-2000:]
+    out = _run_without_interpreter(code)
     lines = dict(line.split(" ", 1) for line in out.stdout.splitlines())
     assert lines[OPS[0]] == "['_cluster_lse_fwd']"
     assert lines[OPS[1]] == "['_cluster_lse_bwd']"
@@ -79,11 +85,7 @@ def test_runs_without_triton_installed():
         "except RuntimeError as e:\n"
         "    print('refused:', e)\n"
     )
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env["PYTHONPATH"] = str(ROOT)
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=str(ROOT),
-                         timeout=120)
-    assert out.returncode == 0, out.stderr[-2000:]
+    out = _run_without_interpreter(code)
     assert "refused:" in out.stdout and "triton" in out.stdout
 
 
