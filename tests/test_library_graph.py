@@ -44,10 +44,11 @@ def test_opcheck_knn(seed, backend, use_batch):
         torch.library.opcheck(torch.ops.tgrep.knn.default, (x, 4, batch, False, "exact", 0, 1, False))
 
 
-def test_opcheck_knn_hnsw(seed):
+@pytest.mark.parametrize("method, n", [("hnsw", 60), ("ivf", 1500)])
+def test_opcheck_knn_approximate(seed, method, n):
     pytest.importorskip("faiss")
-    x = torch.randn(60, 4)
-    torch.library.opcheck(torch.ops.tgrep.knn.default, (x, 5, None, False, "hnsw", 0, 1, False))
+    x = torch.randn(n, 4)
+    torch.library.opcheck(torch.ops.tgrep.knn.default, (x, 5, None, False, method, 0, 1, False))
 
 
 @pytest.mark.parametrize("backend", ["reference", "cpp"])
@@ -62,12 +63,6 @@ def test_opcheck_fbf(seed, backend):
                      (row[inside], col[inside], z[inside], None, batch, 2, 30, 0.0, math.inf, 50, 1e-6, 0.9, 1,
                       False)):
             torch.library.opcheck(torch.ops.tgrep.graph_learning_fbf.default, args)
-
-
-def test_opcheck_knn_ivf(seed):
-    pytest.importorskip("faiss")
-    x = torch.randn(1500, 4)
-    torch.library.opcheck(torch.ops.tgrep.knn.default, (x, 5, None, False, "ivf", 0, 1, False))
 
 
 @pytest.mark.parametrize("backend", ["reference", "cpp"])
