@@ -132,9 +132,12 @@ def launch_op(qualname: str, *, reference: "torch.library.CustomOpDef", triton: 
     The returned op has the reference's autograd registered on it by the caller
     (``op.register_autograd``); ``op.kernels`` lists its backends like :func:`kernel_op`'s.
     """
+    signature = inspect.signature(reference.reference)
+    first = next(iter(signature.parameters.values()), None)
+    assert first is not None and first.annotation is torch.Tensor, \
+        f"{qualname}: the first argument of a launch_op must be a Tensor (the token takes its dtype)"
     schema = infer_schema(reference.reference, mutates_args=())
     check_schema = schema[:schema.rindex(" -> ")] + " -> Tensor"
-    first = schema[1:schema.index(" ")]  # "(Tensor x, ..." -> "Tensor": the token follows arg 0's dtype
 
     def check_body(*args):
         if check is not None:
@@ -143,7 +146,6 @@ def launch_op(qualname: str, *, reference: "torch.library.CustomOpDef", triton: 
 
     check_op = torch.library.custom_op(qualname + "_check", check_body, mutates_args=(), schema=check_schema)
     check_op.register_fake(lambda *args: args[0].new_empty(()))
-    assert first == "Tensor", f"{qualname}: the first argument of a launch_op must be a Tensor"
 
     @functools.lru_cache(maxsize=None)
     def launcher():
@@ -159,7 +161,7 @@ def launch_op(qualname: str, *, reference: "torch.library.CustomOpDef", triton: 
             return launcher()(check_op(*args), *args)
         return reference(*args)
 
-    body.__signature__ = inspect.signature(reference.reference)  # the schema is inferred from it
+    body.__signature__ = signature  # triton_op infers the schema from it
     op = torch.library.triton_op(qualname, body, mutates_args=())
     op.kernels = ("reference", "triton")
     check_op.part_of = reference.part_of = qualname  # listed under the op (`tgrep info`)
