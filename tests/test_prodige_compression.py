@@ -8,7 +8,7 @@ import torch
 from tgrep.datasets import weighted_erdos_renyi
 from tgrep.models import ProdigeCompression
 from tgrep.models.prodige import backbone_pairs, hub_edges
-from tgrep.ops import shortest_paths
+from tgrep.ops import kmeans, shortest_paths
 from tgrep.utils import to_csr
 
 
@@ -61,15 +61,18 @@ def test_backbone_pairs_is_the_needed_edge_set():
     assert backbone_pairs(torch.cdist(x, x)).size(1) == 15
 
 
-def test_budget_on_vectors_is_met_exactly_and_connected(seed):
+@pytest.mark.parametrize("budget, extra", [(3.0, 0), (5.0, 5)])  # budget 3: no room for extra hub vertices
+def test_budget_on_vectors_is_met_exactly_and_connected(seed, budget, extra):
     torch.manual_seed(seed)
     x = torch.randn(60, 4)
-    budget = 3.0
     m = ProdigeCompression(budget, epochs=4, finetune_epochs=8, knn=4, hubs=5, hub_links=2, verbose=False,
                            seed=seed).fit(x)
-    assert int(m.graph.kept().sum()) == int((budget * 60 - 60) // 2)
-    assert m.parameters_per_instance() <= budget
+    assert m.graph.num_nodes == 60 + extra  # the hub vertices are stored, so they count
+    kept = int(m.graph.kept().sum())
+    assert kept == int((budget * 60 - 60 - extra) // 2)
+    assert m.parameters_per_instance() == (60 + extra + 2 * kept) / 60 <= budget
     P = m.pairwise_distances()
+    assert P.shape == (60, 60)
     assert bool(torch.isfinite(P).all()) and float(P.max()) < float(m.graph.default_distance)  # connected
     D = torch.cdist(x, x)
     mse, mean = float(((P - D) ** 2).mean()), float(((D - D.mean()) ** 2).mean())
@@ -167,12 +170,15 @@ def test_initial_lengths_at_least_squares_scale():
     x = torch.randn(40, 5, generator=torch.Generator().manual_seed(3))
     m = ProdigeCompression(epochs=0, finetune_epochs=0, knn=3, hubs=3, hub_links=1, verbose=False, seed=0).fit(x)
     ei = m.graph.edge_index
-    w = (x[ei[0]] - x[ei[1]]).norm(dim=1).double()
+    _, hubs = kmeans(x, 3, seed=0, return_centroids=True)  # the 3 extra (Steiner) vertices 40..42
+    pts = torch.cat([x, hubs])
+    assert m.graph.num_nodes == 43 and m.num_points == 40
+    w = (pts[ei[0]] - pts[ei[1]]).norm(dim=1).double()
     s = m.graph.init_weight.double() / w
     assert float(s.max() - s.min()) < 1e-5 * float(s.mean())  # one factor for every edge
     A = csr_matrix((torch.cat([w, w]).numpy(), (torch.cat([ei[0], ei[1]]).numpy(), torch.cat([ei[1], ei[0]]).numpy())),
-                   shape=(40, 40))
-    d, D = torch.tensor(dijkstra(A)), torch.cdist(x.double(), x.double())
+                   shape=(43, 43))
+    d, D = torch.tensor(dijkstra(A))[:40, :40], torch.cdist(x.double(), x.double())
     want = float((d * D).sum() / (d * d).sum())
     assert want < 0.95 and float(s[0]) == pytest.approx(want, rel=0.05)
     _, _, Dg = _er(12, 4)

@@ -8,12 +8,16 @@ import torch
 from torch import nn
 
 from ..nn.prodige import ProdigeGraph, bool_arg, knn_edges, undirected_edges
+from ..ops import kmeans
 from ..utils import check, log, progress
 
 BACKBONE_MAX_N = 600  # fit(distances=D): all pairs + backbone test up to this size, else kNN + hubs
 BACKBONE_RTOL = 1e-6  # a pair is implied by a two-hop detour at most this much (relative) longer
 PRUNE_ROUNDS, ROUND_EPOCHS = 8, 2  # pruning to the budget: geometric rounds, fine-tune epochs between
 DENSE_MAX_N = 4096  # fit(x): the [N, N] target distances are precomputed up to this size (64 MB)
+HUB_KNN, HUB_FANOUT, TOP_LINKS = 64, 10, 4  # steiner_hubs: hub-hub candidates, hubs per top hub, top links
+HUBS_PER_BUDGET = 15  # fit(x) with budget B: N (B - 3) / 15 hub vertices (600 on digits at B = 8)
+DEFAULT_LANDMARKS = 40  # data-point landmarks when the budget leaves no room for hub vertices
 
 
 def select_edges(edge_index: torch.Tensor, score: torch.Tensor, num_nodes: int, k: int) -> torch.Tensor:
@@ -64,6 +68,41 @@ def hub_edges(dist_to, n: int, hubs: int, links: int, device) -> torch.Tensor:
     if h.numel() > 1:
         parts.append(torch.combinations(h, 2).T)
     return torch.cat(parts, 1)
+
+
+def steiner_hubs(x: torch.Tensor, hubs: int, links: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    r"""Extra ("Steiner") vertices for :meth:`ProdigeCompression.fit` on vectors ``x`` ``[N, F]``:
+    ``hubs`` k-means centroids of the points (vertex ids ``N .. N + H - 1``) and, when there are
+    more than ``HUB_KNN + 1`` of them, ``max(2, H // HUB_FANOUT)`` centroids of the hubs (a top
+    level, the ids after). Candidate edges: each point to its ``links`` nearest hubs; each hub to
+    its ``HUB_KNN`` nearest hubs (all hub pairs when ``H <= HUB_KNN + 1``) and its ``TOP_LINKS``
+    nearest top hubs; every pair of top hubs. Returns ``(positions [V, F], edge_index [2, M])``
+    (``V`` extra vertices). The vertices are not data points, so no loss term pins them: the
+    lengths to and between them are free, and a shortest path between far points runs
+    point -> hub -> ... -> hub -> point over them."""
+    n, device = x.size(0), x.device
+    _, hub = kmeans(x, hubs, seed=seed, return_centroids=True)
+    hub = hub.to(x)
+    near = torch.cdist(x, hub).topk(min(links, hubs), dim=1, largest=False).indices
+    parts = [torch.stack([torch.arange(n, device=device).repeat_interleave(near.size(1)), n + near.reshape(-1)])]
+    if hubs - 1 <= HUB_KNN:
+        if hubs > 1:
+            parts.append(n + torch.combinations(torch.arange(hubs, device=device), 2).T)
+        return hub, torch.cat(parts, 1)
+    parts.append(n + knn_edges(hub, HUB_KNN))
+    top_n = max(2, hubs // HUB_FANOUT)
+    _, top = kmeans(hub, top_n, seed=seed, return_centroids=True)
+    top = top.to(x)
+    up = torch.cdist(hub, top).topk(min(TOP_LINKS, top_n), dim=1, largest=False).indices
+    parts.append(torch.stack([n + torch.arange(hubs, device=device).repeat_interleave(up.size(1)),
+                              n + hubs + up.reshape(-1)]))
+    parts.append(n + hubs + torch.combinations(torch.arange(top_n, device=device), 2).T)
+    return torch.cat([hub, top]), torch.cat(parts, 1)
+
+
+def num_extra_vertices(hubs: int) -> int:
+    """Vertices :func:`steiner_hubs` adds for ``hubs`` hubs (the hubs and their top level)."""
+    return hubs + (max(2, hubs // HUB_FANOUT) if hubs - 1 > HUB_KNN else 0)
 
 
 def backbone_pairs(D: torch.Tensor, rtol: float = BACKBONE_RTOL, block: int = 64) -> torch.Tensor:
@@ -153,7 +192,7 @@ class ProdigeCompression(nn.Module):
 
     def __init__(self, target_params_per_instance: float | None = None, *, sparsity: float = 0.0,
                  epochs: int = 10, finetune_epochs: int = 30, lr: float = 0.05, batch_size: int = 32,
-                 targets_per_row: int = 256, knn: int = 8, hubs: int = 40, hub_links: int = 4,
+                 targets_per_row: int = 256, knn: int = 4, hubs: int | None = None, hub_links: int = 4,
                  verbose: bool = True, seed: int | None = None):
         super().__init__()
         if target_params_per_instance is not None:
@@ -166,7 +205,8 @@ class ProdigeCompression(nn.Module):
         check.positive_int("batch_size", batch_size)
         check.positive_int("targets_per_row", targets_per_row)
         check.positive_int("knn", knn, allow_zero=True)
-        check.positive_int("hubs", hubs, allow_zero=True)
+        if hubs is not None:
+            check.positive_int("hubs", hubs, allow_zero=True)
         check.positive_int("hub_links", hub_links)
         bool_arg("verbose", verbose)
         if seed is not None:
@@ -214,15 +254,19 @@ class ProdigeCompression(nn.Module):
             if n <= DENSE_MAX_N:  # targets by lookup instead of per-batch vector differences
                 self._D = torch.cat([torch.cdist(x[s:s + 512], x, compute_mode="donot_use_mm_for_euclid_dist")
                                      for s in range(0, n, 512)])
-
-            def dist_to(h):
-                return (x - x[h]).norm(dim=1)
-
             parts = [knn_edges(x, self.knn)] if self.knn else []
-            if self.hubs:
-                parts.append(hub_edges(dist_to, n, self.hubs, self.hub_links, device))
-            ei = undirected_edges(torch.cat(parts, 1), n)
-            w = (x[ei[0]] - x[ei[1]]).norm(dim=1)
+            pts = x
+            H = self._num_hubs(n)
+            if H:
+                hub_pos, hub_ei = steiner_hubs(x, H, self.hub_links, 0 if self.seed is None else self.seed)
+                pts = torch.cat([x, hub_pos])
+                parts.append(hub_ei)
+            elif self.hubs != 0:  # no room for extra vertices (budget <= 3): landmark data points as hubs
+                parts.append(hub_edges(lambda h: (x - x[h]).norm(dim=1), n, self.hubs or DEFAULT_LANDMARKS,
+                                       self.hub_links, device))
+            ei = undirected_edges(torch.cat(parts, 1), pts.size(0))
+            w = (pts[ei[0]] - pts[ei[1]]).norm(dim=1)
+            nv = pts.size(0)
         else:
             check.tensor("distances", distances, dtypes=check.FLOAT_DTYPES, dim=2, finite=True)
             n = distances.size(0)
@@ -238,10 +282,11 @@ class ProdigeCompression(nn.Module):
                 ei = backbone_pairs(D)
             else:
                 parts = [knn_edges_from_distances(D, self.knn)] if self.knn else []
-                if self.hubs:
-                    parts.append(hub_edges(lambda h: D[h], n, self.hubs, self.hub_links, device))
+                if self.hubs != 0:
+                    parts.append(hub_edges(lambda h: D[h], n, self.hubs or DEFAULT_LANDMARKS, self.hub_links, device))
                 ei = undirected_edges(torch.cat(parts, 1), n)
             w = D[ei[0], ei[1]]
+            nv = n
         budget = self.target_params_per_instance
         if budget is not None and math.floor((budget - 1) * n / 2) < 1:
             raise ValueError(f"'target_params_per_instance' = {budget} leaves no edge for {n} points: "
@@ -252,13 +297,30 @@ class ProdigeCompression(nn.Module):
         w = w.clamp_min(1e-3 * scale)
         self.num_points = n
         for rescaled in (False, True):  # the second graph starts at the least-squares scale of the first's
-            self.graph = ProdigeGraph(ei, n, init_weight=w, default_distance=max(2 * dmax, 1e-6)).to(device)
+            self.graph = ProdigeGraph(ei, nv, init_weight=w, default_distance=max(2 * dmax, 1e-6)).to(device)
             if not rescaled:
                 w = w * self._length_scale(gen)
         self.history_ = []
         self._train(gen)
         self._x = self._D = None
         return self
+
+    def _num_hubs(self, n: int) -> int:
+        """Hub vertices for ``fit(x)`` on ``n`` points: ``hubs``, or by default ``N (B - 3) / 15``
+        with a budget ``B`` (``sqrt(N)`` without), at most as many as leave the budget room for a
+        spanning tree over all ``N + V`` vertices (``3 V <= (B - 3) N + 2``)."""
+        B = self.target_params_per_instance
+        if self.hubs is not None:
+            H = self.hubs
+        else:
+            H = round(n * (B - 3) / HUBS_PER_BUDGET) if B is not None else round(math.sqrt(n))
+        H = max(0, min(H, n))
+        if B is not None:
+            room = max(0, math.floor(((B - 3) * n + 2) / 3))
+            H = min(H, room)
+            while H and num_extra_vertices(H) > room:
+                H -= 1
+        return H
 
     @torch.no_grad()
     def _length_scale(self, gen, rows: int = 256) -> float:
@@ -332,7 +394,7 @@ class ProdigeCompression(nn.Module):
         # pruning and fine-tune share one Adam; the learning rate decays linearly to 0 over the fine-tune
         rounds = 0
         if budget is not None:
-            keep = int(math.floor((budget - 1) * n / 2))
+            keep = int(math.floor((budget * n - g.num_nodes) / 2))
             cur = torch.nonzero(g.presence_logit.detach() >= 0).squeeze(1)
             rounds = PRUNE_ROUNDS if cur.numel() > keep else 0
         per_epoch = math.ceil(n / self.batch_size)
@@ -345,7 +407,7 @@ class ProdigeCompression(nn.Module):
                 start = cur.numel()
                 for r in range(rounds):
                     k = max(keep, int(round(keep * (start / keep) ** ((rounds - 1 - r) / rounds))))
-                    self._keep_only(cur[select_edges(g.edge_index[:, cur], self._usage(gen)[cur], n, k)])
+                    self._keep_only(cur[select_edges(g.edge_index[:, cur], self._usage(gen)[cur], g.num_nodes, k)])
                     cur = torch.nonzero(g.presence_logit.detach() >= 0).squeeze(1)
                     if r < rounds - 1:
                         self._finetune(gen, t0, ROUND_EPOCHS, "prune", opt, sched)
@@ -416,12 +478,13 @@ class ProdigeCompression(nn.Module):
         check.positive_int("batch_size", batch_size)
         g = self._fitted().eval()
         src = torch.arange(g.num_nodes, device=g.indptr.device)
-        return torch.cat([g(src[s:s + batch_size]) for s in range(0, g.num_nodes, batch_size)])
+        src = src[:self.num_points]
+        return torch.cat([g(src[s:s + batch_size])[:, :self.num_points] for s in range(0, src.numel(), batch_size)])
 
     def parameters_per_instance(self) -> float:
         """``(N + 2|E_kept|) / N``: stored numbers per point (see :meth:`ProdigeGraph.num_stored_parameters`)."""
         g = self._fitted()
-        return g.num_stored_parameters() / g.num_nodes
+        return g.num_stored_parameters() / self.num_points
 
     def __repr__(self) -> str:
         return (f"ProdigeCompression(target_params_per_instance={self.target_params_per_instance}, "
