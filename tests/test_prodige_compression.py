@@ -184,3 +184,28 @@ def test_initial_lengths_at_least_squares_scale():
     _, _, Dg = _er(12, 4)
     m = ProdigeCompression(epochs=0, finetune_epochs=0, verbose=False, seed=0).fit(distances=Dg.float())
     torch.testing.assert_close(m.graph.init_weight, Dg.float()[m.graph.edge_index[0], m.graph.edge_index[1]])
+
+
+def test_steiner_hubs_structure():
+    """Hub vertices are k-means centroids (ids N..), each point links to its nearest hubs, each
+    hub to its 64 nearest hubs and 4 nearest top-level hubs, top-level hubs pairwise; checked
+    against cdist orderings computed here."""
+    from tgrep.models.prodige import num_extra_vertices, steiner_hubs
+
+    x = torch.randn(300, 3, generator=torch.Generator().manual_seed(1))
+    n, H = 300, 80
+    pos, ei = steiner_hubs(x, H, 2, seed=0)
+    _, hub = kmeans(x, H, seed=0, return_centroids=True)
+    _, top = kmeans(hub, H // 10, seed=0, return_centroids=True)
+    torch.testing.assert_close(pos, torch.cat([hub, top]))
+    assert num_extra_vertices(H) == H + 8 == pos.size(0) and num_extra_vertices(65) == 65
+    got = {(min(a, b), max(a, b)) for a, b in ei.T.tolist()}
+    want = {(i, n + int(h)) for i in range(n) for h in torch.cdist(x, hub)[i].argsort()[:2]}
+    Dh = torch.cdist(hub, hub).fill_diagonal_(math.inf)
+    want |= {(n + min(a, int(b)), n + max(a, int(b))) for a in range(H) for b in Dh[a].argsort()[:64]}
+    want |= {(n + a, n + H + int(t)) for a in range(H) for t in torch.cdist(hub, top)[a].argsort()[:4]}
+    want |= {(n + H + a, n + H + b) for a in range(8) for b in range(a + 1, 8)}
+    assert got == want
+    # few hubs: all hub pairs, no top level
+    pos, ei = steiner_hubs(x, 10, 1, seed=0)
+    assert pos.size(0) == 10 and int((ei.min(0).values >= n).sum()) == 45

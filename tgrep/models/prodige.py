@@ -140,11 +140,18 @@ class ProdigeCompression(nn.Module):
     **The algorithm** (no recipe to pass; the budget is the knob):
 
     1. *Candidate edges.* On vectors: each point's ``knn`` nearest neighbours
-       (:func:`tgrep.ops.knn`) plus "traffic hubs" (``hubs`` farthest-point landmarks, all pairs
-       of them, each point to its ``hub_links`` nearest; Sec. 4.1 observes such hubs in trained
-       graphs). On a distance matrix of up to 600 points: all pairs minus those implied by a
-       two-hop detour (:func:`backbone_pairs`), which for a shortest-path metric is exactly the
-       set of edges any realising graph needs; larger matrices use kNN + hubs from ``D``.
+       (:func:`tgrep.ops.knn`) plus "traffic hubs" that are *extra vertices*, not data points
+       (:func:`steiner_hubs`): ``hubs`` k-means centroids, each point linked to its
+       ``hub_links`` nearest, each hub to its 64 nearest hubs, and above them a top level of
+       ``hubs / 10`` centroids of the hubs (all pairs; each hub to its 4 nearest). Sec. 4.1
+       observes such hubs in trained graphs; as extra vertices no loss term pins them, so the
+       lengths to and between them are free. They are stored, so they count: a graph costs
+       ``N + V + 2|E|`` numbers (``V`` hub vertices). By default ``V ≈ N (B - 3) / 15`` with a
+       budget ``B`` (``sqrt(N)`` without), and none when ``B <= 3`` leaves no room for them
+       (then 40 farthest-point data points serve as hubs). On a distance matrix of up to 600
+       points: all pairs minus those implied by a two-hop detour (:func:`backbone_pairs`),
+       which for a shortest-path metric is exactly the set of edges any realising graph needs;
+       larger matrices use kNN + 40 farthest-point data-point hubs from ``D``.
        Lengths start at the target distances times the least-squares scale of the resulting
        graph distances (:meth:`_length_scale`; every shortest path scales with the lengths, so
        this is the best uniform start: about 0.5 on vectors, where detours through hubs
@@ -153,7 +160,7 @@ class ProdigeCompression(nn.Module):
        ``targets_per_row`` random targets (all when fewer): path gradients for the lengths;
        with ``sparsity`` :math:`\lambda > 0` also REINFORCE for the presence probabilities.
     3. *Sparsification.* With ``target_params_per_instance`` the graph is brought to exactly
-       ``floor((budget - 1) N / 2)`` edges in 8 geometric rounds that keep the edges carrying
+       ``floor((budget N - N - V) / 2)`` edges in 8 geometric rounds that keep the edges carrying
        the most shortest paths (a maximum-usage spanning forest first), fine-tuning the lengths
        for 2 epochs after each round at the full learning rate. Without a budget the edges
        that no shortest path of an epoch uses, neither at the initial nor at the trained
@@ -162,25 +169,26 @@ class ProdigeCompression(nn.Module):
        decaying linearly to 0 (the Adam state carries over from the pruning rounds). The loss
        at a constant rate stalls at a noise floor; the decay is what brings it down.
 
-    On scikit-learn's digits (1,797 points) at 4 numbers per point the defaults reach a
-    distance MSE 3.1x below metric MDS-4 (0.0094-0.0096 vs 0.029); at 8 numbers MDS-8 is ahead
-    (0.0079 vs 0.0064): the unpruned candidate graph itself only trains to about 0.0075
-    there (``benchmarks/README.md``).
+    On scikit-learn's digits (1,797 points) the defaults reach a distance MSE 5.3x below
+    metric MDS-4 at 4 numbers per point (0.0055 vs 0.029) and 1.95x below MDS-8 at 8
+    (0.0033 vs 0.0064; ``benchmarks/README.md``).
 
     Args:
         target_params_per_instance (float, optional): memory budget in stored numbers per point
-            (``N + 2|E|`` over ``N``), ``> 1`` and leaving at least one edge (default: ``None``:
+            (``N + V + 2|E|`` over ``N``, ``V`` hub vertices), ``> 1`` and leaving at least one edge (default: ``None``:
             no budget).
         sparsity (float, optional): :math:`\lambda` of eq. 2, ``>= 0``; ``> 0`` turns on
             REINFORCE for the edge probabilities (default: ``0.0``).
         epochs (int, optional): training epochs; each visits every point as a source once
-            (default: ``10``).
-        finetune_epochs (int, optional): final epochs on the deterministic graph (default: ``30``).
+            (default: ``6``).
+        finetune_epochs (int, optional): final epochs on the deterministic graph (default: ``24``).
         lr (float, optional): Adam learning rate (default: ``0.05``).
         batch_size (int, optional): sources per step (default: ``32``).
         targets_per_row (int, optional): targets per source (default: ``256``).
-        knn (int, optional): nearest-neighbour candidate edges per point (default: ``8``).
-        hubs (int, optional): hub landmarks (default: ``40``).
+        knn (int, optional): nearest-neighbour candidate edges per point (default: ``4``).
+        hubs (int, optional): hub vertices for :meth:`fit` on vectors (:func:`steiner_hubs`;
+            data-point landmarks for a large distance matrix) (default: ``None``:
+            ``N (B - 3) / 15`` with a budget ``B``, ``sqrt(N)`` without; 40 landmarks).
         hub_links (int, optional): hubs linked to each point (default: ``4``).
         verbose (bool, optional): progress bars (default: ``True``).
         seed (int, optional): seed for hubs' order, batches and samples (default: ``None``).
@@ -191,7 +199,7 @@ class ProdigeCompression(nn.Module):
     """
 
     def __init__(self, target_params_per_instance: float | None = None, *, sparsity: float = 0.0,
-                 epochs: int = 10, finetune_epochs: int = 30, lr: float = 0.05, batch_size: int = 32,
+                 epochs: int = 6, finetune_epochs: int = 24, lr: float = 0.05, batch_size: int = 32,
                  targets_per_row: int = 256, knn: int = 4, hubs: int | None = None, hub_links: int = 4,
                  verbose: bool = True, seed: int | None = None):
         super().__init__()
@@ -408,7 +416,8 @@ class ProdigeCompression(nn.Module):
                 for r in range(rounds):
                     k = max(keep, int(round(keep * (start / keep) ** ((rounds - 1 - r) / rounds))))
                     self._keep_only(cur[select_edges(g.edge_index[:, cur], self._usage(gen)[cur], g.num_nodes, k)])
-                    cur = torch.nonzero(g.presence_logit.detach() >= 0).squeeze(1)
+                    g = self._compact(opt)
+                    cur = torch.arange(g.num_edges, device=g.edge_index.device)
                     if r < rounds - 1:
                         self._finetune(gen, t0, ROUND_EPOCHS, "prune", opt, sched)
             log(f"PRODIGE: kept {cur.numel()} edges by shortest-path usage ({budget} params/instance)", self.verbose)
@@ -417,8 +426,30 @@ class ProdigeCompression(nn.Module):
             cur = torch.nonzero((g.presence_logit.detach() >= 0) & used).squeeze(1)
             if cur.numel():
                 self._keep_only(cur)
+                self._compact(opt)
         self._finetune(gen, t0, self.finetune_epochs, "finetune", opt, sched)
         g.eval()
+
+    @torch.no_grad()
+    def _compact(self, opt) -> ProdigeGraph:
+        """Rebuild the graph with only its kept edges (``p >= 0.5``), so later searches do not
+        scan the dropped ones; the parameters, the Adam state and the distances carry over."""
+        g = self.graph
+        keep = g.presence_logit.detach() >= 0
+        if bool(keep.all()):
+            return g
+        new = ProdigeGraph(g.edge_index[:, keep], g.num_nodes, init_weight=g.init_weight[keep],
+                           default_distance=float(g.default_distance)).to(g.edge_index.device)
+        new.weight_logit.copy_(g.weight_logit[keep])
+        new.presence_logit.copy_(g.presence_logit[keep])
+        old = g.weight_logit
+        state = opt.state.pop(old, {})
+        opt.param_groups[0]["params"] = [new.weight_logit]
+        opt.state[new.weight_logit] = {k: v[keep] if v.dim() and v.size(0) == keep.numel() else v
+                                       for k, v in state.items()}
+        new.train(g.training)
+        self.graph = new
+        return new
 
     @torch.no_grad()
     def _keep_only(self, keep: torch.Tensor) -> None:
@@ -482,7 +513,7 @@ class ProdigeCompression(nn.Module):
         return torch.cat([g(src[s:s + batch_size])[:, :self.num_points] for s in range(0, src.numel(), batch_size)])
 
     def parameters_per_instance(self) -> float:
-        """``(N + 2|E_kept|) / N``: stored numbers per point (see :meth:`ProdigeGraph.num_stored_parameters`)."""
+        """``(N + V + 2|E_kept|) / N``: stored numbers per data point (``V`` hub vertices) (see :meth:`ProdigeGraph.num_stored_parameters`)."""
         g = self._fitted()
         return g.num_stored_parameters() / self.num_points
 
