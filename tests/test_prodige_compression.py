@@ -70,6 +70,7 @@ def test_budget_on_vectors_is_met_exactly_and_connected(seed, budget, extra):
     assert m.graph.num_nodes == 60 + extra  # the hub vertices are stored, so they count
     kept = int(m.graph.kept().sum())
     assert kept == int((budget * 60 - 60 - extra) // 2)
+    assert m.graph.num_edges == kept  # rebuilt with the kept edges only
     assert m.parameters_per_instance() == (60 + extra + 2 * kept) / 60 <= budget
     P = m.pairwise_distances()
     assert P.shape == (60, 60)
