@@ -513,7 +513,8 @@ class ProdigeCompression(nn.Module):
         return torch.cat([g(src[s:s + batch_size])[:, :self.num_points] for s in range(0, src.numel(), batch_size)])
 
     def parameters_per_instance(self) -> float:
-        """``(N + V + 2|E_kept|) / N``: stored numbers per data point (``V`` hub vertices) (see :meth:`ProdigeGraph.num_stored_parameters`)."""
+        """``(N + V + 2|E_kept|) / N``: stored numbers per data point, ``V`` hub vertices included
+        (see :meth:`ProdigeGraph.num_stored_parameters`)."""
         g = self._fitted()
         return g.num_stored_parameters() / self.num_points
 
