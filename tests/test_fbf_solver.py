@@ -30,13 +30,12 @@ def test_warm_start_is_the_mean_of_the_per_node_closed_forms(seed):
     w, v = ref.warm_start(row, col, z, n)
     per_node = torch.zeros(2, z.numel(), dtype=torch.float64)
     for i in range(n):
-        for side, ends in enumerate((row, col)):
-            e = (ends == i).nonzero().reshape(-1)
-            if e.numel():
-                other = torch.cat([(row == i).nonzero().reshape(-1), (col == i).nonzero().reshape(-1)])
-                sol = ref.single_node_solve(z[other], 1.0)          # Algorithm 1 of the paper
-                per_node[side, e] = sol[torch.searchsorted(other.sort().values, e)] if False else \
-                    torch.stack([sol[(other == ee).nonzero()[0, 0]] for ee in e])
+        inc = ((row == i) | (col == i)).nonzero().reshape(-1)      # the node's support edges
+        if inc.numel() == 0:
+            continue
+        sol = ref.single_node_solve(z[inc], 1.0)                   # Algorithm 1 of the paper
+        for e, we in zip(inc.tolist(), sol.tolist()):
+            per_node[0 if int(row[e]) == i else 1, e] = we
     torch.testing.assert_close(w, per_node.mean(0))
     d = torch.zeros(n, dtype=torch.float64).index_add_(0, row, w).index_add_(0, col, w)
     want_v = torch.where(d > 0, -1 / d.clamp_min(1e-300), torch.zeros_like(d))
