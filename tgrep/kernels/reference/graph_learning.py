@@ -169,12 +169,20 @@ def warm_start(row, col, z, n, max_w: float = math.inf):
     ptr = torch.zeros(n + 1, dtype=torch.long, device=dev)
     ptr[1:] = torch.cumsum(deg, 0)
     pos = torch.arange(2 * E, device=dev) - ptr[nd]     # 0-based rank of the slot in its node
-    c = torch.cumsum(zs, 0)
-    base = torch.zeros(n, dtype=torch.float64, device=dev)
     has = deg > 0
     first = ptr[:-1]
-    base[has & (first > 0)] = c[first[has & (first > 0)] - 1]
-    b = c - base[nd]                                    # sum of the node's (pos + 1) smallest
+    # b = sum of the node's (pos + 1) smallest: a cumsum per node, nodes of one degree at once
+    # (each node's sums depend on its own distances only, so a batch matches its graphs alone)
+    b = torch.empty_like(zs)
+    by_deg = torch.argsort(deg, stable=True)
+    degs, counts = torch.unique_consecutive(deg[by_deg], return_counts=True)
+    start = 0
+    for D, cnt in zip(degs.tolist(), counts.tolist()):
+        nodes, start = by_deg[start:start + cnt], start + cnt
+        if D == 0:
+            continue
+        slots = first[nodes][:, None] + torch.arange(D, device=dev)[None, :]
+        b[slots] = torch.cumsum(zs[slots], 1)
     kk = (pos + 1).double()
     lam = (b + torch.sqrt(b * b + 4 * kk)) / (2 * kk)   # Theorem 2's λ for a support of pos + 1
     stop = torch.full((n,), 2 * E + 1, dtype=torch.long, device=dev)
