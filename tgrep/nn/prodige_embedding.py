@@ -7,8 +7,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..ops.shortest_path import seed_tensor
 from ..utils import check
-from .prodige import ProdigeGraph, bool_arg, undirected_edges
+from .prodige import ProdigeGraph, _seed, bool_arg, gather, undirected_edges
+
+
+def _refresh_after_load(module, incompatible_keys) -> None:
+    module.refresh_trees()  # new lengths (and perhaps a new graph): the cached trees are stale
 
 
 def _budget_edges(n: int, K: int, budget: float, num_items: int) -> int:
@@ -86,7 +91,7 @@ class ProdigeEmbedding(nn.Module):
     def __init__(self, num_embeddings: int, embedding_dim: int, padding_idx: int | None = None, *,
                  budget: float | None = None, sparse: bool = False, graph: ProdigeGraph | None = None,
                  direction: str | None = None, generator: torch.Generator | None = None,
-                 center: bool | None = None):
+                 center: bool | None = None, refresh_every: int = 4):
         super().__init__()
         check.positive_int("num_embeddings", num_embeddings)
         check.positive_int("embedding_dim", embedding_dim)
@@ -121,7 +126,17 @@ class ProdigeEmbedding(nn.Module):
         self.num_embeddings, self.embedding_dim, self.padding_idx = n, K, padding_idx
         self.budget, self.direction, self.sparse = budget, direction, sparse
         self.graph = graph
-        self.register_buffer("anchors", torch.arange(n, n + K, device=graph.indptr.device))
+        self.refresh_every = check.positive_int("refresh_every", refresh_every)
+        dev = graph.indptr.device
+        self.register_buffer("anchors", torch.arange(n, n + K, device=dev))
+        # the cached search trees (training only; rebuilt, never saved: see refresh_trees)
+        N = graph.num_nodes
+        self.register_buffer("_tree_edge", torch.zeros(K, N, dtype=torch.long, device=dev), persistent=False)
+        self.register_buffer("_tree_parent", torch.full((K, N), -1, dtype=torch.long, device=dev), persistent=False)
+        self.register_buffer("_tree_step", torch.zeros((), dtype=torch.long, device=dev), persistent=False)
+        self.register_buffer("_edge_src", torch.zeros(0, dtype=torch.long, device=dev), persistent=False)
+        self.register_load_state_dict_post_hook(_refresh_after_load)
+        self.refresh_trees()
 
     @staticmethod
     def _candidates(n, K, budget, padding_idx, generator):
@@ -193,6 +208,75 @@ class ProdigeEmbedding(nn.Module):
 
     def reset_parameters(self):
         self.graph.reset_parameters()
+        self.refresh_trees()
+
+    @torch.no_grad()
+    def refresh_trees(self) -> None:
+        """Recompute every anchor's cached search tree now, exactly, in the deterministic
+        (eval-mode) graph, and restart the rotation. Runs at construction, after
+        :meth:`reset_parameters` and after ``load_state_dict`` (new lengths, perhaps a new graph);
+        call it after changing the graph's parameters or structure by hand (stale trees still
+        give valid path lengths, refreshed within ``refresh_every`` steps, but a changed
+        structure needs it)."""
+        g = self.graph
+        if g.directed:
+            return
+        dev = g.indptr.device
+        self._edge_src = torch.repeat_interleave(torch.arange(g.num_nodes, device=dev), g.indptr.diff())
+        w = g._csr_weight(True).detach()
+        _, pred = torch.ops.tgrep.shortest_paths(g.indptr, g.indices, w, self.anchors, None, None,
+                                                 seed_tensor(0, dev), True)
+        edge, parent = self._trees(self.anchors, pred)
+        self._tree_edge.copy_(edge)
+        self._tree_parent.copy_(parent)
+        self._tree_step.zero_()
+
+    def _trees(self, src: torch.Tensor, pred: torch.Tensor):
+        """``(edge, parent)`` ``[B, N]`` of search trees from their CSR predecessors ``pred``:
+        the edge into each vertex as a *parameter* edge id, its parent vertex (``v`` for the
+        source, ``-1`` when unreached)."""
+        v = torch.arange(pred.size(1), device=pred.device)
+        ok = pred >= 0
+        e = pred.clamp_min(0)
+        parent = torch.where(ok, self._edge_src[e], torch.where(v == src.unsqueeze(1), v, -1))
+        return torch.where(ok, self.graph.perm[e], 0), parent
+
+    def _uses_trees(self) -> bool:
+        g = self.graph
+        return (self.direction == "anchors" and self.training and torch.is_grad_enabled() and not g.soft
+                and not g.directed and g.weight_logit.requires_grad)
+
+    def _tree_distances(self) -> torch.Tensor:
+        """``[K, N]`` training-mode distances from the anchors: ``ceil(K / refresh_every)`` anchors
+        (rotating) get a fresh search in a sampled graph, every anchor's distances are the
+        current lengths summed along its cached tree (``tgrep::tree_path_sum``, differentiable)."""
+        g = self.graph
+        K, dev = self.embedding_dim, g.indptr.device
+        r = min(K, -(-K // self.refresh_every))
+        theta = g.weight_logit
+        if g.sparse:  # sparse gradients: through the sparse gather
+            theta = gather(theta, torch.arange(g.num_edges, device=dev), True)
+        w = F.softplus(theta)  # [M]: one length per parameter edge
+        w_csr = w.detach()[g.perm]
+        rows = (self._tree_step * r + torch.arange(r, device=dev)) % K
+        src = self.anchors[rows]
+        seed = _seed(None, dev)
+        if g.presence_logit.requires_grad:  # as ProdigeGraph.forward: a sampled graph per row
+            p = torch.sigmoid(g.presence_logit.detach())[g.perm]
+            _, pred = torch.ops.tgrep.shortest_paths(g.indptr, g.indices, w_csr, src, None, p, seed, True)
+            g._last = (seed, src, pred, p)
+        else:  # frozen presence: the deterministic graph
+            w_csr = torch.where(g.presence_logit.detach()[g.perm] >= 0, w_csr, float("inf"))
+            _, pred = torch.ops.tgrep.shortest_paths(g.indptr, g.indices, w_csr, src, None, None, seed, True)
+        edge_new, parent_new = self._trees(src, pred)
+        edge = self._tree_edge.index_copy(0, rows, edge_new)  # new tensors: saved for backward as they are
+        parent = self._tree_parent.index_copy(0, rows, parent_new)
+        with torch.no_grad():
+            self._tree_edge.copy_(edge)
+            self._tree_parent.copy_(parent)
+            self._tree_step.add_(1)
+        d = torch.ops.tgrep.tree_path_sum(w, edge, parent)
+        return torch.where(parent >= 0, d, g.default_distance.to(d.dtype))
 
     def sparsity(self) -> torch.Tensor:
         """The graph's λ-term (mean edge probability)."""
@@ -200,8 +284,13 @@ class ProdigeEmbedding(nn.Module):
 
     def reinforce(self, loss: torch.Tensor, **kwargs) -> torch.Tensor:
         """The graph's REINFORCE surrogate for the last training forward (see
-        :meth:`ProdigeGraph.reinforce`); pass the scalar loss."""
-        return self.graph.reinforce(loss, **kwargs)
+        :meth:`ProdigeGraph.reinforce`); pass the scalar loss. Only the anchors searched afresh
+        in that forward drew new samples, so their estimate is scaled by ``K / (fresh anchors)``:
+        the expected gradient of a full set of ``K`` fresh searches."""
+        last = self.graph._last
+        fresh = self.embedding_dim if last is None else last[1].numel()
+        s = self.graph.reinforce(loss, **kwargs)
+        return s if fresh >= self.embedding_dim else s * (self.embedding_dim / fresh)
 
     def num_stored_parameters(self) -> int:
         """Numbers stored by the pruned graph (``N + 2|E_kept|``, anchors included)."""
@@ -223,7 +312,8 @@ class ProdigeEmbedding(nn.Module):
     def table(self) -> torch.Tensor:
         """``[n, K]`` the embedding of every item (one set of searches; in training mode a sample;
         centred when ``center``; the padding row is not zeroed here)."""
-        t = self.graph(self.anchors, None)[:, :self.num_embeddings].T.contiguous()  # rows gather fast
+        d = self._tree_distances() if self._uses_trees() else self.graph(self.anchors, None)
+        t = d[:, :self.num_embeddings].T.contiguous()  # rows gather fast
         if not self.center:
             return t
         with torch.no_grad():
@@ -254,5 +344,5 @@ class ProdigeEmbedding(nn.Module):
         if self.padding_idx is not None:
             s += f", padding_idx={self.padding_idx}"
         s += f", budget={self.budget}, num_edges={self.graph.num_edges}, direction={self.direction!r}"
-        s += f", center={self.center}"
+        s += f", center={self.center}, refresh_every={self.refresh_every}"
         return s + (", sparse=True" if self.sparse else "")

@@ -1,0 +1,213 @@
+// Path sums over given shortest-path trees on CPU: tgrep::tree_path_sum and its transpose
+// tgrep::tree_path_gradient. The executable spec is tgrep/kernels/reference/tree_path.py.
+//
+// Row b holds a forest over N vertices: parent[b, v] is v's parent vertex, v itself for a root
+// and -1 for a vertex outside the forest (both "terminal"); edge[b, v] is the index into
+// 'weight' of the edge from parent[b, v] to v (read only for non-terminal v). The walk from v
+// follows parent until a terminal vertex;
+//
+//   out[b, v] = sum of weight[edge[b, x]] over the non-terminal x on the walk from v
+//
+// (0 for terminal v). tree_path_gradient is the transpose: grad_weight[e] = sum of g[b, v] over
+// the (b, v) whose walk passes an x with edge[b, x] = e.
+//
+// One pass per row, O(N): vertices are finalised parents first by a memoised walk (each vertex
+// is pushed once on a stack; a walk longer than N vertices is a cycle, an error), so
+// out[v] = out[parent[v]] + weight[edge[v]]; the gradient accumulates subtree sums over the
+// reverse of that order. No host synchronisation beyond the error codes.
+//
+// Memory safety, whatever the caller passes: shapes are checked up front; every parent entry
+// read is checked to lie in [-1, N) and every edge entry read in [0, E), before use. Errors are
+// codes set inside the parallel region and raised after it; nothing is thrown inside it.
+#include <torch/extension.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <limits>
+#include <string>
+#include <vector>
+
+namespace {
+
+enum Err : int { kOk = 0, kParent, kEdge, kCycle };
+
+std::string err_message(const char* fn, int err) {
+  std::string msg = std::string(fn) + " (C++): ";
+  switch (err) {
+    case kParent: return msg + "'parent' has entries outside [-1, N)";
+    case kEdge: return msg + "'edge' has entries outside [0, len(weight)) on a non-terminal vertex";
+    case kCycle: return msg + "'parent' holds a cycle (not a forest)";
+    default: return msg + "invalid input";
+  }
+}
+
+struct Scratch {
+  std::vector<uint32_t> mark;  // generation stamps: mark[v] == gen <=> v finalised in this row
+  std::vector<int32_t> stack, order;
+  uint32_t gen = 0;
+  explicit Scratch(int64_t n) : mark(n, 0u) {
+    stack.reserve(64);
+    order.reserve(n);
+  }
+  uint32_t next() {
+    if (++gen == 0) {
+      std::fill(mark.begin(), mark.end(), 0u);
+      gen = 1;
+    }
+    return gen;
+  }
+};
+
+// Finalises row b's vertices parents first: calls leaf(v) for terminal v and step(v, u, e) for
+// non-terminal v with parent u (already finalised) and edge e; appends every vertex to S.order.
+template <typename Leaf, typename Step>
+int traverse(int64_t n, int64_t E, const int64_t* par, const int64_t* edge, Scratch& S, Leaf leaf, Step step) {
+  const uint32_t gen = S.next();
+  S.order.clear();
+  for (int64_t v0 = 0; v0 < n; ++v0) {
+    if (S.mark[v0] == gen) continue;
+    S.stack.clear();
+    int64_t u = v0;
+    for (;;) {  // climb until a finalised or terminal vertex
+      const int64_t p = par[u];
+      if (p < -1 || p >= n) return kParent;
+      if (p == -1 || p == u) {
+        leaf(u);
+        S.mark[u] = gen;
+        S.order.push_back(static_cast<int32_t>(u));
+        break;
+      }
+      S.stack.push_back(static_cast<int32_t>(u));
+      if (static_cast<int64_t>(S.stack.size()) > n) return kCycle;
+      if (S.mark[p] == gen) break;
+      u = p;
+    }
+    for (auto it = S.stack.rbegin(); it != S.stack.rend(); ++it) {  // unwind: parents first
+      const int64_t x = *it, e = edge[x];
+      if (e < 0 || e >= E) return kEdge;
+      step(x, par[x], e);
+      S.mark[x] = gen;
+      S.order.push_back(static_cast<int32_t>(x));
+    }
+  }
+  return kOk;
+}
+
+void check_trees(const char* fn, const at::Tensor& edge, const at::Tensor& parent) {
+  for (const at::Tensor* t : {&edge, &parent}) {
+    TORCH_CHECK_VALUE(t->device().is_cpu() && t->layout() == at::kStrided, fn,
+                      " (C++): tensors must be dense and on the CPU");
+    TORCH_CHECK_TYPE(t->scalar_type() == at::kLong, fn, " (C++): 'edge' and 'parent' must be int64");
+  }
+  TORCH_CHECK_VALUE(parent.dim() == 2 && edge.sizes() == parent.sizes(), fn,
+                    " (C++): 'edge' and 'parent' must both be [B, N], got ", edge.sizes(), " and ", parent.sizes());
+  TORCH_CHECK_VALUE(parent.size(1) < std::numeric_limits<int32_t>::max(), fn, " (C++): N must be < 2^31 - 1");
+}
+
+int64_t num_chunks(int64_t B, int64_t n) {
+  if (B * n < (int64_t(1) << 15)) return 1;
+  return std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), B));
+}
+
+}  // namespace
+
+at::Tensor tree_path_sum(at::Tensor weight, at::Tensor edge, at::Tensor parent) {
+  check_trees("tree_path_sum", edge, parent);
+  TORCH_CHECK_VALUE(weight.device().is_cpu() && weight.layout() == at::kStrided && weight.dim() == 1,
+                    "tree_path_sum (C++): 'weight' must be a dense 1-D CPU tensor");
+  TORCH_CHECK_TYPE(at::isFloatingType(weight.scalar_type()), "tree_path_sum (C++): 'weight' must be floating");
+  const int64_t B = parent.size(0), n = parent.size(1), E = weight.numel();
+  at::Tensor w = weight.detach().contiguous();
+  at::Tensor ed = edge.contiguous(), pa = parent.contiguous();
+  at::Tensor out = at::empty({B, n}, w.options());
+  if (B == 0 || n == 0) return out;
+  const int64_t chunks = num_chunks(B, n);
+  std::vector<int> errs(chunks, kOk);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, w.scalar_type(), "tree_path_sum", [&] {
+    const scalar_t* wp = w.data_ptr<scalar_t>();
+    scalar_t* op = out.data_ptr<scalar_t>();
+    const int64_t* ep = ed.data_ptr<int64_t>();
+    const int64_t* pp = pa.data_ptr<int64_t>();
+    pybind11::gil_scoped_release no_gil;
+    at::parallel_for(0, chunks, 1, [&](int64_t c0, int64_t c1) {
+      for (int64_t ch = c0; ch < c1; ++ch) {
+        Scratch S(n);
+        for (int64_t b = ch * B / chunks, z = (ch + 1) * B / chunks; b < z && errs[ch] == kOk; ++b) {
+          scalar_t* o = op + b * n;
+          errs[ch] = traverse(
+              n, E, pp + b * n, ep + b * n, S, [&](int64_t v) { o[v] = scalar_t(0); },
+              [&](int64_t v, int64_t u, int64_t e) { o[v] = o[u] + wp[e]; });
+        }
+      }
+    });
+  });
+  for (int err : errs) TORCH_CHECK_VALUE(err == kOk, err_message("tree_path_sum", err));
+  return out;
+}
+
+at::Tensor tree_path_gradient(at::Tensor grad, at::Tensor edge, at::Tensor parent, int64_t num_edges) {
+  check_trees("tree_path_gradient", edge, parent);
+  TORCH_CHECK_VALUE(grad.device().is_cpu() && grad.layout() == at::kStrided,
+                    "tree_path_gradient (C++): 'grad' must be dense and on the CPU");
+  TORCH_CHECK_TYPE(at::isFloatingType(grad.scalar_type()), "tree_path_gradient (C++): 'grad' must be floating");
+  TORCH_CHECK_VALUE(grad.sizes() == parent.sizes(), "tree_path_gradient (C++): 'grad' must have the shape of "
+                    "'parent' ", parent.sizes(), ", got ", grad.sizes());
+  TORCH_CHECK_VALUE(num_edges >= 0, "tree_path_gradient (C++): 'num_edges' must be >= 0");
+  const int64_t B = parent.size(0), n = parent.size(1), E = num_edges;
+  at::Tensor g = grad.detach().contiguous();
+  at::Tensor ed = edge.contiguous(), pa = parent.contiguous();
+  at::Tensor out = at::zeros({E}, g.options());
+  if (B == 0 || n == 0) return out;
+  const int64_t chunks = num_chunks(B, n);
+  std::vector<int> errs(chunks, kOk);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, g.scalar_type(), "tree_path_gradient", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const scalar_t* gp = g.data_ptr<scalar_t>();
+    const int64_t* ep = ed.data_ptr<int64_t>();
+    const int64_t* pp = pa.data_ptr<int64_t>();
+    std::vector<std::vector<acc_t>> part(chunks);
+    {
+      pybind11::gil_scoped_release no_gil;
+      at::parallel_for(0, chunks, 1, [&](int64_t c0, int64_t c1) {
+        for (int64_t ch = c0; ch < c1; ++ch) {
+          std::vector<acc_t>& o = part[ch];
+          o.assign(E, acc_t(0));
+          std::vector<acc_t> acc(n);
+          Scratch S(n);
+          for (int64_t b = ch * B / chunks, z = (ch + 1) * B / chunks; b < z && errs[ch] == kOk; ++b) {
+            const int64_t* pr = pp + b * n;
+            const int64_t* er = ep + b * n;
+            const scalar_t* gr = gp + b * n;
+            errs[ch] = traverse(n, E, pr, er, S, [](int64_t) {}, [](int64_t, int64_t, int64_t) {});
+            if (errs[ch] != kOk) break;
+            for (int64_t v = 0; v < n; ++v) acc[v] = static_cast<acc_t>(gr[v]);
+            for (auto it = S.order.rbegin(); it != S.order.rend(); ++it) {  // children first
+              const int64_t v = *it, u = pr[v];
+              if (u == -1 || u == v) continue;  // terminal (checked by traverse)
+              o[er[v]] += acc[v];
+              acc[u] += acc[v];
+            }
+          }
+        }
+      });
+    }
+    scalar_t* op = out.data_ptr<scalar_t>();
+    for (int64_t e = 0; e < E; ++e) {
+      acc_t s = acc_t(0);
+      for (const auto& q : part) s += q[e];
+      op[e] = static_cast<scalar_t>(s);
+    }
+  });
+  for (int err : errs) TORCH_CHECK_VALUE(err == kOk, err_message("tree_path_gradient", err));
+  return out;
+}
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("tree_path_sum", &tree_path_sum, "Sums of edge weights along given trees (see tgrep::tree_path_sum)",
+        pybind11::arg("weight"), pybind11::arg("edge"), pybind11::arg("parent"));
+  m.def("tree_path_gradient", &tree_path_gradient,
+        "Transpose of tree_path_sum: per-vertex values scattered onto the tree edges (see tgrep::tree_path_gradient)",
+        pybind11::arg("grad"), pybind11::arg("edge"), pybind11::arg("parent"), pybind11::arg("num_edges"));
+}

@@ -1,0 +1,62 @@
+"""Reference path sums over given trees (``tgrep::tree_path_sum`` / ``tree_path_gradient``): the spec.
+
+Row ``b`` is a forest over ``N`` vertices: ``parent[b, v]`` is ``v``'s parent vertex, ``v``
+itself for a root and ``-1`` for a vertex outside the forest (both *terminal*); ``edge[b, v]``
+indexes ``weight`` with the edge from ``parent[b, v]`` to ``v`` (read only where ``v`` is not
+terminal). The walk from ``v`` follows ``parent`` until a terminal vertex, and
+
+    out[b, v] = sum of weight[edge[b, x]] over the non-terminal x on the walk from v
+
+(``0`` for a terminal ``v``). The gradient is its transpose: ``grad_weight[e]`` = sum of
+``g[b, v]`` over the ``(b, v)`` whose walk passes an ``x`` with ``edge[b, x] = e``. Errors
+(``ValueError``): ``parent`` outside ``[-1, N)``, ``edge`` outside ``[0, len(weight))`` on a
+non-terminal vertex, a cycle in ``parent``.
+
+Vectorised walks: every (row, vertex) pair steps up its own path, O(sum of the path lengths).
+"""
+from __future__ import annotations
+
+import torch
+
+from ...utils import check
+
+
+def _walks(edge: torch.Tensor, parent: torch.Tensor, num_edges: int, fn: str):
+    """Yields ``(pair, e)`` per step of the walks: the flat (row, vertex) ids still walking and the
+    edge each one crosses; validates as it goes."""
+    B, n = parent.shape
+    par, ed = parent.long(), edge.long()
+    check.values(check.index_flags("parent", par, n, lower=-1))
+    terminal = (par == -1) | (par == torch.arange(n, device=par.device))
+    inner = ed[~terminal]
+    if inner.numel():
+        lo, hi = torch.aminmax(inner)
+        if int(lo) < 0 or int(hi) >= num_edges:
+            raise ValueError(f"{fn}: 'edge' has entries outside [0, {num_edges}) on a non-terminal vertex")
+    pair = torch.arange(B * n, device=par.device)
+    rows, cur = pair // max(n, 1), pair % max(n, 1)
+    for _ in range(n + 1):
+        keep = ~terminal[rows, cur]
+        pair, rows, cur = pair[keep], rows[keep], cur[keep]
+        if not pair.numel():
+            return
+        yield pair, ed[rows, cur]
+        cur = par[rows, cur]
+    raise ValueError(f"{fn}: 'parent' holds a cycle (not a forest)")
+
+
+def tree_path_sum(weight: torch.Tensor, edge: torch.Tensor, parent: torch.Tensor) -> torch.Tensor:
+    """``[B, N]`` sums of ``weight`` along each vertex's walk to its terminal vertex."""
+    out = torch.zeros(parent.numel(), dtype=weight.dtype, device=weight.device)
+    for pair, e in _walks(edge, parent, weight.numel(), "tree_path_sum"):
+        out.index_add_(0, pair, weight[e])
+    return out.view(parent.shape)
+
+
+def tree_path_gradient(grad: torch.Tensor, edge: torch.Tensor, parent: torch.Tensor, num_edges: int) -> torch.Tensor:
+    """``[num_edges]``: ``grad [B, N]`` scattered onto the edges of each vertex's walk."""
+    out = torch.zeros(num_edges, dtype=grad.dtype, device=grad.device)
+    g = grad.reshape(-1)
+    for pair, e in _walks(edge, parent, num_edges, "tree_path_gradient"):
+        out.index_add_(0, e, g[pair])
+    return out

@@ -1,0 +1,93 @@
+"""Custom ops over given shortest-path trees: ``tgrep::tree_path_sum`` and its transpose
+``tgrep::tree_path_gradient`` (PRODIGE family; what :class:`tgrep.nn.ProdigeEmbedding` trains
+through between two refreshes of its cached search trees).
+
+Kernels: C++ (``csrc/cpu/tree_paths.cpp``) on CPU, the reference
+(:mod:`tgrep.kernels.reference.tree_path`) elsewhere (CUDA included: no Triton kernel yet).
+The value checks (index ranges, cycles) run inside the kernels, in the pass that reads the
+values, so the op costs no separate validation pass; the ``check`` below is shapes only.
+
+Gradients: ``tree_path_sum`` is linear in ``weight`` and ``tree_path_gradient`` is its
+transpose, so each is the other's backward and every order of derivative is exact.
+"""
+# no `from __future__ import annotations` here: torch.library infers the schema from real type hints
+
+import torch
+from torch import Tensor
+
+from .._ext import cpp_kernel
+from ..kernels.reference import tree_path as ref
+from ._register import kernel_op
+
+
+def _check_trees(edge: Tensor, parent: Tensor) -> None:
+    for name, t in (("edge", edge), ("parent", parent)):
+        if t.dtype != torch.int64:
+            raise TypeError(f"'{name}' must be int64, got {t.dtype}")
+    if parent.dim() != 2 or edge.shape != parent.shape:
+        raise ValueError(f"'edge' and 'parent' must both be [B, N], got {tuple(edge.shape)} and {tuple(parent.shape)}")
+
+
+def _check_sum(weight, edge, parent):
+    if weight.dim() != 1 or not weight.is_floating_point():
+        raise ValueError(f"'weight' must be a 1-D floating tensor, got {weight.dtype} of shape {tuple(weight.shape)}")
+    _check_trees(edge, parent)
+
+
+def _check_gradient(grad, edge, parent, num_edges):
+    _check_trees(edge, parent)
+    if grad.shape != parent.shape or not grad.is_floating_point():
+        raise ValueError(f"'grad' must be floating with the shape of 'parent' {tuple(parent.shape)}, "
+                         f"got {grad.dtype} of shape {tuple(grad.shape)}")
+    if num_edges < 0:
+        raise ValueError(f"'num_edges' must be >= 0, got {num_edges}")
+
+
+@kernel_op("tgrep::tree_path_sum", cpp=cpp_kernel("tree_paths", "tree_path_sum"), check=_check_sum)
+def tree_path_sum(weight: Tensor, edge: Tensor, parent: Tensor) -> Tensor:
+    """``[B, N]``: the sum of ``weight`` along each vertex's walk up its tree; see
+    :func:`tgrep.ops.tree_path_sums` for the contract."""
+    return ref.tree_path_sum(weight, edge, parent)
+
+
+@tree_path_sum.register_fake
+def _(weight, edge, parent):
+    return weight.new_empty(parent.shape)
+
+
+@kernel_op("tgrep::tree_path_gradient", cpp=cpp_kernel("tree_paths", "tree_path_gradient"), check=_check_gradient)
+def tree_path_gradient(grad: Tensor, edge: Tensor, parent: Tensor, num_edges: int) -> Tensor:
+    """``[num_edges]``: ``grad`` scattered onto the edges of each vertex's walk (the transpose
+    of ``tree_path_sum``)."""
+    return ref.tree_path_gradient(grad, edge, parent, num_edges)
+
+
+@tree_path_gradient.register_fake
+def _(grad, edge, parent, num_edges):
+    return grad.new_empty(num_edges)
+
+
+def _sum_setup(ctx, inputs, output):
+    weight, edge, parent = inputs
+    ctx.save_for_backward(edge, parent)
+    ctx.num_edges = weight.shape[0]
+
+
+def _sum_backward(ctx, grad):
+    edge, parent = ctx.saved_tensors
+    g = tree_path_gradient(grad, edge, parent, ctx.num_edges) if ctx.needs_input_grad[0] else None
+    return g, None, None
+
+
+def _gradient_setup(ctx, inputs, output):
+    ctx.save_for_backward(inputs[1], inputs[2])
+
+
+def _gradient_backward(ctx, grad):
+    edge, parent = ctx.saved_tensors
+    g = tree_path_sum(grad, edge, parent) if ctx.needs_input_grad[0] else None
+    return g, None, None, None
+
+
+tree_path_sum.register_autograd(_sum_backward, setup_context=_sum_setup)
+tree_path_gradient.register_autograd(_gradient_backward, setup_context=_gradient_setup)
