@@ -31,7 +31,7 @@
 
 namespace {
 
-enum Err : int { kOk = 0, kParent, kEdge, kCycle };
+enum Err : int { kOk = 0, kParent, kEdge, kCycle, kOrder };
 
 std::string err_message(const char* fn, int err) {
   std::string msg = std::string(fn) + " (C++): ";
@@ -39,6 +39,7 @@ std::string err_message(const char* fn, int err) {
     case kParent: return msg + "'parent' has entries outside [-1, N)";
     case kEdge: return msg + "'edge' has entries outside [0, len(weight)) on a non-terminal vertex";
     case kCycle: return msg + "'parent' holds a cycle (not a forest)";
+    case kOrder: return msg + "'order' must list every vertex of its row once, each after its parent";
     default: return msg + "invalid input";
   }
 }
@@ -61,11 +62,12 @@ struct Scratch {
 };
 
 // Finalises row b's vertices parents first: calls leaf(v) for terminal v and step(v, u, e) for
-// non-terminal v with parent u (already finalised) and edge e; appends every vertex to S.order.
-template <typename Leaf, typename Step>
+// non-terminal v with parent u (already finalised) and edge e; with kOrder, appends every vertex
+// to S.order (parents first).
+template <bool kOrder, typename Leaf, typename Step>
 int traverse(int64_t n, int64_t E, const int64_t* par, const int64_t* edge, Scratch& S, Leaf leaf, Step step) {
   const uint32_t gen = S.next();
-  S.order.clear();
+  if (kOrder) S.order.clear();
   for (int64_t v0 = 0; v0 < n; ++v0) {
     if (S.mark[v0] == gen) continue;
     S.stack.clear();
@@ -76,7 +78,7 @@ int traverse(int64_t n, int64_t E, const int64_t* par, const int64_t* edge, Scra
       if (p == -1 || p == u) {
         leaf(u);
         S.mark[u] = gen;
-        S.order.push_back(static_cast<int32_t>(u));
+        if (kOrder) S.order.push_back(static_cast<int32_t>(u));
         break;
       }
       S.stack.push_back(static_cast<int32_t>(u));
@@ -85,11 +87,11 @@ int traverse(int64_t n, int64_t E, const int64_t* par, const int64_t* edge, Scra
       u = p;
     }
     for (auto it = S.stack.rbegin(); it != S.stack.rend(); ++it) {  // unwind: parents first
-      const int64_t x = *it, e = edge[x];
-      if (e < 0 || e >= E) return kEdge;
+      const int64_t x = *it, e = edge ? edge[x] : -1;
+      if (edge && (e < 0 || e >= E)) return kEdge;
       step(x, par[x], e);
       S.mark[x] = gen;
-      S.order.push_back(static_cast<int32_t>(x));
+      if (kOrder) S.order.push_back(static_cast<int32_t>(x));
     }
   }
   return kOk;
@@ -113,32 +115,89 @@ int64_t num_chunks(int64_t B, int64_t n) {
 
 }  // namespace
 
-at::Tensor tree_path_sum(at::Tensor weight, at::Tensor edge, at::Tensor parent) {
+// Parents-first order of every row's vertices (the memoised walk); what the two ops below take.
+at::Tensor tree_order(at::Tensor parent) {
+  check_trees("tree_order", parent, parent);
+  const int64_t B = parent.size(0), n = parent.size(1);
+  at::Tensor pa = parent.contiguous();
+  at::Tensor out = at::empty({B, n}, pa.options());
+  if (B == 0 || n == 0) return out;
+  const int64_t chunks = num_chunks(B, n);
+  std::vector<int> errs(chunks, kOk);
+  const int64_t* pp = pa.data_ptr<int64_t>();
+  int64_t* op = out.data_ptr<int64_t>();
+  {
+    pybind11::gil_scoped_release no_gil;
+    at::parallel_for(0, chunks, 1, [&](int64_t c0, int64_t c1) {
+      for (int64_t ch = c0; ch < c1; ++ch) {
+        Scratch S(n);
+        for (int64_t b = ch * B / chunks, z = (ch + 1) * B / chunks; b < z && errs[ch] == kOk; ++b) {
+          errs[ch] = traverse<true>(n, -1, pp + b * n, nullptr, S, [](int64_t) {}, [](int64_t, int64_t, int64_t) {});
+          if (errs[ch] == kOk) std::copy(S.order.begin(), S.order.end(), op + b * n);
+        }
+      }
+    });
+  }
+  for (int err : errs) TORCH_CHECK_VALUE(err == kOk, err_message("tree_order", err));
+  return out;
+}
+
+namespace {
+
+void check_order(const char* fn, const at::Tensor& order, const at::Tensor& parent) {
+  TORCH_CHECK_VALUE(order.device().is_cpu() && order.layout() == at::kStrided, fn,
+                    " (C++): tensors must be dense and on the CPU");
+  TORCH_CHECK_TYPE(order.scalar_type() == at::kLong, fn, " (C++): 'order' must be int64");
+  TORCH_CHECK_VALUE(order.sizes() == parent.sizes(), fn, " (C++): 'order' must have the shape of 'parent' ",
+                    parent.sizes(), ", got ", order.sizes());
+}
+
+}  // namespace
+
+at::Tensor tree_path_sum(at::Tensor weight, at::Tensor edge, at::Tensor parent, at::Tensor order) {
   check_trees("tree_path_sum", edge, parent);
+  check_order("tree_path_sum", order, parent);
   TORCH_CHECK_VALUE(weight.device().is_cpu() && weight.layout() == at::kStrided && weight.dim() == 1,
                     "tree_path_sum (C++): 'weight' must be a dense 1-D CPU tensor");
   TORCH_CHECK_TYPE(at::isFloatingType(weight.scalar_type()), "tree_path_sum (C++): 'weight' must be floating");
   const int64_t B = parent.size(0), n = parent.size(1), E = weight.numel();
   at::Tensor w = weight.detach().contiguous();
-  at::Tensor ed = edge.contiguous(), pa = parent.contiguous();
+  at::Tensor ed = edge.contiguous(), pa = parent.contiguous(), od = order.contiguous();
   at::Tensor out = at::empty({B, n}, w.options());
   if (B == 0 || n == 0) return out;
   const int64_t chunks = num_chunks(B, n);
   std::vector<int> errs(chunks, kOk);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, w.scalar_type(), "tree_path_sum", [&] {
     const scalar_t* wp = w.data_ptr<scalar_t>();
-    scalar_t* op = out.data_ptr<scalar_t>();
     const int64_t* ep = ed.data_ptr<int64_t>();
     const int64_t* pp = pa.data_ptr<int64_t>();
+    const int64_t* qp = od.data_ptr<int64_t>();
+    scalar_t* op = out.data_ptr<scalar_t>();
     pybind11::gil_scoped_release no_gil;
     at::parallel_for(0, chunks, 1, [&](int64_t c0, int64_t c1) {
       for (int64_t ch = c0; ch < c1; ++ch) {
         Scratch S(n);
-        for (int64_t b = ch * B / chunks, z = (ch + 1) * B / chunks; b < z && errs[ch] == kOk; ++b) {
+        for (int64_t b = ch * B / chunks, z = (ch + 1) * B / chunks; b < z; ++b) {
+          const int64_t *pr = pp + b * n, *er = ep + b * n, *qr = qp + b * n;
           scalar_t* o = op + b * n;
-          errs[ch] = traverse(
-              n, E, pp + b * n, ep + b * n, S, [&](int64_t v) { o[v] = scalar_t(0); },
-              [&](int64_t v, int64_t u, int64_t e) { o[v] = o[u] + wp[e]; });
+          const uint32_t gen = S.next();
+          int err = kOk;
+          for (int64_t i = 0; i < n && err == kOk; ++i) {  // parents first: o[parent] is final
+            const int64_t v = qr[i];
+            if (v < 0 || v >= n || S.mark[v] == gen) { err = kOrder; break; }
+            const int64_t u = pr[v];
+            if (u < -1 || u >= n) { err = kParent; break; }
+            if (u == -1 || u == v) {
+              o[v] = scalar_t(0);
+            } else {
+              const int64_t e = er[v];
+              if (S.mark[u] != gen) err = kOrder;
+              else if (e < 0 || e >= E) err = kEdge;
+              else o[v] = o[u] + wp[e];
+            }
+            S.mark[v] = gen;
+          }
+          if (err != kOk) { errs[ch] = err; break; }
         }
       }
     });
@@ -147,8 +206,10 @@ at::Tensor tree_path_sum(at::Tensor weight, at::Tensor edge, at::Tensor parent) 
   return out;
 }
 
-at::Tensor tree_path_gradient(at::Tensor grad, at::Tensor edge, at::Tensor parent, int64_t num_edges) {
+at::Tensor tree_path_gradient(at::Tensor grad, at::Tensor edge, at::Tensor parent, at::Tensor order,
+                              int64_t num_edges) {
   check_trees("tree_path_gradient", edge, parent);
+  check_order("tree_path_gradient", order, parent);
   TORCH_CHECK_VALUE(grad.device().is_cpu() && grad.layout() == at::kStrided,
                     "tree_path_gradient (C++): 'grad' must be dense and on the CPU");
   TORCH_CHECK_TYPE(at::isFloatingType(grad.scalar_type()), "tree_path_gradient (C++): 'grad' must be floating");
@@ -157,7 +218,7 @@ at::Tensor tree_path_gradient(at::Tensor grad, at::Tensor edge, at::Tensor paren
   TORCH_CHECK_VALUE(num_edges >= 0, "tree_path_gradient (C++): 'num_edges' must be >= 0");
   const int64_t B = parent.size(0), n = parent.size(1), E = num_edges;
   at::Tensor g = grad.detach().contiguous();
-  at::Tensor ed = edge.contiguous(), pa = parent.contiguous();
+  at::Tensor ed = edge.contiguous(), pa = parent.contiguous(), od = order.contiguous();
   at::Tensor out = at::zeros({E}, g.options());
   if (B == 0 || n == 0) return out;
   const int64_t chunks = num_chunks(B, n);
@@ -167,6 +228,7 @@ at::Tensor tree_path_gradient(at::Tensor grad, at::Tensor edge, at::Tensor paren
     const scalar_t* gp = g.data_ptr<scalar_t>();
     const int64_t* ep = ed.data_ptr<int64_t>();
     const int64_t* pp = pa.data_ptr<int64_t>();
+    const int64_t* qp = od.data_ptr<int64_t>();
     std::vector<std::vector<acc_t>> part(chunks);
     {
       pybind11::gil_scoped_release no_gil;
@@ -176,19 +238,26 @@ at::Tensor tree_path_gradient(at::Tensor grad, at::Tensor edge, at::Tensor paren
           o.assign(E, acc_t(0));
           std::vector<acc_t> acc(n);
           Scratch S(n);
-          for (int64_t b = ch * B / chunks, z = (ch + 1) * B / chunks; b < z && errs[ch] == kOk; ++b) {
-            const int64_t* pr = pp + b * n;
-            const int64_t* er = ep + b * n;
+          for (int64_t b = ch * B / chunks, z = (ch + 1) * B / chunks; b < z; ++b) {
+            const int64_t *pr = pp + b * n, *er = ep + b * n, *qr = qp + b * n;
             const scalar_t* gr = gp + b * n;
-            errs[ch] = traverse(n, E, pr, er, S, [](int64_t) {}, [](int64_t, int64_t, int64_t) {});
-            if (errs[ch] != kOk) break;
             for (int64_t v = 0; v < n; ++v) acc[v] = static_cast<acc_t>(gr[v]);
-            for (auto it = S.order.rbegin(); it != S.order.rend(); ++it) {  // children first
-              const int64_t v = *it, u = pr[v];
-              if (u == -1 || u == v) continue;  // terminal (checked by traverse)
-              o[er[v]] += acc[v];
+            const uint32_t gen = S.next();
+            int err = kOk;
+            for (int64_t i = n - 1; i >= 0; --i) {  // children first: acc[v] is v's subtree sum
+              const int64_t v = qr[i];
+              if (v < 0 || v >= n || S.mark[v] == gen) { err = kOrder; break; }
+              S.mark[v] = gen;
+              const int64_t u = pr[v];
+              if (u < -1 || u >= n) { err = kParent; break; }
+              if (u == -1 || u == v) continue;
+              const int64_t e = er[v];
+              if (S.mark[u] == gen) { err = kOrder; break; }  // the parent must come earlier in 'order'
+              if (e < 0 || e >= E) { err = kEdge; break; }
+              o[e] += acc[v];
               acc[u] += acc[v];
             }
+            if (err != kOk) { errs[ch] = err; break; }
           }
         }
       });
@@ -205,9 +274,12 @@ at::Tensor tree_path_gradient(at::Tensor grad, at::Tensor edge, at::Tensor paren
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("tree_order", &tree_order, "Parents-first vertex order of each row's forest (see tgrep::tree_order)",
+        pybind11::arg("parent"));
   m.def("tree_path_sum", &tree_path_sum, "Sums of edge weights along given trees (see tgrep::tree_path_sum)",
-        pybind11::arg("weight"), pybind11::arg("edge"), pybind11::arg("parent"));
+        pybind11::arg("weight"), pybind11::arg("edge"), pybind11::arg("parent"), pybind11::arg("order"));
   m.def("tree_path_gradient", &tree_path_gradient,
         "Transpose of tree_path_sum: per-vertex values scattered onto the tree edges (see tgrep::tree_path_gradient)",
-        pybind11::arg("grad"), pybind11::arg("edge"), pybind11::arg("parent"), pybind11::arg("num_edges"));
+        pybind11::arg("grad"), pybind11::arg("edge"), pybind11::arg("parent"), pybind11::arg("order"),
+        pybind11::arg("num_edges"));
 }

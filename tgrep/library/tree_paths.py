@@ -1,5 +1,5 @@
-"""Custom ops over given shortest-path trees: ``tgrep::tree_path_sum`` and its transpose
-``tgrep::tree_path_gradient`` (PRODIGE family; what :class:`tgrep.nn.ProdigeEmbedding` trains
+"""Custom ops over given shortest-path trees: ``tgrep::tree_order``, ``tgrep::tree_path_sum``
+and its transpose ``tgrep::tree_path_gradient`` (PRODIGE family; what :class:`tgrep.nn.ProdigeEmbedding` trains
 through between two refreshes of its cached search trees).
 
 Kernels: C++ (``csrc/cpu/tree_paths.cpp``) on CPU, the reference
@@ -28,14 +28,26 @@ def _check_trees(edge: Tensor, parent: Tensor) -> None:
         raise ValueError(f"'edge' and 'parent' must both be [B, N], got {tuple(edge.shape)} and {tuple(parent.shape)}")
 
 
-def _check_sum(weight, edge, parent):
+def _check_order(order: Tensor, parent: Tensor) -> None:
+    if order.dtype != torch.int64 or order.shape != parent.shape:
+        raise ValueError(f"'order' must be int64 with the shape of 'parent' {tuple(parent.shape)}, "
+                         f"got {order.dtype} of shape {tuple(order.shape)}")
+
+
+def _check_parent(parent):
+    _check_trees(parent, parent)
+
+
+def _check_sum(weight, edge, parent, order):
     if weight.dim() != 1 or not weight.is_floating_point():
         raise ValueError(f"'weight' must be a 1-D floating tensor, got {weight.dtype} of shape {tuple(weight.shape)}")
     _check_trees(edge, parent)
+    _check_order(order, parent)
 
 
-def _check_gradient(grad, edge, parent, num_edges):
+def _check_gradient(grad, edge, parent, order, num_edges):
     _check_trees(edge, parent)
+    _check_order(order, parent)
     if grad.shape != parent.shape or not grad.is_floating_point():
         raise ValueError(f"'grad' must be floating with the shape of 'parent' {tuple(parent.shape)}, "
                          f"got {grad.dtype} of shape {tuple(grad.shape)}")
@@ -43,50 +55,62 @@ def _check_gradient(grad, edge, parent, num_edges):
         raise ValueError(f"'num_edges' must be >= 0, got {num_edges}")
 
 
+@kernel_op("tgrep::tree_order", cpp=cpp_kernel("tree_paths", "tree_order"), check=_check_parent)
+def tree_order(parent: Tensor) -> Tensor:
+    """``[B, N]`` int64: each row's vertices, parents before children (``ValueError`` on a
+    cycle or a parent outside ``[-1, N)``)."""
+    return ref.tree_order(parent)
+
+
+@tree_order.register_fake
+def _(parent):
+    return parent.new_empty(parent.shape)
+
+
 @kernel_op("tgrep::tree_path_sum", cpp=cpp_kernel("tree_paths", "tree_path_sum"), check=_check_sum)
-def tree_path_sum(weight: Tensor, edge: Tensor, parent: Tensor) -> Tensor:
+def tree_path_sum(weight: Tensor, edge: Tensor, parent: Tensor, order: Tensor) -> Tensor:
     """``[B, N]``: the sum of ``weight`` along each vertex's walk up its tree; see
     :func:`tgrep.ops.tree_path_sums` for the contract."""
-    return ref.tree_path_sum(weight, edge, parent)
+    return ref.tree_path_sum(weight, edge, parent, order)
 
 
 @tree_path_sum.register_fake
-def _(weight, edge, parent):
+def _(weight, edge, parent, order):
     return weight.new_empty(parent.shape)
 
 
 @kernel_op("tgrep::tree_path_gradient", cpp=cpp_kernel("tree_paths", "tree_path_gradient"), check=_check_gradient)
-def tree_path_gradient(grad: Tensor, edge: Tensor, parent: Tensor, num_edges: int) -> Tensor:
+def tree_path_gradient(grad: Tensor, edge: Tensor, parent: Tensor, order: Tensor, num_edges: int) -> Tensor:
     """``[num_edges]``: ``grad`` scattered onto the edges of each vertex's walk (the transpose
     of ``tree_path_sum``)."""
-    return ref.tree_path_gradient(grad, edge, parent, num_edges)
+    return ref.tree_path_gradient(grad, edge, parent, order, num_edges)
 
 
 @tree_path_gradient.register_fake
-def _(grad, edge, parent, num_edges):
+def _(grad, edge, parent, order, num_edges):
     return grad.new_empty(num_edges)
 
 
 def _sum_setup(ctx, inputs, output):
-    weight, edge, parent = inputs
-    ctx.save_for_backward(edge, parent)
+    weight, edge, parent, order = inputs
+    ctx.save_for_backward(edge, parent, order)
     ctx.num_edges = weight.shape[0]
 
 
 def _sum_backward(ctx, grad):
-    edge, parent = ctx.saved_tensors
-    g = tree_path_gradient(grad, edge, parent, ctx.num_edges) if ctx.needs_input_grad[0] else None
-    return g, None, None
+    edge, parent, order = ctx.saved_tensors
+    g = tree_path_gradient(grad, edge, parent, order, ctx.num_edges) if ctx.needs_input_grad[0] else None
+    return g, None, None, None
 
 
 def _gradient_setup(ctx, inputs, output):
-    ctx.save_for_backward(inputs[1], inputs[2])
+    ctx.save_for_backward(*inputs[1:4])
 
 
 def _gradient_backward(ctx, grad):
-    edge, parent = ctx.saved_tensors
-    g = tree_path_sum(grad, edge, parent) if ctx.needs_input_grad[0] else None
-    return g, None, None, None
+    edge, parent, order = ctx.saved_tensors
+    g = tree_path_sum(grad, edge, parent, order) if ctx.needs_input_grad[0] else None
+    return g, None, None, None, None
 
 
 tree_path_sum.register_autograd(_sum_backward, setup_context=_sum_setup)

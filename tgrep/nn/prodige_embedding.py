@@ -133,6 +133,7 @@ class ProdigeEmbedding(nn.Module):
         N = graph.num_nodes
         self.register_buffer("_tree_edge", torch.zeros(K, N, dtype=torch.long, device=dev), persistent=False)
         self.register_buffer("_tree_parent", torch.full((K, N), -1, dtype=torch.long, device=dev), persistent=False)
+        self.register_buffer("_tree_order", torch.arange(N, device=dev).repeat(K, 1), persistent=False)
         self.register_buffer("_tree_step", torch.zeros((), dtype=torch.long, device=dev), persistent=False)
         self.register_buffer("_edge_src", torch.zeros(0, dtype=torch.long, device=dev), persistent=False)
         self.register_load_state_dict_post_hook(_refresh_after_load)
@@ -226,20 +227,22 @@ class ProdigeEmbedding(nn.Module):
         w = g._csr_weight(True).detach()
         _, pred = torch.ops.tgrep.shortest_paths(g.indptr, g.indices, w, self.anchors, None, None,
                                                  seed_tensor(0, dev), True)
-        edge, parent = self._trees(self.anchors, pred)
+        edge, parent, order = self._trees(self.anchors, pred)
         self._tree_edge.copy_(edge)
         self._tree_parent.copy_(parent)
+        self._tree_order.copy_(order)
         self._tree_step.zero_()
 
     def _trees(self, src: torch.Tensor, pred: torch.Tensor):
-        """``(edge, parent)`` ``[B, N]`` of search trees from their CSR predecessors ``pred``:
-        the edge into each vertex as a *parameter* edge id, its parent vertex (``v`` for the
-        source, ``-1`` when unreached)."""
-        v = torch.arange(pred.size(1), device=pred.device)
+        """``(edge, parent, order)`` ``[B, N]`` of search trees from their CSR predecessors
+        ``pred``: the edge into each vertex as a *parameter* edge id, its parent vertex (``v``
+        for the source, ``-1`` when unreached), the vertices parents first."""
         ok = pred >= 0
         e = pred.clamp_min(0)
-        parent = torch.where(ok, self._edge_src[e], torch.where(v == src.unsqueeze(1), v, -1))
-        return torch.where(ok, self.graph.perm[e], 0), parent
+        parent = torch.where(ok, self._edge_src[e], -1)
+        parent.scatter_(1, src.unsqueeze(1), src.unsqueeze(1))  # the source: its own root
+        # (the edge of a terminal vertex is never read)
+        return self.graph.perm[e], parent, torch.ops.tgrep.tree_order(parent)
 
     def _uses_trees(self) -> bool:
         g = self.graph
@@ -257,25 +260,27 @@ class ProdigeEmbedding(nn.Module):
         if g.sparse:  # sparse gradients: through the sparse gather
             theta = gather(theta, torch.arange(g.num_edges, device=dev), True)
         w = F.softplus(theta)  # [M]: one length per parameter edge
-        w_csr = w.detach()[g.perm]
+        w_csr = w.detach().index_select(0, g.perm)
         rows = (self._tree_step * r + torch.arange(r, device=dev)) % K
         src = self.anchors[rows]
         seed = _seed(None, dev)
         if g.presence_logit.requires_grad:  # as ProdigeGraph.forward: a sampled graph per row
-            p = torch.sigmoid(g.presence_logit.detach())[g.perm]
+            p = torch.sigmoid(g.presence_logit.detach()).index_select(0, g.perm)
             _, pred = torch.ops.tgrep.shortest_paths(g.indptr, g.indices, w_csr, src, None, p, seed, True)
             g._last = (seed, src, pred, p)
         else:  # frozen presence: the deterministic graph
             w_csr = torch.where(g.presence_logit.detach()[g.perm] >= 0, w_csr, float("inf"))
             _, pred = torch.ops.tgrep.shortest_paths(g.indptr, g.indices, w_csr, src, None, None, seed, True)
-        edge_new, parent_new = self._trees(src, pred)
-        edge = self._tree_edge.index_copy(0, rows, edge_new)  # new tensors: saved for backward as they are
-        parent = self._tree_parent.index_copy(0, rows, parent_new)
+        fresh = self._trees(src, pred)
+        # new tensors (saved for backward as they are), then copied into the cache
+        edge, parent, order = (t.index_copy(0, rows, f) for t, f in
+                               zip((self._tree_edge, self._tree_parent, self._tree_order), fresh))
         with torch.no_grad():
             self._tree_edge.copy_(edge)
             self._tree_parent.copy_(parent)
+            self._tree_order.copy_(order)
             self._tree_step.add_(1)
-        d = torch.ops.tgrep.tree_path_sum(w, edge, parent)
+        d = torch.ops.tgrep.tree_path_sum(w, edge, parent, order)
         return torch.where(parent >= 0, d, g.default_distance.to(d.dtype))
 
     def sparsity(self) -> torch.Tensor:

@@ -8,9 +8,11 @@ terminal). The walk from ``v`` follows ``parent`` until a terminal vertex, and
     out[b, v] = sum of weight[edge[b, x]] over the non-terminal x on the walk from v
 
 (``0`` for a terminal ``v``). The gradient is its transpose: ``grad_weight[e]`` = sum of
-``g[b, v]`` over the ``(b, v)`` whose walk passes an ``x`` with ``edge[b, x] = e``. Errors
-(``ValueError``): ``parent`` outside ``[-1, N)``, ``edge`` outside ``[0, len(weight))`` on a
-non-terminal vertex, a cycle in ``parent``.
+``g[b, v]`` over the ``(b, v)`` whose walk passes an ``x`` with ``edge[b, x] = e``. Both take
+``order`` ``[B, N]``, every row's vertices parents first (:func:`tree_order`), which the C++
+kernels follow in one pass (forward) or its reverse (gradient). Errors (``ValueError``):
+``parent`` outside ``[-1, N)``, ``edge`` outside ``[0, len(weight))`` on a non-terminal vertex,
+a cycle in ``parent``, an ``order`` that is not a parents-first permutation of its row.
 
 Vectorised walks: every (row, vertex) pair steps up its own path, O(sum of the path lengths).
 """
@@ -45,16 +47,46 @@ def _walks(edge: torch.Tensor, parent: torch.Tensor, num_edges: int, fn: str):
     raise ValueError(f"{fn}: 'parent' holds a cycle (not a forest)")
 
 
-def tree_path_sum(weight: torch.Tensor, edge: torch.Tensor, parent: torch.Tensor) -> torch.Tensor:
+def _check_order(order: torch.Tensor, parent: torch.Tensor, fn: str) -> None:
+    """``order`` lists each row's vertices once, every non-terminal vertex after its parent."""
+    B, n = parent.shape
+    if order.shape != parent.shape:
+        raise ValueError(f"{fn}: 'order' must have the shape of 'parent' {tuple(parent.shape)}")
+    if not n:
+        return
+    ar = torch.arange(n, device=order.device).expand(B, n)
+    if not torch.equal(order.sort(1).values, ar):
+        raise ValueError(f"{fn}: 'order' must list every vertex of its row once, each after its parent")
+    pos = torch.empty_like(order).scatter_(1, order, ar)
+    par = parent.long()
+    inner = (par != -1) & (par != ar)
+    if bool((pos.gather(1, par.clamp_min(0)) >= pos)[inner].any()):
+        raise ValueError(f"{fn}: 'order' must list every vertex of its row once, each after its parent")
+
+
+def tree_order(parent: torch.Tensor) -> torch.Tensor:
+    """``[B, N]`` int64: each row's vertices parents first (terminal vertices, then by depth)."""
+    B, n = parent.shape
+    depth = torch.zeros(B * n, dtype=torch.long, device=parent.device)
+    for pair, _ in _walks(torch.zeros_like(parent), parent, 1, "tree_order"):
+        depth[pair] += 1
+    return depth.view(B, n).argsort(dim=1, stable=True)
+
+
+def tree_path_sum(weight: torch.Tensor, edge: torch.Tensor, parent: torch.Tensor,
+                  order: torch.Tensor) -> torch.Tensor:
     """``[B, N]`` sums of ``weight`` along each vertex's walk to its terminal vertex."""
+    _check_order(order, parent, "tree_path_sum")
     out = torch.zeros(parent.numel(), dtype=weight.dtype, device=weight.device)
     for pair, e in _walks(edge, parent, weight.numel(), "tree_path_sum"):
         out.index_add_(0, pair, weight[e])
     return out.view(parent.shape)
 
 
-def tree_path_gradient(grad: torch.Tensor, edge: torch.Tensor, parent: torch.Tensor, num_edges: int) -> torch.Tensor:
+def tree_path_gradient(grad: torch.Tensor, edge: torch.Tensor, parent: torch.Tensor, order: torch.Tensor,
+                       num_edges: int) -> torch.Tensor:
     """``[num_edges]``: ``grad [B, N]`` scattered onto the edges of each vertex's walk."""
+    _check_order(order, parent, "tree_path_gradient")
     out = torch.zeros(num_edges, dtype=grad.dtype, device=grad.device)
     g = grad.reshape(-1)
     for pair, e in _walks(edge, parent, num_edges, "tree_path_gradient"):
