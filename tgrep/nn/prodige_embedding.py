@@ -238,11 +238,11 @@ class ProdigeEmbedding(nn.Module):
         ``pred``: the edge into each vertex as a *parameter* edge id, its parent vertex (``v``
         for the source, ``-1`` when unreached), the vertices parents first."""
         ok = pred >= 0
-        e = pred.clamp_min(0)
-        parent = torch.where(ok, self._edge_src[e], -1)
+        e = pred.clamp_min(0).view(-1)
+        parent = torch.where(ok, self._edge_src.index_select(0, e).view_as(pred), -1)
         parent.scatter_(1, src.unsqueeze(1), src.unsqueeze(1))  # the source: its own root
         # (the edge of a terminal vertex is never read)
-        return self.graph.perm[e], parent, torch.ops.tgrep.tree_order(parent)
+        return self.graph.perm.index_select(0, e).view_as(pred), parent, torch.ops.tgrep.tree_order(parent)
 
     def _uses_trees(self) -> bool:
         g = self.graph
@@ -262,7 +262,7 @@ class ProdigeEmbedding(nn.Module):
         w = F.softplus(theta)  # [M]: one length per parameter edge
         w_csr = w.detach().index_select(0, g.perm)
         rows = (self._tree_step * r + torch.arange(r, device=dev)) % K
-        src = self.anchors[rows]
+        src = rows + self.num_embeddings  # = self.anchors[rows]
         seed = _seed(None, dev)
         if g.presence_logit.requires_grad:  # as ProdigeGraph.forward: a sampled graph per row
             p = torch.sigmoid(g.presence_logit.detach()).index_select(0, g.perm)
