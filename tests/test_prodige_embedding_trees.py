@@ -14,14 +14,13 @@ from tgrep.nn.prodige import ProdigeGraph
 
 
 def _walk(w, edge, parent, default):
-    """Independent: each anchor row's vertex walks its cached tree in plain Python."""
+    """Independent: each anchor row's vertex walks its cached tree in plain Python (edge
+    ``len(w)``, hanging an unreached vertex from the anchor, has the default distance)."""
     K, N = parent.shape
+    w = torch.cat([w, torch.tensor([default], dtype=w.dtype)])
     out = torch.empty(K, N, dtype=w.dtype)
     for b in range(K):
         for v in range(N):
-            if int(parent[b, v]) == -1:
-                out[b, v] = default
-                continue
             x, s = v, 0.0
             while int(parent[b, x]) != x:
                 s += float(w[edge[b, x]])
@@ -79,14 +78,14 @@ def test_cached_distances_are_current_lengths_along_cached_trees(seed):
     theta = emb.graph.weight_logit.detach().clone().requires_grad_()
     par, ed = emb._tree_parent, emb._tree_edge
     ref = []
-    wt = F.softplus(theta)
+    wt = torch.cat([F.softplus(theta), emb.graph.default_distance.detach().reshape(1)])
     for b in range(4):
         for v in range(30):
             x, s = v, wt.new_zeros(())
-            while int(par[b, x]) not in (-1, x):
+            while int(par[b, x]) != x:
                 s = s + wt[ed[b, x]]
                 x = int(par[b, x])
-            ref.append(s * c[v, b] if int(par[b, v]) != -1 else s * 0)
+            ref.append(s * c[v, b])
     torch.stack(ref).sum().backward()
     torch.testing.assert_close(emb.graph.weight_logit.grad, theta.grad)
 

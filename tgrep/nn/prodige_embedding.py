@@ -132,7 +132,7 @@ class ProdigeEmbedding(nn.Module):
         # the cached search trees (training only; rebuilt, never saved: see refresh_trees)
         N = graph.num_nodes
         self.register_buffer("_tree_edge", torch.zeros(K, N, dtype=torch.long, device=dev), persistent=False)
-        self.register_buffer("_tree_parent", torch.full((K, N), -1, dtype=torch.long, device=dev), persistent=False)
+        self.register_buffer("_tree_parent", torch.arange(N, device=dev).repeat(K, 1), persistent=False)
         self.register_buffer("_tree_order", torch.arange(N, device=dev).repeat(K, 1), persistent=False)
         self.register_buffer("_tree_step", torch.zeros((), dtype=torch.long, device=dev), persistent=False)
         self.register_buffer("_edge_src", torch.zeros(0, dtype=torch.long, device=dev), persistent=False)
@@ -236,13 +236,13 @@ class ProdigeEmbedding(nn.Module):
     def _trees(self, src: torch.Tensor, pred: torch.Tensor):
         """``(edge, parent, order)`` ``[B, N]`` of search trees from their CSR predecessors
         ``pred``: the edge into each vertex as a *parameter* edge id, its parent vertex (``v``
-        for the source, ``-1`` when unreached), the vertices parents first."""
+        for the source), the vertices parents first. A vertex the search did not reach hangs
+        from the source by the virtual edge ``M`` (whose length is the default distance)."""
         ok = pred >= 0
         e = pred.clamp_min(0).view(-1)
-        parent = torch.where(ok, self._edge_src.index_select(0, e).view_as(pred), -1)
-        parent.scatter_(1, src.unsqueeze(1), src.unsqueeze(1))  # the source: its own root
-        # (the edge of a terminal vertex is never read)
-        return self.graph.perm.index_select(0, e).view_as(pred), parent, torch.ops.tgrep.tree_order(parent)
+        parent = torch.where(ok, self._edge_src.index_select(0, e).view_as(pred), src.unsqueeze(1))
+        edge = torch.where(ok, self.graph.perm.index_select(0, e).view_as(pred), self.graph.num_edges)
+        return edge, parent, torch.ops.tgrep.tree_order(parent)
 
     def _uses_trees(self) -> bool:
         g = self.graph
@@ -280,8 +280,9 @@ class ProdigeEmbedding(nn.Module):
             self._tree_parent.copy_(parent)
             self._tree_order.copy_(order)
             self._tree_step.add_(1)
-        d = torch.ops.tgrep.tree_path_sum(w, edge, parent, order)
-        return torch.where(parent >= 0, d, g.default_distance.to(d.dtype))
+        # edge M: the default distance, the length of an unreached vertex's virtual edge
+        w = torch.cat([w, g.default_distance.to(w.dtype).reshape(1)])
+        return torch.ops.tgrep.tree_path_sum(w, edge, parent, order)
 
     def sparsity(self) -> torch.Tensor:
         """The graph's λ-term (mean edge probability)."""
