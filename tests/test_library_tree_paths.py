@@ -145,3 +145,45 @@ def test_compile_fullgraph_no_recompiles(seed):
     assert graphs == 1
     for c, o in zip(calls, outs):
         torch.testing.assert_close(o, tree_path_sums(*c))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_predecessor_trees_of_searches(seed, backend):
+    gen = torch.Generator().manual_seed(seed)
+    n = 30
+    ei = torch.randint(0, n - 3, (2, 60), generator=gen)  # the last 3 vertices are unreachable
+    indptr, indices, wc = to_csr(ei, n, torch.rand(60, dtype=torch.float64, generator=gen) + 0.1, undirected=True)
+    E = wc.numel()
+    src = torch.tensor([0, 4, 11, 29])
+    dist, pred = torch.ops.tgrep.shortest_paths(indptr, indices, wc, src, None, None, seed_tensor(0, "cpu"), True)
+    esrc = torch.repeat_interleave(torch.arange(n), indptr.diff())
+    emap = torch.randperm(E, generator=gen) // 2  # CSR edge -> weight index (both directions share one)
+    M = int(emap.max()) + 1
+    w = torch.rand(M, dtype=torch.float64, generator=gen) + 0.1
+    with tgrep.use_backend(backend):
+        trees = torch.ops.tgrep.predecessor_trees(pred, src, esrc, emap, M)
+        torch.library.opcheck(torch.ops.tgrep.predecessor_trees.default, (pred, src, esrc, emap, M))
+    edge, parent, order = trees
+    assert trees.shape == (3, 4, n)
+    live = torch.isfinite(dist)
+    assert torch.equal(parent[torch.arange(4), src], src)  # the sources are roots
+    assert bool((parent[~live] == src.unsqueeze(1).expand(4, n)[~live]).all())  # unreached: from the source
+    assert bool((edge[~live] == M).all())
+    # the path sums on these trees: explicit walks; the virtual edge's length for unreached vertices
+    wext = torch.cat([w, torch.tensor([7.5], dtype=torch.float64)])
+    got = tree_path_sums(wext, edge, parent, order)
+    expect = _walk_sums(wext, edge, parent)
+    torch.testing.assert_close(got, expect)
+    assert bool((got[~live] == 7.5).all())
+    with tgrep.use_backend(backend):
+        with pytest.raises(ValueError, match="sources"):
+            torch.ops.tgrep.predecessor_trees(pred, torch.tensor([0, 4, 11, 30]), esrc, emap, M)
+        with pytest.raises(ValueError, match="pred"):
+            torch.ops.tgrep.predecessor_trees(torch.where(pred == pred.max(), E, pred), src, esrc, emap, M)
+        with pytest.raises(ValueError, match="edge_map"):
+            torch.ops.tgrep.predecessor_trees(pred, src, esrc, emap + M, M)
+        with pytest.raises(ValueError, match="edge_src"):
+            torch.ops.tgrep.predecessor_trees(pred, src, esrc + n, emap, M)
+        with pytest.raises(ValueError, match="cycle"):  # a 2-cycle: 1 -> 2 -> 1
+            torch.ops.tgrep.predecessor_trees(torch.tensor([[-1, 0, 1]]), torch.tensor([0]), torch.tensor([2, 1]),
+                                              torch.tensor([0, 0]), 1)

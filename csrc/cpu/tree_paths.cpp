@@ -31,7 +31,7 @@
 
 namespace {
 
-enum Err : int { kOk = 0, kParent, kEdge, kCycle, kOrder };
+enum Err : int { kOk = 0, kParent, kEdge, kCycle, kOrder, kSource, kPred, kEdgeSrc, kEdgeMap };
 
 std::string err_message(const char* fn, int err) {
   std::string msg = std::string(fn) + " (C++): ";
@@ -40,6 +40,10 @@ std::string err_message(const char* fn, int err) {
     case kEdge: return msg + "'edge' has entries outside [0, len(weight)) on a non-terminal vertex";
     case kCycle: return msg + "'parent' holds a cycle (not a forest)";
     case kOrder: return msg + "'order' must list every vertex of its row once, each after its parent";
+    case kSource: return msg + "'sources' has entries outside [0, N)";
+    case kPred: return msg + "'pred' has entries outside [-1, len(edge_src))";
+    case kEdgeSrc: return msg + "'edge_src' has entries outside [0, N)";
+    case kEdgeMap: return msg + "'edge_map' has entries outside [0, num_weights)";
     default: return msg + "invalid input";
   }
 }
@@ -139,6 +143,69 @@ at::Tensor tree_order(at::Tensor parent) {
     });
   }
   for (int err : errs) TORCH_CHECK_VALUE(err == kOk, err_message("tree_order", err));
+  return out;
+}
+
+// The trees of searches from their CSR predecessors, as the two ops below take them, in one
+// pass: out[0] = edge (edge_map[pred], or num_weights: the virtual edge of an unreached vertex),
+// out[1] = parent (edge_src[pred]; the source for itself and for unreached vertices),
+// out[2] = the parents-first order.
+at::Tensor predecessor_trees(at::Tensor pred, at::Tensor sources, at::Tensor edge_src, at::Tensor edge_map,
+                             int64_t num_weights) {
+  for (const at::Tensor* t : {&pred, &sources, &edge_src, &edge_map}) {
+    TORCH_CHECK_VALUE(t->device().is_cpu() && t->layout() == at::kStrided,
+                      "predecessor_trees (C++): tensors must be dense and on the CPU");
+    TORCH_CHECK_TYPE(t->scalar_type() == at::kLong, "predecessor_trees (C++): index tensors must be int64");
+  }
+  TORCH_CHECK_VALUE(pred.dim() == 2 && sources.dim() == 1 && sources.numel() == pred.size(0),
+                    "predecessor_trees (C++): 'pred' must be [B, N] and 'sources' [B]");
+  TORCH_CHECK_VALUE(edge_src.dim() == 1 && edge_map.dim() == 1 && edge_src.numel() == edge_map.numel(),
+                    "predecessor_trees (C++): 'edge_src' and 'edge_map' must both be [E]");
+  TORCH_CHECK_VALUE(num_weights >= 0, "predecessor_trees (C++): 'num_weights' must be >= 0");
+  const int64_t B = pred.size(0), n = pred.size(1), E = edge_src.numel();
+  TORCH_CHECK_VALUE(n < std::numeric_limits<int32_t>::max(), "predecessor_trees (C++): N must be < 2^31 - 1");
+  at::Tensor pr = pred.contiguous(), so = sources.contiguous(), es = edge_src.contiguous(), em = edge_map.contiguous();
+  at::Tensor out = at::empty({3, B, n}, pr.options());
+  if (B == 0 || n == 0) return out;
+  const int64_t chunks = num_chunks(B, n);
+  std::vector<int> errs(chunks, kOk);
+  const int64_t *pp = pr.data_ptr<int64_t>(), *sp = so.data_ptr<int64_t>(), *esp = es.data_ptr<int64_t>(),
+                *emp = em.data_ptr<int64_t>();
+  int64_t* op = out.data_ptr<int64_t>();
+  {
+    pybind11::gil_scoped_release no_gil;
+    at::parallel_for(0, chunks, 1, [&](int64_t c0, int64_t c1) {
+      for (int64_t ch = c0; ch < c1; ++ch) {
+        Scratch S(n);
+        for (int64_t b = ch * B / chunks, z = (ch + 1) * B / chunks; b < z && errs[ch] == kOk; ++b) {
+          const int64_t s = sp[b];
+          if (s < 0 || s >= n) { errs[ch] = kSource; break; }
+          int64_t* edge = op + b * n;
+          int64_t* par = op + (B + b) * n;
+          int64_t* ord = op + (2 * B + b) * n;
+          const int64_t* prow = pp + b * n;
+          for (int64_t v = 0; v < n && errs[ch] == kOk; ++v) {
+            const int64_t e = prow[v];
+            if (e < -1 || e >= E) { errs[ch] = kPred; break; }
+            if (e < 0) {
+              par[v] = s;
+              edge[v] = num_weights;
+              continue;
+            }
+            const int64_t u = esp[e], m = emp[e];
+            if (u < 0 || u >= n) errs[ch] = kEdgeSrc;
+            else if (m < 0 || m >= num_weights) errs[ch] = kEdgeMap;
+            par[v] = u;
+            edge[v] = m;
+          }
+          if (errs[ch] != kOk) break;
+          errs[ch] = traverse<true>(n, -1, par, nullptr, S, [](int64_t) {}, [](int64_t, int64_t, int64_t) {});
+          if (errs[ch] == kOk) std::copy(S.order.begin(), S.order.end(), ord);
+        }
+      }
+    });
+  }
+  for (int err : errs) TORCH_CHECK_VALUE(err == kOk, err_message("predecessor_trees", err));
   return out;
 }
 
@@ -274,6 +341,10 @@ at::Tensor tree_path_gradient(at::Tensor grad, at::Tensor edge, at::Tensor paren
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("predecessor_trees", &predecessor_trees,
+        "Trees (edge, parent, order) of searches from their predecessors (see tgrep::predecessor_trees)",
+        pybind11::arg("pred"), pybind11::arg("sources"), pybind11::arg("edge_src"), pybind11::arg("edge_map"),
+        pybind11::arg("num_weights"));
   m.def("tree_order", &tree_order, "Parents-first vertex order of each row's forest (see tgrep::tree_order)",
         pybind11::arg("parent"));
   m.def("tree_path_sum", &tree_path_sum, "Sums of edge weights along given trees (see tgrep::tree_path_sum)",

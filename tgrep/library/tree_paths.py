@@ -1,5 +1,5 @@
-"""Custom ops over given shortest-path trees: ``tgrep::tree_order``, ``tgrep::tree_path_sum``
-and its transpose ``tgrep::tree_path_gradient`` (PRODIGE family; what :class:`tgrep.nn.ProdigeEmbedding` trains
+"""Custom ops over given shortest-path trees: ``tgrep::predecessor_trees``, ``tgrep::tree_order``,
+``tgrep::tree_path_sum`` and its transpose ``tgrep::tree_path_gradient`` (PRODIGE family; what :class:`tgrep.nn.ProdigeEmbedding` trains
 through between two refreshes of its cached search trees).
 
 Kernels: C++ (``csrc/cpu/tree_paths.cpp``) on CPU, the reference
@@ -53,6 +53,34 @@ def _check_gradient(grad, edge, parent, order, num_edges):
                          f"got {grad.dtype} of shape {tuple(grad.shape)}")
     if num_edges < 0:
         raise ValueError(f"'num_edges' must be >= 0, got {num_edges}")
+
+
+def _check_predecessors(pred, sources, edge_src, edge_map, num_weights):
+    for name, t in (("pred", pred), ("sources", sources), ("edge_src", edge_src), ("edge_map", edge_map)):
+        if t.dtype != torch.int64:
+            raise TypeError(f"'{name}' must be int64, got {t.dtype}")
+    if pred.dim() != 2 or sources.shape != (pred.shape[0],):
+        raise ValueError(f"'pred' must be [B, N] and 'sources' [B], got {tuple(pred.shape)} and {tuple(sources.shape)}")
+    if edge_src.dim() != 1 or edge_map.shape != edge_src.shape:
+        raise ValueError(f"'edge_src' and 'edge_map' must both be [E], got {tuple(edge_src.shape)} and "
+                         f"{tuple(edge_map.shape)}")
+    if num_weights < 0:
+        raise ValueError(f"'num_weights' must be >= 0, got {num_weights}")
+
+
+@kernel_op("tgrep::predecessor_trees", cpp=cpp_kernel("tree_paths", "predecessor_trees"), check=_check_predecessors)
+def predecessor_trees(pred: Tensor, sources: Tensor, edge_src: Tensor, edge_map: Tensor, num_weights: int) -> Tensor:
+    """``[3, B, N]`` int64 ``(edge, parent, order)`` of the trees of searches from ``sources``
+    given their CSR predecessors ``pred`` (``tgrep::shortest_paths``' ``pred``): what
+    ``tree_path_sum`` takes. ``edge_src[e]`` is CSR edge ``e``'s source vertex, ``edge_map[e]``
+    its index into the weights; an unreached vertex hangs from the source by the virtual edge
+    ``num_weights`` (append its length to the weights)."""
+    return ref.predecessor_trees(pred, sources, edge_src, edge_map, num_weights)
+
+
+@predecessor_trees.register_fake
+def _(pred, sources, edge_src, edge_map, num_weights):
+    return pred.new_empty((3, pred.shape[0], pred.shape[1]))
 
 
 @kernel_op("tgrep::tree_order", cpp=cpp_kernel("tree_paths", "tree_order"), check=_check_parent)

@@ -245,19 +245,17 @@ class ProdigeEmbedding(nn.Module):
         w = g._csr_weight(True).detach()
         _, pred = torch.ops.tgrep.shortest_paths(g.indptr, g.indices, w, self.anchors, None, None,
                                                  seed_tensor(0, dev), True)
-        self._tree_cache.copy_(torch.stack(self._trees(self.anchors, pred)))
+        self._tree_cache.copy_(self._trees(self.anchors, pred))
         self._tree_step.zero_()
 
-    def _trees(self, src: torch.Tensor, pred: torch.Tensor):
-        """``(edge, parent, order)`` ``[B, N]`` of search trees from their CSR predecessors
-        ``pred``: the edge into each vertex as a *parameter* edge id, its parent vertex (``v``
-        for the source), the vertices parents first. A vertex the search did not reach hangs
-        from the source by the virtual edge ``M`` (whose length is the default distance)."""
-        ok = pred >= 0
-        e = pred.clamp_min(0).view(-1)
-        parent = torch.where(ok, self._edge_src.index_select(0, e).view_as(pred), src.unsqueeze(1))
-        edge = torch.where(ok, self.graph.perm.index_select(0, e).view_as(pred), self.graph.num_edges)
-        return edge, parent, torch.ops.tgrep.tree_order(parent)
+    def _trees(self, src: torch.Tensor, pred: torch.Tensor) -> torch.Tensor:
+        """``[3, B, N]`` (edge, parent, order) of search trees from their CSR predecessors
+        ``pred`` (``tgrep::predecessor_trees``): the edge into each vertex as a *parameter* edge
+        id, its parent vertex (``v`` for the source), the vertices parents first. A vertex the
+        search did not reach hangs from the source by the virtual edge ``M`` (whose length is
+        the default distance)."""
+        g = self.graph
+        return torch.ops.tgrep.predecessor_trees(pred, src, self._edge_src, g.perm, g.num_edges)
 
     @property
     def _tree_edge(self) -> torch.Tensor:
@@ -295,7 +293,7 @@ class ProdigeEmbedding(nn.Module):
             w_csr = torch.where(g.presence_logit.detach()[g.perm] >= 0, w_csr, float("inf"))
             _, pred = torch.ops.tgrep.shortest_paths(g.indptr, g.indices, w_csr, src, None, None, seed, True)
         # a new tensor (saved for backward as it is), then copied into the cache
-        trees = self._tree_cache.index_copy(1, rows, torch.stack(self._trees(src, pred)))
+        trees = self._tree_cache.index_copy(1, rows, self._trees(src, pred))
         with torch.no_grad():
             self._tree_cache.copy_(trees)
             self._tree_step.add_(1)

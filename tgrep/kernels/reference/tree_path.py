@@ -92,3 +92,22 @@ def tree_path_gradient(grad: torch.Tensor, edge: torch.Tensor, parent: torch.Ten
     for pair, e in _walks(edge, parent, num_edges, "tree_path_gradient"):
         out.index_add_(0, e, g[pair])
     return out
+
+
+def predecessor_trees(pred: torch.Tensor, sources: torch.Tensor, edge_src: torch.Tensor, edge_map: torch.Tensor,
+                      num_weights: int) -> torch.Tensor:
+    """``[3, B, N]`` int64 (edge, parent, order) of search trees from their CSR predecessors
+    ``pred`` (``-1``: none): a vertex with ``pred = e`` hangs from ``edge_src[e]`` by the edge
+    ``edge_map[e]``; the source is its own root; a vertex without ``pred`` (unreached) hangs
+    from the source by the virtual edge ``num_weights``."""
+    B, n = pred.shape
+    E = edge_src.numel()
+    check.values(check.index_flags("sources", sources, n) + check.index_flags("pred", pred, E, lower=-1))
+    check.values(check.index_flags("edge_src", edge_src[pred[pred >= 0]], n)
+                 + check.index_flags("edge_map", edge_map[pred[pred >= 0]], num_weights))
+    ok = pred >= 0
+    e = pred.clamp_min(0)
+    src = sources.long().unsqueeze(1).expand(B, n)
+    parent = torch.where(ok, edge_src[e], src)
+    edge = torch.where(ok, edge_map[e], num_weights)
+    return torch.stack([edge, parent, tree_order(parent)])
