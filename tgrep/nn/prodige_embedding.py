@@ -292,10 +292,11 @@ class ProdigeEmbedding(nn.Module):
         else:  # frozen presence: the deterministic graph
             w_csr = torch.where(g.presence_logit.detach()[g.perm] >= 0, w_csr, float("inf"))
             _, pred = torch.ops.tgrep.shortest_paths(g.indptr, g.indices, w_csr, src, None, None, seed, True)
-        # a new tensor (saved for backward as it is), then copied into the cache
+        # a new tensor, saved for backward as it is (never written in place: two forwards before
+        # one backward stay correct), becomes the cache
         trees = self._tree_cache.index_copy(1, rows, self._trees(src, pred))
+        self._tree_cache = trees
         with torch.no_grad():
-            self._tree_cache.copy_(trees)
             self._tree_step.add_(1)
         edge, parent, order = trees.unbind(0)
         # edge M: the default distance, the length of an unreached vertex's virtual edge
