@@ -29,7 +29,7 @@ def _forest(B, n, E, gen, unreached=0.2):
                 inside[torch.randint(0, i, (), generator=gen)]
         parent[b] = par
     edge = torch.randint(0, E, (B, n), generator=gen)
-    return edge, parent
+    return edge.int(), parent.int()
 
 
 def _walk_sums(w, edge, parent):
@@ -56,11 +56,13 @@ def test_path_sums_equal_explicit_walks_and_search_distances(seed, backend):
         got = tree_path_sums(w, edge, parent, order)
         torch.testing.assert_close(tree_path_sums(w, edge, parent), got)  # order computed inside
     # order: a parents-first permutation of every row
+    assert order.dtype == torch.int32
+    order, parent = order.long(), parent.long()
     assert torch.equal(order.sort(1).values, torch.arange(25).expand(4, 25))
     pos = torch.empty_like(order).scatter_(1, order, torch.arange(25).expand(4, 25))
     inner = (parent >= 0) & (parent != torch.arange(25))
     assert bool((pos.gather(1, parent.clamp_min(0)) < pos)[inner].all())
-    torch.testing.assert_close(got, _walk_sums(w, edge, parent))
+    torch.testing.assert_close(got, _walk_sums(w, edge, parent.int()))
     # on a search's own predecessor trees the path sums are its distances
     n = 40
     ei = torch.randint(0, n, (2, 120), generator=gen)
@@ -71,7 +73,7 @@ def test_path_sums_equal_explicit_walks_and_search_distances(seed, backend):
     v = torch.arange(n)
     par = torch.where(pred >= 0, esrc[pred.clamp_min(0)], torch.where(v == src[:, None], v, -1))
     with tgrep.use_backend(backend):
-        d = tree_path_sums(wc, pred.clamp_min(0), par)
+        d = tree_path_sums(wc, pred.clamp_min(0).int(), par.int())
     torch.testing.assert_close(d, torch.where(torch.isinf(dist), 0.0, dist))
 
 
@@ -105,29 +107,33 @@ def test_opcheck_adjoint_and_double_backward(seed, backend):
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_bad_trees_raise_value_errors(backend):
     w = torch.ones(4)
-    edge = torch.zeros(1, 3, dtype=torch.long)
-    ok = torch.tensor([[0, 0, 1]])
+    edge = torch.zeros(1, 3, dtype=torch.int32)
+    ok = torch.tensor([[0, 0, 1]], dtype=torch.int32)
+
+    def t(x):
+        return torch.tensor(x, dtype=torch.int32)
+
     with tgrep.use_backend(backend):
         order = tree_order(ok)
         with pytest.raises(ValueError, match="cycle"):
-            tree_order(torch.tensor([[1, 2, 0]]))
+            tree_order(t([[1, 2, 0]]))
         with pytest.raises(ValueError, match="parent"):
-            tree_order(torch.tensor([[0, 3, 0]]))
+            tree_order(t([[0, 3, 0]]))
         with pytest.raises(ValueError, match="parent"):
-            tree_order(torch.tensor([[0, -2, 0]]))
+            tree_order(t([[0, -2, 0]]))
         with pytest.raises(ValueError, match="edge"):
-            tree_path_sums(w, torch.tensor([[0, 4, 0]]), ok, order)
+            tree_path_sums(w, t([[0, 4, 0]]), ok, order)
         with pytest.raises(ValueError, match="edge"):
-            tree_path_sums(w, torch.tensor([[0, 0, -1]]), ok, order)
+            tree_path_sums(w, t([[0, 0, -1]]), ok, order)
         for bad in ([[2, 1, 0]], [[0, 0, 1]], [[0, 1, 3]]):  # child first, a duplicate, out of range
             with pytest.raises(ValueError, match="order"):
-                tree_path_sums(w, edge, ok, torch.tensor(bad))
+                tree_path_sums(w, edge, ok, t(bad))
             with pytest.raises(ValueError, match="order"):
-                torch.ops.tgrep.tree_path_gradient(torch.ones(1, 3), edge, ok, torch.tensor(bad), 4)
+                torch.ops.tgrep.tree_path_gradient(torch.ones(1, 3), edge, ok, t(bad), 4)
         with pytest.raises(ValueError, match="order"):
             tree_path_sums(w, edge, ok, order[:, :2])
     with pytest.raises(TypeError, match="parent"):
-        tree_path_sums(w, edge, ok.int())
+        tree_path_sums(w, edge, ok.long())
     with pytest.raises(ValueError, match="same shape"):
         tree_path_sums(w, edge[:, :2], ok)
     # empty rows / vertices

@@ -69,7 +69,7 @@ struct Scratch {
 // non-terminal v with parent u (already finalised) and edge e; with kOrder, appends every vertex
 // to S.order (parents first).
 template <bool kOrder, typename Leaf, typename Step>
-int traverse(int64_t n, int64_t E, const int64_t* par, const int64_t* edge, Scratch& S, Leaf leaf, Step step) {
+int traverse(int64_t n, int64_t E, const int32_t* par, const int32_t* edge, Scratch& S, Leaf leaf, Step step) {
   const uint32_t gen = S.next();
   if (kOrder) S.order.clear();
   for (int64_t v0 = 0; v0 < n; ++v0) {
@@ -105,7 +105,7 @@ void check_trees(const char* fn, const at::Tensor& edge, const at::Tensor& paren
   for (const at::Tensor* t : {&edge, &parent}) {
     TORCH_CHECK_VALUE(t->device().is_cpu() && t->layout() == at::kStrided, fn,
                       " (C++): tensors must be dense and on the CPU");
-    TORCH_CHECK_TYPE(t->scalar_type() == at::kLong, fn, " (C++): 'edge' and 'parent' must be int64");
+    TORCH_CHECK_TYPE(t->scalar_type() == at::kInt, fn, " (C++): 'edge' and 'parent' must be int32");
   }
   TORCH_CHECK_VALUE(parent.dim() == 2 && edge.sizes() == parent.sizes(), fn,
                     " (C++): 'edge' and 'parent' must both be [B, N], got ", edge.sizes(), " and ", parent.sizes());
@@ -128,8 +128,8 @@ at::Tensor tree_order(at::Tensor parent) {
   if (B == 0 || n == 0) return out;
   const int64_t chunks = num_chunks(B, n);
   std::vector<int> errs(chunks, kOk);
-  const int64_t* pp = pa.data_ptr<int64_t>();
-  int64_t* op = out.data_ptr<int64_t>();
+  const int32_t* pp = pa.data_ptr<int32_t>();
+  int32_t* op = out.data_ptr<int32_t>();
   {
     pybind11::gil_scoped_release no_gil;
     at::parallel_for(0, chunks, 1, [&](int64_t c0, int64_t c1) {
@@ -161,17 +161,18 @@ at::Tensor predecessor_trees(at::Tensor pred, at::Tensor sources, at::Tensor edg
                     "predecessor_trees (C++): 'pred' must be [B, N] and 'sources' [B]");
   TORCH_CHECK_VALUE(edge_src.dim() == 1 && edge_map.dim() == 1 && edge_src.numel() == edge_map.numel(),
                     "predecessor_trees (C++): 'edge_src' and 'edge_map' must both be [E]");
-  TORCH_CHECK_VALUE(num_weights >= 0, "predecessor_trees (C++): 'num_weights' must be >= 0");
+  TORCH_CHECK_VALUE(num_weights >= 0 && num_weights < std::numeric_limits<int32_t>::max(),
+                    "predecessor_trees (C++): 'num_weights' must lie in [0, 2^31 - 1)");
   const int64_t B = pred.size(0), n = pred.size(1), E = edge_src.numel();
   TORCH_CHECK_VALUE(n < std::numeric_limits<int32_t>::max(), "predecessor_trees (C++): N must be < 2^31 - 1");
   at::Tensor pr = pred.contiguous(), so = sources.contiguous(), es = edge_src.contiguous(), em = edge_map.contiguous();
-  at::Tensor out = at::empty({3, B, n}, pr.options());
+  at::Tensor out = at::empty({3, B, n}, pr.options().dtype(at::kInt));
   if (B == 0 || n == 0) return out;
   const int64_t chunks = num_chunks(B, n);
   std::vector<int> errs(chunks, kOk);
   const int64_t *pp = pr.data_ptr<int64_t>(), *sp = so.data_ptr<int64_t>(), *esp = es.data_ptr<int64_t>(),
                 *emp = em.data_ptr<int64_t>();
-  int64_t* op = out.data_ptr<int64_t>();
+  int32_t* op = out.data_ptr<int32_t>();
   {
     pybind11::gil_scoped_release no_gil;
     at::parallel_for(0, chunks, 1, [&](int64_t c0, int64_t c1) {
@@ -180,23 +181,23 @@ at::Tensor predecessor_trees(at::Tensor pred, at::Tensor sources, at::Tensor edg
         for (int64_t b = ch * B / chunks, z = (ch + 1) * B / chunks; b < z && errs[ch] == kOk; ++b) {
           const int64_t s = sp[b];
           if (s < 0 || s >= n) { errs[ch] = kSource; break; }
-          int64_t* edge = op + b * n;
-          int64_t* par = op + (B + b) * n;
-          int64_t* ord = op + (2 * B + b) * n;
+          int32_t* edge = op + b * n;
+          int32_t* par = op + (B + b) * n;
+          int32_t* ord = op + (2 * B + b) * n;
           const int64_t* prow = pp + b * n;
           for (int64_t v = 0; v < n && errs[ch] == kOk; ++v) {
             const int64_t e = prow[v];
             if (e < -1 || e >= E) { errs[ch] = kPred; break; }
             if (e < 0) {
-              par[v] = s;
-              edge[v] = num_weights;
+              par[v] = static_cast<int32_t>(s);
+              edge[v] = static_cast<int32_t>(num_weights);
               continue;
             }
             const int64_t u = esp[e], m = emp[e];
             if (u < 0 || u >= n) errs[ch] = kEdgeSrc;
             else if (m < 0 || m >= num_weights) errs[ch] = kEdgeMap;
-            par[v] = u;
-            edge[v] = m;
+            par[v] = static_cast<int32_t>(u);
+            edge[v] = static_cast<int32_t>(m);
           }
           if (errs[ch] != kOk) break;
           errs[ch] = traverse<true>(n, -1, par, nullptr, S, [](int64_t) {}, [](int64_t, int64_t, int64_t) {});
@@ -214,7 +215,7 @@ namespace {
 void check_order(const char* fn, const at::Tensor& order, const at::Tensor& parent) {
   TORCH_CHECK_VALUE(order.device().is_cpu() && order.layout() == at::kStrided, fn,
                     " (C++): tensors must be dense and on the CPU");
-  TORCH_CHECK_TYPE(order.scalar_type() == at::kLong, fn, " (C++): 'order' must be int64");
+  TORCH_CHECK_TYPE(order.scalar_type() == at::kInt, fn, " (C++): 'order' must be int32");
   TORCH_CHECK_VALUE(order.sizes() == parent.sizes(), fn, " (C++): 'order' must have the shape of 'parent' ",
                     parent.sizes(), ", got ", order.sizes());
 }
@@ -236,16 +237,16 @@ at::Tensor tree_path_sum(at::Tensor weight, at::Tensor edge, at::Tensor parent, 
   std::vector<int> errs(chunks, kOk);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, w.scalar_type(), "tree_path_sum", [&] {
     const scalar_t* wp = w.data_ptr<scalar_t>();
-    const int64_t* ep = ed.data_ptr<int64_t>();
-    const int64_t* pp = pa.data_ptr<int64_t>();
-    const int64_t* qp = od.data_ptr<int64_t>();
+    const int32_t* ep = ed.data_ptr<int32_t>();
+    const int32_t* pp = pa.data_ptr<int32_t>();
+    const int32_t* qp = od.data_ptr<int32_t>();
     scalar_t* op = out.data_ptr<scalar_t>();
     pybind11::gil_scoped_release no_gil;
     at::parallel_for(0, chunks, 1, [&](int64_t c0, int64_t c1) {
       for (int64_t ch = c0; ch < c1; ++ch) {
         Scratch S(n);
         for (int64_t b = ch * B / chunks, z = (ch + 1) * B / chunks; b < z; ++b) {
-          const int64_t *pr = pp + b * n, *er = ep + b * n, *qr = qp + b * n;
+          const int32_t *pr = pp + b * n, *er = ep + b * n, *qr = qp + b * n;
           scalar_t* o = op + b * n;
           const uint32_t gen = S.next();
           int err = kOk;
@@ -293,9 +294,9 @@ at::Tensor tree_path_gradient(at::Tensor grad, at::Tensor edge, at::Tensor paren
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, g.scalar_type(), "tree_path_gradient", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const scalar_t* gp = g.data_ptr<scalar_t>();
-    const int64_t* ep = ed.data_ptr<int64_t>();
-    const int64_t* pp = pa.data_ptr<int64_t>();
-    const int64_t* qp = od.data_ptr<int64_t>();
+    const int32_t* ep = ed.data_ptr<int32_t>();
+    const int32_t* pp = pa.data_ptr<int32_t>();
+    const int32_t* qp = od.data_ptr<int32_t>();
     std::vector<std::vector<acc_t>> part(chunks);
     {
       pybind11::gil_scoped_release no_gil;
@@ -306,7 +307,7 @@ at::Tensor tree_path_gradient(at::Tensor grad, at::Tensor edge, at::Tensor paren
           std::vector<acc_t> acc(n);
           Scratch S(n);
           for (int64_t b = ch * B / chunks, z = (ch + 1) * B / chunks; b < z; ++b) {
-            const int64_t *pr = pp + b * n, *er = ep + b * n, *qr = qp + b * n;
+            const int32_t *pr = pp + b * n, *er = ep + b * n, *qr = qp + b * n;
             const scalar_t* gr = gp + b * n;
             for (int64_t v = 0; v < n; ++v) acc[v] = static_cast<acc_t>(gr[v]);
             const uint32_t gen = S.next();

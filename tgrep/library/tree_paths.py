@@ -22,15 +22,15 @@ from ._register import kernel_op
 
 def _check_trees(edge: Tensor, parent: Tensor) -> None:
     for name, t in (("edge", edge), ("parent", parent)):
-        if t.dtype != torch.int64:
-            raise TypeError(f"'{name}' must be int64, got {t.dtype}")
+        if t.dtype != torch.int32:
+            raise TypeError(f"'{name}' must be int32, got {t.dtype}")
     if parent.dim() != 2 or edge.shape != parent.shape:
         raise ValueError(f"'edge' and 'parent' must both be [B, N], got {tuple(edge.shape)} and {tuple(parent.shape)}")
 
 
 def _check_order(order: Tensor, parent: Tensor) -> None:
-    if order.dtype != torch.int64 or order.shape != parent.shape:
-        raise ValueError(f"'order' must be int64 with the shape of 'parent' {tuple(parent.shape)}, "
+    if order.dtype != torch.int32 or order.shape != parent.shape:
+        raise ValueError(f"'order' must be int32 with the shape of 'parent' {tuple(parent.shape)}, "
                          f"got {order.dtype} of shape {tuple(order.shape)}")
 
 
@@ -64,13 +64,13 @@ def _check_predecessors(pred, sources, edge_src, edge_map, num_weights):
     if edge_src.dim() != 1 or edge_map.shape != edge_src.shape:
         raise ValueError(f"'edge_src' and 'edge_map' must both be [E], got {tuple(edge_src.shape)} and "
                          f"{tuple(edge_map.shape)}")
-    if num_weights < 0:
-        raise ValueError(f"'num_weights' must be >= 0, got {num_weights}")
+    if not 0 <= num_weights < 2**31 - 1:
+        raise ValueError(f"'num_weights' must lie in [0, 2^31 - 1), got {num_weights}")
 
 
 @kernel_op("tgrep::predecessor_trees", cpp=cpp_kernel("tree_paths", "predecessor_trees"), check=_check_predecessors)
 def predecessor_trees(pred: Tensor, sources: Tensor, edge_src: Tensor, edge_map: Tensor, num_weights: int) -> Tensor:
-    """``[3, B, N]`` int64 ``(edge, parent, order)`` of the trees of searches from ``sources``
+    """``[3, B, N]`` int32 ``(edge, parent, order)`` of the trees of searches from ``sources``
     given their CSR predecessors ``pred`` (``tgrep::shortest_paths``' ``pred``): what
     ``tree_path_sum`` takes. ``edge_src[e]`` is CSR edge ``e``'s source vertex, ``edge_map[e]``
     its index into the weights; an unreached vertex hangs from the source by the virtual edge
@@ -80,12 +80,12 @@ def predecessor_trees(pred: Tensor, sources: Tensor, edge_src: Tensor, edge_map:
 
 @predecessor_trees.register_fake
 def _(pred, sources, edge_src, edge_map, num_weights):
-    return pred.new_empty((3, pred.shape[0], pred.shape[1]))
+    return pred.new_empty((3, pred.shape[0], pred.shape[1]), dtype=torch.int32)
 
 
 @kernel_op("tgrep::tree_order", cpp=cpp_kernel("tree_paths", "tree_order"), check=_check_parent)
 def tree_order(parent: Tensor) -> Tensor:
-    """``[B, N]`` int64: each row's vertices, parents before children (``ValueError`` on a
+    """``[B, N]`` int32: each row's vertices, parents before children (``ValueError`` on a
     cycle or a parent outside ``[-1, N)``)."""
     return ref.tree_order(parent)
 

@@ -151,7 +151,7 @@ class ProdigeEmbedding(nn.Module):
         # the cached search trees (training only; rebuilt, never saved: see refresh_trees)
         N = graph.num_nodes
         # [3, K, N]: per anchor the edge into each vertex, its parent, the vertices parents first
-        self.register_buffer("_tree_cache", torch.zeros(3, K, N, dtype=torch.long, device=dev), persistent=False)
+        self.register_buffer("_tree_cache", torch.zeros(3, K, N, dtype=torch.int32, device=dev), persistent=False)
         self.register_buffer("_tree_step", torch.zeros((), dtype=torch.long, device=dev), persistent=False)
         self.register_buffer("_edge_src", torch.zeros(0, dtype=torch.long, device=dev), persistent=False)
         self.register_load_state_dict_post_hook(_refresh_after_load)

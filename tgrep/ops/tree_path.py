@@ -8,18 +8,18 @@ from ..utils import check
 
 
 def _check_trees(edge, parent, device):
-    check.tensor("edge", edge, dtypes=(torch.int64,), dim=2, device=device)
-    check.tensor("parent", parent, dtypes=(torch.int64,), dim=2, device=device)
+    check.tensor("edge", edge, dtypes=(torch.int32,), dim=2, device=device)
+    check.tensor("parent", parent, dtypes=(torch.int32,), dim=2, device=device)
     if edge.shape != parent.shape:
         raise ValueError(f"'edge' and 'parent' must have the same shape, got {tuple(edge.shape)} and "
                          f"{tuple(parent.shape)}")
 
 
 def tree_order(parent: torch.Tensor) -> torch.Tensor:
-    """``[B, N]`` int64: each row's vertices of the forest ``parent`` (see :func:`tree_path_sums`)
+    """``[B, N]`` int32: each row's vertices of the forest ``parent`` (see :func:`tree_path_sums`)
     listed parents before children, the ``order`` :func:`tree_path_sums` follows. ``ValueError``
     on a cycle or an entry outside ``[-1, N)``."""
-    check.tensor("parent", parent, dtypes=(torch.int64,), dim=2)
+    check.tensor("parent", parent, dtypes=(torch.int32,), dim=2)
     return torch.ops.tgrep.tree_order(parent)
 
 
@@ -48,9 +48,9 @@ def tree_path_sums(weight: torch.Tensor, edge: torch.Tensor, parent: torch.Tenso
 
     Args:
         weight (Tensor): ``[E]`` edge lengths (floating).
-        edge (LongTensor): ``[B, N]`` int64 edge into each vertex.
-        parent (LongTensor): ``[B, N]`` int64 parent vertex (``v``: root, ``-1``: outside).
-        order (LongTensor, optional): ``[B, N]`` each row's vertices parents first, from
+        edge (IntTensor): ``[B, N]`` int32 edge into each vertex.
+        parent (IntTensor): ``[B, N]`` int32 parent vertex (``v``: root, ``-1``: outside).
+        order (IntTensor, optional): ``[B, N]`` each row's vertices parents first, from
             :func:`tree_order` (default: ``None``: computed here).
 
     Returns:
@@ -62,7 +62,7 @@ def tree_path_sums(weight: torch.Tensor, edge: torch.Tensor, parent: torch.Tenso
     _check_trees(edge, parent, device)
     if order is None:
         order = torch.ops.tgrep.tree_order(parent)
-    check.tensor("order", order, dtypes=(torch.int64,), dim=2, device=device)
+    check.tensor("order", order, dtypes=(torch.int32,), dim=2, device=device)
     if order.shape != parent.shape:
         raise ValueError(f"'order' must have the shape of 'parent' {tuple(parent.shape)}, got {tuple(order.shape)}")
     return torch.ops.tgrep.tree_path_sum(weight, edge, parent, order)

@@ -55,6 +55,7 @@ def _check_order(order: torch.Tensor, parent: torch.Tensor, fn: str) -> None:
     if not n:
         return
     ar = torch.arange(n, device=order.device).expand(B, n)
+    order = order.long()
     if not torch.equal(order.sort(1).values, ar):
         raise ValueError(f"{fn}: 'order' must list every vertex of its row once, each after its parent")
     pos = torch.empty_like(order).scatter_(1, order, ar)
@@ -65,12 +66,12 @@ def _check_order(order: torch.Tensor, parent: torch.Tensor, fn: str) -> None:
 
 
 def tree_order(parent: torch.Tensor) -> torch.Tensor:
-    """``[B, N]`` int64: each row's vertices parents first (terminal vertices, then by depth)."""
+    """``[B, N]`` int32: each row's vertices parents first (terminal vertices, then by depth)."""
     B, n = parent.shape
     depth = torch.zeros(B * n, dtype=torch.long, device=parent.device)
     for pair, _ in _walks(torch.zeros_like(parent), parent, 1, "tree_order"):
         depth[pair] += 1
-    return depth.view(B, n).argsort(dim=1, stable=True)
+    return depth.view(B, n).argsort(dim=1, stable=True).int()
 
 
 def tree_path_sum(weight: torch.Tensor, edge: torch.Tensor, parent: torch.Tensor,
@@ -96,7 +97,7 @@ def tree_path_gradient(grad: torch.Tensor, edge: torch.Tensor, parent: torch.Ten
 
 def predecessor_trees(pred: torch.Tensor, sources: torch.Tensor, edge_src: torch.Tensor, edge_map: torch.Tensor,
                       num_weights: int) -> torch.Tensor:
-    """``[3, B, N]`` int64 (edge, parent, order) of search trees from their CSR predecessors
+    """``[3, B, N]`` int32 (edge, parent, order) of search trees from their CSR predecessors
     ``pred`` (``-1``: none): a vertex with ``pred = e`` hangs from ``edge_src[e]`` by the edge
     ``edge_map[e]``; the source is its own root; a vertex without ``pred`` (unreached) hangs
     from the source by the virtual edge ``num_weights``."""
@@ -108,6 +109,6 @@ def predecessor_trees(pred: torch.Tensor, sources: torch.Tensor, edge_src: torch
     ok = pred >= 0
     e = pred.clamp_min(0)
     src = sources.long().unsqueeze(1).expand(B, n)
-    parent = torch.where(ok, edge_src[e], src)
-    edge = torch.where(ok, edge_map[e], num_weights)
+    parent = torch.where(ok, edge_src[e], src).int()
+    edge = torch.where(ok, edge_map[e], num_weights).int()
     return torch.stack([edge, parent, tree_order(parent)])
