@@ -193,3 +193,36 @@ def test_predecessor_trees_of_searches(seed, backend):
         with pytest.raises(ValueError, match="cycle"):  # a 2-cycle: 1 -> 2 -> 1
             torch.ops.tgrep.predecessor_trees(torch.tensor([[-1, 0, 1]]), torch.tensor([0]), torch.tensor([2, 1]),
                                               torch.tensor([0, 0]), 1)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_predecessor_trees_fallback_keeps_the_previous_tree_where_unreached(seed, backend):
+    gen = torch.Generator().manual_seed(seed)
+    n = 24
+    ei = torch.randint(0, n - 4, (2, 50), generator=gen)  # vertices 20..23 unreachable
+    indptr, indices, wc = to_csr(ei, n, torch.rand(50, dtype=torch.float64, generator=gen) + 0.1, undirected=True)
+    E = wc.numel()
+    src = torch.tensor([0, 3, 7])
+    p = torch.full((E,), 0.6, dtype=torch.float64)  # sampled: more vertices unreached
+    dist, pred = torch.ops.tgrep.shortest_paths(indptr, indices, wc, src, None, p, seed_tensor(seed, "cpu"), True)
+    esrc = torch.repeat_interleave(torch.arange(n), indptr.diff())
+    emap = torch.arange(E)
+    fb_edge, fb_parent = _forest(3, n, E + 1, gen, unreached=0.0)
+    fallback = torch.stack([fb_edge, fb_parent])
+    with tgrep.use_backend(backend):
+        trees = torch.ops.tgrep.predecessor_trees(pred, src, esrc, emap, E, fallback)
+        torch.library.opcheck(torch.ops.tgrep.predecessor_trees.default, (pred, src, esrc, emap, E, fallback))
+        plain = torch.ops.tgrep.predecessor_trees(pred, src, esrc, emap, E)
+    edge, parent, order = trees
+    unreached = (pred < 0) & (torch.arange(n) != src.unsqueeze(1))
+    assert bool(unreached.any()) and bool((~unreached).any())
+    assert torch.equal(edge[unreached], fb_edge[unreached]) and torch.equal(parent[unreached], fb_parent[unreached])
+    assert torch.equal(edge[~unreached], plain[0][~unreached]) and torch.equal(parent[~unreached], plain[1][~unreached])
+    w = torch.rand(E + 1, dtype=torch.float64, generator=gen) + 0.1
+    torch.testing.assert_close(tree_path_sums(w, edge, parent, order), _walk_sums(w, edge, parent))
+    with pytest.raises(ValueError, match="fallback"):
+        torch.ops.tgrep.predecessor_trees(pred, src, esrc, emap, E, fallback.long())
+    with tgrep.use_backend(backend), pytest.raises(ValueError, match="cycle"):  # two unreached vertices point at each other
+        bad = fallback.clone()
+        bad[1, 0, 20], bad[1, 0, 21] = 21, 20
+        torch.ops.tgrep.predecessor_trees(pred, src, esrc, emap, E, bad)

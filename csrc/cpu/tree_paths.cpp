@@ -149,9 +149,10 @@ at::Tensor tree_order(at::Tensor parent) {
 // The trees of searches from their CSR predecessors, as the two ops below take them, in one
 // pass: out[0] = edge (edge_map[pred], or num_weights: the virtual edge of an unreached vertex),
 // out[1] = parent (edge_src[pred]; the source for itself and for unreached vertices),
-// out[2] = the parents-first order.
+// out[2] = the parents-first order. With 'fallback' ([2, B, N] int32 edge and parent, e.g. the
+// row's previous tree), an unreached vertex keeps its fallback edge and parent instead.
 at::Tensor predecessor_trees(at::Tensor pred, at::Tensor sources, at::Tensor edge_src, at::Tensor edge_map,
-                             int64_t num_weights) {
+                             int64_t num_weights, c10::optional<at::Tensor> fallback) {
   for (const at::Tensor* t : {&pred, &sources, &edge_src, &edge_map}) {
     TORCH_CHECK_VALUE(t->device().is_cpu() && t->layout() == at::kStrided,
                       "predecessor_trees (C++): tensors must be dense and on the CPU");
@@ -166,6 +167,17 @@ at::Tensor predecessor_trees(at::Tensor pred, at::Tensor sources, at::Tensor edg
   const int64_t B = pred.size(0), n = pred.size(1), E = edge_src.numel();
   TORCH_CHECK_VALUE(n < std::numeric_limits<int32_t>::max(), "predecessor_trees (C++): N must be < 2^31 - 1");
   at::Tensor pr = pred.contiguous(), so = sources.contiguous(), es = edge_src.contiguous(), em = edge_map.contiguous();
+  const bool has_fb = fallback.has_value() && fallback->defined();
+  at::Tensor fb;
+  if (has_fb) {
+    TORCH_CHECK_VALUE(fallback->device().is_cpu() && fallback->layout() == at::kStrided,
+                      "predecessor_trees (C++): 'fallback' must be dense and on the CPU");
+    TORCH_CHECK_TYPE(fallback->scalar_type() == at::kInt, "predecessor_trees (C++): 'fallback' must be int32");
+    TORCH_CHECK_VALUE(fallback->dim() == 3 && fallback->size(0) == 2 && fallback->size(1) == B &&
+                      fallback->size(2) == n, "predecessor_trees (C++): 'fallback' must be [2, B, N]");
+    fb = fallback->contiguous();
+  }
+  const int32_t* fbp = has_fb ? fb.data_ptr<int32_t>() : nullptr;
   at::Tensor out = at::empty({3, B, n}, pr.options().dtype(at::kInt));
   if (B == 0 || n == 0) return out;
   const int64_t chunks = num_chunks(B, n);
@@ -189,8 +201,13 @@ at::Tensor predecessor_trees(at::Tensor pred, at::Tensor sources, at::Tensor edg
             const int64_t e = prow[v];
             if (e < -1 || e >= E) { errs[ch] = kPred; break; }
             if (e < 0) {
-              par[v] = static_cast<int32_t>(s);
-              edge[v] = static_cast<int32_t>(num_weights);
+              if (fbp && v != s) {  // unreached: the fallback tree's edge and parent (checked where read)
+                edge[v] = fbp[b * n + v];
+                par[v] = fbp[(B + b) * n + v];
+              } else {
+                par[v] = static_cast<int32_t>(s);
+                edge[v] = static_cast<int32_t>(num_weights);
+              }
               continue;
             }
             const int64_t u = esp[e], m = emp[e];
@@ -345,7 +362,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("predecessor_trees", &predecessor_trees,
         "Trees (edge, parent, order) of searches from their predecessors (see tgrep::predecessor_trees)",
         pybind11::arg("pred"), pybind11::arg("sources"), pybind11::arg("edge_src"), pybind11::arg("edge_map"),
-        pybind11::arg("num_weights"));
+        pybind11::arg("num_weights"), pybind11::arg("fallback") = pybind11::none());
   m.def("tree_order", &tree_order, "Parents-first vertex order of each row's forest (see tgrep::tree_order)",
         pybind11::arg("parent"));
   m.def("tree_path_sum", &tree_path_sum, "Sums of edge weights along given trees (see tgrep::tree_path_sum)",

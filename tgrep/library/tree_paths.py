@@ -12,6 +12,8 @@ transpose, so each is the other's backward and every order of derivative is exac
 """
 # no `from __future__ import annotations` here: torch.library infers the schema from real type hints
 
+from typing import Optional
+
 import torch
 from torch import Tensor
 
@@ -55,7 +57,10 @@ def _check_gradient(grad, edge, parent, order, num_edges):
         raise ValueError(f"'num_edges' must be >= 0, got {num_edges}")
 
 
-def _check_predecessors(pred, sources, edge_src, edge_map, num_weights):
+def _check_predecessors(pred, sources, edge_src, edge_map, num_weights, fallback=None):
+    if fallback is not None and (fallback.dtype != torch.int32 or fallback.shape != (2, *pred.shape)):
+        raise ValueError(f"'fallback' must be int32 [2, B, N] = [2, {pred.shape[0]}, {pred.shape[1]}], got "
+                         f"{fallback.dtype} of shape {tuple(fallback.shape)}")
     for name, t in (("pred", pred), ("sources", sources), ("edge_src", edge_src), ("edge_map", edge_map)):
         if t.dtype != torch.int64:
             raise TypeError(f"'{name}' must be int64, got {t.dtype}")
@@ -69,17 +74,20 @@ def _check_predecessors(pred, sources, edge_src, edge_map, num_weights):
 
 
 @kernel_op("tgrep::predecessor_trees", cpp=cpp_kernel("tree_paths", "predecessor_trees"), check=_check_predecessors)
-def predecessor_trees(pred: Tensor, sources: Tensor, edge_src: Tensor, edge_map: Tensor, num_weights: int) -> Tensor:
+def predecessor_trees(pred: Tensor, sources: Tensor, edge_src: Tensor, edge_map: Tensor, num_weights: int,
+                      fallback: Optional[Tensor] = None) -> Tensor:
     """``[3, B, N]`` int32 ``(edge, parent, order)`` of the trees of searches from ``sources``
     given their CSR predecessors ``pred`` (``tgrep::shortest_paths``' ``pred``): what
     ``tree_path_sum`` takes. ``edge_src[e]`` is CSR edge ``e``'s source vertex, ``edge_map[e]``
     its index into the weights; an unreached vertex hangs from the source by the virtual edge
-    ``num_weights`` (append its length to the weights)."""
-    return ref.predecessor_trees(pred, sources, edge_src, edge_map, num_weights)
+    ``num_weights`` (append its length to the weights), or with ``fallback`` ``[2, B, N]`` int32
+    (edge, parent: e.g. the row's previous tree) keeps its fallback edge and parent (the result
+    is then a forest whenever ``fallback`` is one: ``ValueError`` on a cycle)."""
+    return ref.predecessor_trees(pred, sources, edge_src, edge_map, num_weights, fallback)
 
 
 @predecessor_trees.register_fake
-def _(pred, sources, edge_src, edge_map, num_weights):
+def _(pred, sources, edge_src, edge_map, num_weights, fallback=None):
     return pred.new_empty((3, pred.shape[0], pred.shape[1]), dtype=torch.int32)
 
 

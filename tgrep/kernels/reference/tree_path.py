@@ -96,11 +96,12 @@ def tree_path_gradient(grad: torch.Tensor, edge: torch.Tensor, parent: torch.Ten
 
 
 def predecessor_trees(pred: torch.Tensor, sources: torch.Tensor, edge_src: torch.Tensor, edge_map: torch.Tensor,
-                      num_weights: int) -> torch.Tensor:
+                      num_weights: int, fallback: torch.Tensor | None = None) -> torch.Tensor:
     """``[3, B, N]`` int32 (edge, parent, order) of search trees from their CSR predecessors
     ``pred`` (``-1``: none): a vertex with ``pred = e`` hangs from ``edge_src[e]`` by the edge
     ``edge_map[e]``; the source is its own root; a vertex without ``pred`` (unreached) hangs
-    from the source by the virtual edge ``num_weights``."""
+    from the source by the virtual edge ``num_weights``, or, with ``fallback`` ``[2, B, N]``
+    (edge, parent; e.g. the row's previous tree), keeps its fallback edge and parent."""
     B, n = pred.shape
     E = edge_src.numel()
     check.values(check.index_flags("sources", sources, n) + check.index_flags("pred", pred, E, lower=-1))
@@ -111,4 +112,8 @@ def predecessor_trees(pred: torch.Tensor, sources: torch.Tensor, edge_src: torch
     src = sources.long().unsqueeze(1).expand(B, n)
     parent = torch.where(ok, edge_src[e], src).int()
     edge = torch.where(ok, edge_map[e], num_weights).int()
+    if fallback is not None:
+        keep = ~ok & (torch.arange(n, device=pred.device) != src)
+        edge = torch.where(keep, fallback[0], edge)
+        parent = torch.where(keep, fallback[1], parent)
     return torch.stack([edge, parent, tree_order(parent)])
