@@ -1,8 +1,9 @@
-// Path sums over given shortest-path trees on CPU: tgrep::tree_path_sum and its transpose
-// tgrep::tree_path_gradient. The executable spec is tgrep/kernels/reference/tree_path.py.
+// Path sums over given shortest-path trees on CPU: tgrep::predecessor_trees, tgrep::tree_order,
+// tgrep::tree_path_sum and its transpose tgrep::tree_path_gradient. The executable spec is
+// tgrep/kernels/reference/tree_path.py.
 //
-// Row b holds a forest over N vertices: parent[b, v] is v's parent vertex, v itself for a root
-// and -1 for a vertex outside the forest (both "terminal"); edge[b, v] is the index into
+// Row b holds a forest over N vertices (int32): parent[b, v] is v's parent vertex, v itself for
+// a root and -1 for a vertex outside the forest (both "terminal"); edge[b, v] is the index into
 // 'weight' of the edge from parent[b, v] to v (read only for non-terminal v). The walk from v
 // follows parent until a terminal vertex;
 //
@@ -11,14 +12,16 @@
 // (0 for terminal v). tree_path_gradient is the transpose: grad_weight[e] = sum of g[b, v] over
 // the (b, v) whose walk passes an x with edge[b, x] = e.
 //
-// One pass per row, O(N): vertices are finalised parents first by a memoised walk (each vertex
-// is pushed once on a stack; a walk longer than N vertices is a cycle, an error), so
-// out[v] = out[parent[v]] + weight[edge[v]]; the gradient accumulates subtree sums over the
-// reverse of that order. No host synchronisation beyond the error codes.
+// tree_order lists each row's vertices parents first (a memoised walk: each vertex pushed once
+// on a stack; a walk longer than N vertices is a cycle, an error). tree_path_sum runs one pass
+// over that order (out[v] = out[parent[v]] + weight[edge[v]]), tree_path_gradient one pass over
+// its reverse (subtree sums), both checking as they go that the order is a parents-first
+// permutation. predecessor_trees builds (edge, parent, order) from a search's CSR predecessors.
 //
-// Memory safety, whatever the caller passes: shapes are checked up front; every parent entry
-// read is checked to lie in [-1, N) and every edge entry read in [0, E), before use. Errors are
-// codes set inside the parallel region and raised after it; nothing is thrown inside it.
+// Memory safety, whatever the caller passes: shapes are checked up front; every index read
+// (parent in [-1, N), edge in [0, E), order in [0, N), pred, sources, edge_src, edge_map) is
+// checked before use. Errors are codes set inside the parallel region and raised after it;
+// nothing is thrown inside it.
 #include <torch/extension.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
