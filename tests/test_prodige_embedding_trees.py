@@ -160,6 +160,9 @@ def test_two_forwards_one_backward_and_arguments():
         ProdigeEmbedding(30, 4, refresh_every=0)
     with pytest.raises(TypeError, match="refresh_every"):
         ProdigeEmbedding(30, 4, refresh_every=2.0)
+    with pytest.raises(ValueError, match="refresh_every"):
+        emb.refresh_every = 0
+    assert emb.refresh_every == 2
     # refresh_every=1: every anchor searched afresh each step; more than K: one anchor per step
     for every, rows in ((1, 4), (10, 1)):
         e = ProdigeEmbedding(30, 4, refresh_every=every)

@@ -151,7 +151,7 @@ class ProdigeEmbedding(nn.Module):
         self.num_embeddings, self.embedding_dim, self.padding_idx = n, K, padding_idx
         self.budget, self.direction, self.sparse = budget, direction, sparse
         self.graph = graph
-        self.refresh_every = check.positive_int("refresh_every", refresh_every)
+        self.refresh_every = refresh_every
         dev = graph.indptr.device
         self.register_buffer("anchors", torch.arange(n, n + K, device=dev))
         # the cached search trees (training only; rebuilt, never saved: see refresh_trees)
@@ -230,6 +230,15 @@ class ProdigeEmbedding(nn.Module):
         emb.budget = budget
         emb.requires_grad_(not freeze)
         return emb
+
+    @property
+    def refresh_every(self) -> int:
+        """In training, each anchor's search tree is recomputed every this many forwards."""
+        return self._refresh_every
+
+    @refresh_every.setter
+    def refresh_every(self, value: int) -> None:
+        self._refresh_every = check.positive_int("refresh_every", value)
 
     def reset_parameters(self):
         self.graph.reset_parameters()
