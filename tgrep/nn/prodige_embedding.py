@@ -307,10 +307,10 @@ class ProdigeEmbedding(nn.Module):
         else:  # frozen presence: the deterministic graph
             w_csr = torch.where(g.presence_logit.detach()[g.perm] >= 0, w_csr, float("inf"))
             _, pred = torch.ops.tgrep.shortest_paths(g.indptr, g.indices, w_csr, src, None, None, seed, True)
-        # a new tensor, saved for backward as it is (never written in place: two forwards before
-        # one backward stay correct), becomes the cache
         # a vertex the sampled graph does not reach keeps its path of the anchor's previous tree
-        # (a path of the candidate graph), not the default distance
+        # (a path of the candidate graph), not the default distance; the updated cache is a new
+        # tensor, saved for backward as it is (never written in place: two forwards before one
+        # backward stay correct)
         old = self._tree_cache[:2].index_select(1, rows)
         trees = self._tree_cache.index_copy(1, rows, self._trees(src, pred, old))
         self._tree_cache = trees
