@@ -425,32 +425,45 @@ def _cpu_time(fn, repeat, warmup=2):
 
 def embedding_step(report, quick, verbose):
     """Training step (forward + backward + Adam) of a bag-of-words model, batch 64 x 50 tokens,
-    ProdigeEmbedding(2000, 16) (defaults: the stored numbers of nn.Embedding(2000, 16)) against
-    nn.Embedding(2000, 16); without and with REINFORCE; eager and torch.compile. Wall-clock
-    medians (the harness) and CPU-time medians of the calling thread (1 torch thread)."""
+    ProdigeEmbedding(2000, 16) (defaults: the stored numbers of nn.Embedding(2000, 16), cached
+    search trees refreshed every 4 steps) against nn.Embedding(2000, 16); without and with
+    REINFORCE; the ablation refresh_every=1 (every anchor searched at every step); eager and
+    torch.compile. Wall-clock medians (the harness) and CPU-time medians of the calling thread,
+    the arms interleaved step by step; both arms run with the same torch.get_num_threads()
+    (``--threads``, default 1)."""
     V, K = 2000, 16
     gen = torch.Generator().manual_seed(0)
     x, y = torch.randint(0, V, (64, 50), generator=gen), torch.randint(0, 2, (64,), generator=gen)
     reps = 5 if quick else 20
+    threads = torch.get_num_threads()
     torch.manual_seed(0)
     base = BagOfWords(torch.nn.Embedding(V, K), K)
     opt = torch.optim.Adam(base.parameters(), lr=0.01)
     base_step = (lambda o: lambda: _bow_step(base, x, y, o, False))(opt)
     t_base = timeit(base_step, repeat=reps * 5, warmup=3)["median"]
-    for reinforce in (False, True):
+    for reinforce, kwargs in ((False, {}), (True, {}), (False, {"refresh_every": 1})):
         torch.manual_seed(0)
-        model = BagOfWords(ProdigeEmbedding(V, K), K)
+        model = BagOfWords(ProdigeEmbedding(V, K, **kwargs), K)
         opt = torch.optim.Adam(model.parameters(), lr=0.01)
-        t = timeit(lambda: _bow_step(model, x, y, opt, reinforce), repeat=reps, warmup=2)["median"]
-        # CPU time, the two arms interleaved step by step (5 base steps per PRODIGE step)
-        cs, cb = [], []
-        for _ in range(reps):
-            cs.append(_cpu_time(lambda: _bow_step(model, x, y, opt, reinforce), 1, warmup=0))
-            cb += [_cpu_time(base_step, 1, warmup=0) for _ in range(5)]
+        step = (lambda m, o, rf: lambda: _bow_step(m, x, y, o, rf))(model, opt, reinforce)
+        t = timeit(step, repeat=reps, warmup=2)["median"]
+        # CPU time and wall time, the two arms interleaved step by step (5 base steps per PRODIGE step)
+        cs, cb, ws, wb = [], [], [], []
+        for _ in range(reps * 2):
+            w0 = time.perf_counter()
+            cs.append(_cpu_time(step, 1, warmup=0))
+            ws.append(time.perf_counter() - w0)
+            for _ in range(5):
+                w0 = time.perf_counter()
+                cb.append(_cpu_time(base_step, 1, warmup=0))
+                wb.append(time.perf_counter() - w0)
         c, c_base = float(np.median(cs)), float(np.median(cb))
-        report.add(f"bag-of-words step, ProdigeEmbedding({V}, {K}){' + reinforce' if reinforce else ''}, 64x50",
+        w, w_base = float(np.median(ws)), float(np.median(wb))
+        label = "".join(f", {k}={v}" for k, v in kwargs.items())
+        report.add(f"bag-of-words step, ProdigeEmbedding({V}, {K}{label}){' + reinforce' if reinforce else ''}, 64x50",
                    t, t_base, peer=f"nn.Embedding({V}, {K}) step", step_ratio=t / t_base, cpu_s=c,
-                   peer_cpu_s=c_base, cpu_step_ratio=c / c_base,
+                   peer_cpu_s=c_base, cpu_step_ratio=c / c_base, interleaved_wall_s=w, peer_interleaved_wall_s=w_base,
+                   interleaved_wall_ratio=w / w_base, threads=threads, refresh_every=model.emb.refresh_every,
                    stored_numbers=model.emb.num_stored_parameters(), embedding_numbers=V * K)
     # torch.compile: the embedding forward compiled (fullgraph), the search stays one opaque op
     torch.manual_seed(0)

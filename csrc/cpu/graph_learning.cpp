@@ -10,11 +10,14 @@
 // edge compute bit-identical updates (v_i + v_j == v_j + v_i in IEEE arithmetic), so the
 // two copies never drift apart, and every per-node sum (K w, K P) is a sequential row sum:
 // no atomics, no incidence gathers. One iteration is two passes over the rows:
-//   A: Y = w − γ(h2 w − 2c w0 + v_i + v_j), P = clip(Y − 2γz), then per node
-//      y = v + γ Kw, p = (y − √(y² + 4γ)) / 2, v' = p + γ KP − γ Kw        (dual, stored aside)
-//   B: w += P − γ(h2 P − 2c w0 + p_i + p_j) − Y     (Y recomputed from w and the old v)
-// Graphs of a batch (`gptr`: node ranges) are independent problems: each has its own step
-// γ_g and its own stopping test, exactly as if it were solved alone; a single graph runs its
+//   A: Y = w − τ(h2 w − 2c w0 + v_i + v_j), P = clip(Y − 2τz), then per node
+//      y = v + σ_i Kw, p = (y − √(y² + 4σ_i)) / 2, v' = p + σ_i KP − σ_i Kw   (dual, stored aside)
+//   B: w += P − τ(h2 P − 2c w0 + p_i + p_j) − Y     (Y recomputed from w and the old v)
+// Diagonal preconditioning: primal step τ_g on every edge of graph g, dual step
+// σ_i = s_g / deg_i at node i (deg_i = its CSR row length), (τ_g, s_g) from
+// reference.graph_learning.graph_steps. Graphs of a batch (`gptr`: node ranges) are
+// independent problems: each has its own steps and its own stopping test, exactly as if it
+// were solved alone; a single graph runs its
 // rows in parallel, a batch runs its graphs in parallel. Indices are validated by the custom
 // op tgrep::graph_learning_fbf before this runs; `build_csr` bounds-checks them again.
 // Twin: tgrep/kernels/reference/graph_learning.py (log_model).
@@ -27,7 +30,8 @@
 // ids, so the per-slot gathers v[j], p[j] hit the cache; BFS never leaves a connected component
 // and starts from the smallest unvisited id, so the node ranges of a batch's graphs are kept):
 // ptr [n+1] and nbr [2E] int32 in the new numbering, eid [2E] (edge of each slot),
-// first [E] (a slot of every edge; both slots of an edge hold the same value).
+// first [E] (a slot of every edge; both slots of an edge hold the same value), perm [n] (the
+// old id of every new node).
 std::vector<torch::Tensor> build_csr(torch::Tensor row, torch::Tensor col, int64_t n) {
   TORCH_CHECK(row.is_contiguous() && col.is_contiguous() && row.scalar_type() == torch::kInt64 &&
               col.scalar_type() == torch::kInt64 && row.numel() == col.numel(), "build_csr: int64 row/col expected");
@@ -77,6 +81,9 @@ std::vector<torch::Tensor> build_csr(torch::Tensor row, torch::Tensor col, int64
   torch::Tensor nbr = torch::empty({2 * E}, torch::TensorOptions().dtype(torch::kInt32));
   torch::Tensor eid = torch::empty({2 * E}, opt);
   torch::Tensor first = torch::empty({E}, opt);
+  torch::Tensor perm_t = torch::empty({n}, opt);
+  int64_t* pm = perm_t.data_ptr<int64_t>();
+  for (int64_t u = 0; u < n; ++u) pm[u] = perm[u];
   int64_t* pp = ptr.data_ptr<int64_t>();
   int32_t* nb = nbr.data_ptr<int32_t>();
   int64_t* ei = eid.data_ptr<int64_t>();
@@ -92,7 +99,7 @@ std::vector<torch::Tensor> build_csr(torch::Tensor row, torch::Tensor col, int64
     }
     pp[u + 1] = k;
   }
-  return {ptr, nbr, eid, first};
+  return {ptr, nbr, eid, first, perm_t};
 }
 
 template <typename T>
@@ -111,7 +118,7 @@ struct Problem {
 
 // one FBF iteration on the nodes [lo, hi) (a whole graph); returns the four squared norms
 template <typename T>
-static void iterate(const Problem<T>& q, int64_t lo, int64_t hi, T g, bool par, int64_t nt, double* out) {
+static void iterate(const Problem<T>& q, int64_t lo, int64_t hi, T g, T s, bool par, int64_t nt, double* out) {
   double dn = 0, dd = 0, pn = 0, pd = 0;
   const int64_t* ptr = q.ptr;
   const int32_t* nbr = q.nbr;
@@ -129,10 +136,12 @@ static void iterate(const Problem<T>& q, int64_t lo, int64_t hi, T g, bool par, 
       sw += wa;
       sp += Pa;
     }
-    const T y = vi + g * sw;
-    const T pi = (y - std::sqrt(y * y + T(4) * g)) / T(2);
+    const int64_t deg = ptr[i + 1] - ptr[i];
+    const T sg = s / T(deg > 0 ? deg : 1);
+    const T y = vi + sg * sw;
+    const T pi = (y - std::sqrt(y * y + T(4) * sg)) / T(2);
     q.p[i] = pi;
-    const T dv = pi + g * sp - y;
+    const T dv = pi + sg * sp - y;
     dn += double(dv) * double(dv);
     dd += double(vi) * double(vi);
     q.vn[i] = vi + dv;
@@ -185,10 +194,10 @@ static void fbf_impl(const torch::Tensor& ptr, const torch::Tensor& nbr, const t
       s[3] = 1;
       return;
     }
-    const T g = T(gam[gi]);
+    const T g = T(gam[2 * gi]), sg = T(gam[2 * gi + 1]);
     double nrm[4];
     for (int64_t it = 0; it < steps; ++it) {
-      iterate(q, lo, hi, g, par, nt, nrm);
+      iterate(q, lo, hi, g, sg, par, nt, nrm);
       s[0] += 1;
       s[1] = nrm[1] > 0 ? std::sqrt(nrm[0] / nrm[1]) : INFINITY;
       s[2] = nrm[3] > 0 ? std::sqrt(nrm[2] / nrm[3]) : INFINITY;
@@ -213,7 +222,7 @@ void fbf_csr_steps(torch::Tensor ptr, torch::Tensor nbr, torch::Tensor z, torch:
     TORCH_CHECK(t->is_contiguous(), "fbf_csr_steps: contiguous inputs expected");
   const int64_t S = z.numel(), n = v.numel(), G = gptr.numel() - 1;
   TORCH_CHECK(ptr.numel() == n + 1 && nbr.numel() == S && w.numel() == S && P.numel() == S &&
-              (w0.numel() == 0 || w0.numel() == S) && G >= 1 && gamma.numel() == G && state.numel() == 4 * G,
+              (w0.numel() == 0 || w0.numel() == S) && G >= 1 && gamma.numel() == 2 * G && state.numel() == 4 * G,
               "fbf_csr_steps: inconsistent sizes");
   TORCH_CHECK(ptr.scalar_type() == torch::kInt64 && nbr.scalar_type() == torch::kInt32 &&
               gptr.scalar_type() == torch::kInt64 && gamma.scalar_type() == torch::kFloat64 &&

@@ -6,6 +6,7 @@ run the C++ kernel on CPU, the Triton kernel on CUDA and the plain-torch referen
 # PRODIGE: batched stochastic shortest paths and the REINFORCE sums over what they read
 from .shortest_path import ShortestPaths, edge_presence, shortest_paths
 from .reinforce import reinforce_coefficients
+from .tree_path import tree_order, tree_path_sums
 # EDRep: linear-time softmax normalizers
 from .kmeans import assign_clusters, kmeans
 from .softmax_norm import cluster_log_normalizer, cluster_statistics, exact_log_normalizer, log_normalizer
@@ -18,7 +19,8 @@ from .ot_compress import (OTCompressResult, degree_cost, degree_prior, label_cos
                           ot_compression_cost, psi, psi_grad)
 
 __all__ = [
-    "shortest_paths", "edge_presence", "ShortestPaths", "reinforce_coefficients",
+    "shortest_paths", "edge_presence", "ShortestPaths", "reinforce_coefficients", "tree_path_sums",
+    "tree_order",
     "kmeans", "assign_clusters", "log_normalizer", "exact_log_normalizer", "cluster_statistics",
     "cluster_log_normalizer",
     "knn", "knn_graph", "graph_learning_theta", "learn_graph", "solve_log_model", "solve_l2_model",

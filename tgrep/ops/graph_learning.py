@@ -124,6 +124,11 @@ def solve_log_model(row: torch.Tensor, col: torch.Tensor, z: torch.Tensor, num_n
         \min_{0 \le w \le w_{\max}}\; 2z^\top w - \mathbf 1^\top\log(Kw) + \|w\|^2 + c\|w - w_0\|^2
 
     (each undirected edge once; the prior and the cap are GSPBox's ``w_0``/``c`` and ``max_w``).
+    Forward-backward-forward primal-dual iterations (Komodakis & Pesquet 2015, as in GSPBox)
+    with diagonal steps: ``τ = step / (2(1+c) + √(2ρ))`` on every edge and ``σ_i = ρτ / deg_i``
+    at node ``i`` (``ρ``: mean support degree), so hubs of the support do not shrink every
+    node's step; started from the per-node closed-form solutions (Theorem 2 of Kalofolias &
+    Perraudin 2019), each edge the mean of its endpoints'.
 
     Args:
         row, col (LongTensor): the undirected support, each edge once (``row != col``).
@@ -132,14 +137,14 @@ def solve_log_model(row: torch.Tensor, col: torch.Tensor, z: torch.Tensor, num_n
         max_iter (int): iteration cap. (default: ``1000``)
         tol (float): stop when the relative primal and dual changes are both below it.
             (default: ``1e-5``)
-        step (float): step as a fraction of the largest safe step ``1/μ`` (``γ = step/μ``,
-            ``μ = 2(1+c) + ‖K‖``, with the guaranteed bound of ``‖K‖``). (default: ``0.9``)
+        step (float): the convergence bound ``2(1+c)τ + √(2ρτ²)`` of the steps above, a number
+            in ``(0, 1)``. (default: ``0.9``)
         w0 (Tensor, optional): prior weights of the support edges. (default: :obj:`None`)
         c (float): weight of the prior term. (default: ``0``)
         max_w (float): upper bound of every weight. (default: ``inf``)
         batch (LongTensor, optional): sorted graph of every node ``[num_nodes]`` (any
             non-negative ids; no support edge between graphs): each graph is solved as an
-            independent problem (own step ``γ``, own stopping test), exactly as if alone; the
+            independent problem (own steps, own stopping test), exactly as if alone; the
             reported iterations and changes are the worst graph's. (default: :obj:`None`)
         num_threads (int, optional): CPU threads of the C++ kernel. :obj:`None` times the
             first iterations with ``torch.get_num_threads()`` and with 1 thread and keeps the

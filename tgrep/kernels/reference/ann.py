@@ -1,10 +1,11 @@
 """Approximate and external nearest-neighbour searches behind ``tgrep::knn`` (CPU).
 
 * :func:`ivf` -- an inverted file searched by BLAS blocks: k-means lists (faiss' k-means on a
-  sample), then every list's members against the members of the ``P`` lists whose centroids are
-  nearest to its own (exact distances inside that candidate set, the C++ heap selection of
-  ``csrc/cpu/knn.cpp``); ``P`` is the smallest giving a recall ``>= IVF_RECALL`` on a sample of
-  queries checked against their exact lists. The default of ``knn='auto'`` at scale.
+  sample); every row probes the ``P`` lists whose centroids are nearest to it, and each list's
+  members are compared with all the rows probing it in one block (exact distances inside that
+  candidate set, the C++ heap selection of ``csrc/cpu/knn.cpp``); ``P`` is the smallest giving a
+  recall ``>= IVF_RECALL`` on a sample of queries checked against their exact lists. The
+  default of ``knn='auto'`` at scale.
 * :func:`hnsw` -- faiss' HNSW graph (Malkov & Yashunin 2016) on the rows of ``x``, then
   every row searched in it: O(n log n · d).
 * :func:`flat` -- ``faiss.IndexFlatL2`` (exact, BLAS).
@@ -28,7 +29,7 @@ STEP = 50_000          # rows per add/search call (progress granularity)
 IVF_LIST = 512         # mean list size: nlist = n / IVF_LIST
 IVF_RECALL = 0.99      # target recall of the candidate sets, checked on a sample of queries
 IVF_SAMPLE = 1000      # queries of that check
-IVF_MAX_PROBES = 64    # cap of P (lists scanned per list)
+IVF_MAX_PROBES = 32    # cap of P (lists probed per row)
 IVF_TRAIN = 32         # k-means sample: points per centroid (faiss' max_points_per_centroid)
 IVF_ITERS = 10         # k-means iterations
 STUCK = 0.5            # a row is re-queried when a point that found it is 2x nearer than its own nearest
@@ -134,10 +135,26 @@ def _exact_sample(xc, q, kk, chunk=64):
     return torch.cat(out)
 
 
+def _nearest_centroids(mod, home: torch.Tensor, xc: torch.Tensor, cent: torch.Tensor, p: int,
+                       num_threads: int) -> torch.Tensor:
+    """``[n, p]`` ids of the ``p`` centroids nearest to every row, its own (``home``) first,
+    searched among the ``2p`` centroids nearest to its own centroid (``csrc/cpu/knn.cpp``)."""
+    c = cent.shape[0]
+    m = min(c, 2 * p)
+    cnbr = torch.cat([torch.topk(torch.cdist(cent[a:a + 4096], cent), m, dim=1, largest=False).indices
+                      for a in range(0, c, 4096)]).contiguous()          # [c, m], in blocks: no [c, c] matrix
+    return mod.centroid_probes(xc, cent.contiguous(), home.contiguous(), cnbr, p, int(num_threads))
+
+
 def ivf(x: torch.Tensor, k: int, loop: bool, *, mod, num_threads: int = 1, bar=None, recall: float | None = None,
         list_size: int | None = None, probes: int | None = None, seed: int = 0, info: dict | None = None):
     """Inverted-file kNN of every row among the rows, exact inside each row's candidate lists.
 
+    Every row probes the ``P`` lists whose centroids are nearest to *it* (its own list first),
+    and the search runs list by list: the rows probing a list are gathered into one block
+    against the list's members (one BLAS product, then the C++ heap selection). ``P`` is the
+    smallest giving a recall ``>= IVF_RECALL`` on a sample of rows checked against their exact
+    neighbour lists; rows left with fewer than ``k`` neighbours are searched exactly.
     ``bar`` advances by ``n``; ``info`` (a dict, optional) receives ``lists``, ``probes``,
     ``sample_recall`` (the recall estimate that chose ``probes``) and ``repaired`` rows.
     ``mod``: the C++ extension ``csrc/cpu/knn.cpp`` (its heap selection).
@@ -149,6 +166,7 @@ def ivf(x: torch.Tensor, k: int, loop: bool, *, mod, num_threads: int = 1, bar=N
     xc = x.detach().float()
     xc = (xc - xc.mean(0, keepdim=True)).contiguous()
     nlist = max(1, min(n // max(1, list_size), 1 << 16))
+    pmax = min(nlist, IVF_MAX_PROBES)
     faiss = _faiss(num_threads)
     xs = xc.numpy()
     if nlist > 1:
@@ -159,24 +177,19 @@ def ivf(x: torch.Tensor, k: int, loop: bool, *, mod, num_threads: int = 1, bar=N
         flat_index = faiss.IndexFlatL2(d)
         flat_index.add(cent)
         home = torch.from_numpy(flat_index.search(xs, 1)[1][:, 0].astype(np.int64))
-        ct = torch.from_numpy(cent)
-        cn = torch.cdist(ct, ct)
-        pmax = min(nlist, IVF_MAX_PROBES)
-        cnbr = torch.topk(cn, pmax, dim=1, largest=False).indices          # [nlist, pmax], itself first
+        near = _nearest_centroids(mod, home, xc, torch.from_numpy(cent), pmax, num_threads)            # [n, pmax], own list first
     else:
-        home = torch.zeros(n, dtype=torch.long)
-        pmax = 1
-        cnbr = torch.zeros(1, 1, dtype=torch.long)
+        near = torch.zeros(n, 1, dtype=torch.long)
+    home = near[:, 0].contiguous()
     kk = min(k, n - (0 if loop else 1))
     if probes is None and nlist > 1 and kk > 0:
-        # recall of "the candidates of home(i) are the lists cnbr[home(i), :P]" on a sample:
-        # rank of each true neighbour's list among its query's probe order (pmax: not reached)
+        # recall of "row i's candidates are the lists near[i, :P]" on a sample: rank of each true
+        # neighbour's list in its row's probe order (pmax: not reached)
         g = torch.Generator().manual_seed(seed)
         q = torch.randperm(n, generator=g)[:min(n, IVF_SAMPLE)]
         true = _exact_sample(xc, q, kk)
-        hq, ht = home[q], home[true]
+        hit = near[q][:, None, :] == home[true][:, :, None]                  # [s, kk, pmax]
         rank = torch.full((q.numel(), kk), pmax, dtype=torch.long)
-        hit = cnbr[hq][:, None, :] == ht[:, :, None]                         # [s, kk, pmax]
         found = hit.any(2)
         rank[found] = hit.float().argmax(2)[found]
         srt = torch.sort(rank.reshape(-1)).values
@@ -186,53 +199,74 @@ def ivf(x: torch.Tensor, k: int, loop: bool, *, mod, num_threads: int = 1, bar=N
     else:
         probes = min(pmax, probes or pmax)
         est = None
+    # rows sorted by their own list; the lists' members are contiguous in that order
     order = torch.argsort(home, stable=True)
     lptr = torch.zeros(nlist + 1, dtype=torch.long)
     lptr[1:] = torch.cumsum(torch.bincount(home, minlength=nlist), 0)
     xp = xc[order].contiguous()
     norms = (xp * xp).sum(1).contiguous()
     xpn = xp.numpy()
-    xpT = xpn.T.copy()
     best_d = torch.full((n, max(kk, 1)), float("inf"))
     best_i = torch.full((n, max(kk, 1)), -1, dtype=torch.long)
     empty = torch.empty(0, dtype=torch.long)
     lp = lptr.tolist()
-    sizes = lptr.diff().tolist()
-    nbr = []
-    full = cnbr.tolist()
-    for li in range(nlist):   # at least kk + 1 candidates per list (k-means can leave tiny lists)
-        take, have = probes, sum(sizes[j] for j in full[li][:probes])
-        while have < kk + 1 and take < pmax:
-            have += sizes[full[li][take]]
-            take += 1
-        nbr.append(full[li][:take] if have >= kk + 1 else list(range(nlist)))
-    workers = max(1, min(int(num_threads), nlist))
+    workers = max(1, min(int(num_threads), n))
+    # pass 1: every list's rows against its own members (contiguous blocks; fills the heaps with
+    # near candidates, so pass 2 rarely inserts). Pass 2: the other probes of every row, grouped
+    # by list; worker w owns the rows [w n / W, (w + 1) n / W), so no two workers share a heap.
+    probe = near[order, 1:probes].reshape(-1)
+    who = torch.arange(n).repeat_interleave(max(probes - 1, 0))
+    key = probe * workers + who * workers // n
+    by_list = torch.argsort(key, stable=True)
+    who, key = who[by_list], key[by_list]
+    kptr = torch.zeros(nlist * workers + 1, dtype=torch.long)
+    kptr[1:] = torch.cumsum(torch.bincount(key, minlength=nlist * workers), 0)
+    kp = kptr.tolist()
+    del near, probe, by_list, key
     chunk = 1024
 
-    def work(wid):
+    def block(buf, rows, r0, c0, c1):
+        """Rows (a tensor of heap rows, or the range ``r0 + [0, m)``) against members ``[c0, c1)``."""
+        m = rows.numel() if rows is not None else r0[1] - r0[0]
+        size = m * (c1 - c0)
+        out = buf[:size].reshape(m, c1 - c0) if size <= buf.size else np.empty((m, c1 - c0), dtype=np.float32)
+        if rows is None:
+            a, b = r0
+            np.matmul(xpn[a:b], xpn[c0:c1].T, out=out)
+            mod.knn_select(torch.from_numpy(out), norms[a:b], norms[c0:c1], c0, a, not loop, empty, empty, empty,
+                           best_d[a:b], best_i[a:b], 1)
+        else:
+            np.matmul(xpn[rows.numpy()], xpn[c0:c1].T, out=out)
+            mod.knn_select(torch.from_numpy(out), norms[rows], norms[c0:c1], c0, 0, not loop, empty, empty, rows,
+                           best_d, best_i, 1)
+
+    def own(wid):
         buf = np.empty(chunk * 4 * list_size, dtype=np.float32)
         for li in range(wid, nlist, workers):
-            for a in range(lp[li], lp[li + 1], chunk):
-                b = min(lp[li + 1], a + chunk)
-                bd, bi = best_d[a:b], best_i[a:b]
-                for pj in nbr[li]:
-                    c0, c1 = lp[pj], lp[pj + 1]
-                    if c1 == c0:
-                        continue
-                    size = (b - a) * (c1 - c0)
-                    # a reused buffer (no page faults per block) unless a list is unusually large
-                    out = buf[:size].reshape(b - a, c1 - c0) if size <= buf.size else \
-                        np.empty((b - a, c1 - c0), dtype=np.float32)
-                    np.matmul(xpn[a:b], xpT[:, c0:c1], out=out)
-                    mod.knn_select(torch.from_numpy(out), norms[a:b], norms[c0:c1], c0, a, not loop, empty, empty,
-                                   bd, bi, 1)
+            c0, c1 = lp[li], lp[li + 1]
+            for a in range(c0, c1, chunk):
+                block(buf, None, (a, min(c1, a + chunk)), c0, c1)
             if bar is not None:
-                bar.update(lp[li + 1] - lp[li])
+                bar.update((c1 - c0) // 2)
+
+    def others(wid):
+        buf = np.empty(chunk * 4 * list_size, dtype=np.float32)
+        for li in range(nlist):
+            c0, c1 = lp[li], lp[li + 1]
+            r0, r1 = kp[li * workers + wid], kp[li * workers + wid + 1]
+            if c1 > c0:
+                for a in range(r0, r1, chunk):
+                    block(buf, who[a:min(r1, a + chunk)], None, c0, c1)
+            if bar is not None and wid == 0:
+                bar.update(c1 - c0 - (c1 - c0) // 2)
 
     if kk > 0:
         from .knn_host import run_workers
 
-        run_workers(work, workers)
+        run_workers(own, workers)
+        run_workers(others, workers)
+    elif bar is not None:
+        bar.update(n)
     # back to the original order (rows and neighbour ids)
     D = np.empty((n, max(kk, 1)), dtype=np.float32)
     I = np.empty((n, max(kk, 1)), dtype=np.int64)

@@ -32,16 +32,18 @@ def solve_cpp(mod, row, col, z, n, w0, c, max_w, max_iter, tol, step, num_thread
         node_graph = torch.zeros(n, dtype=torch.long)
         num_graphs = 1
     G = max(1, int(num_graphs))
-    gamma = ref.graph_gamma(row, col, n, step, c if prior else 0.0, node_graph, G).contiguous()
+    tau, s = ref.graph_steps(row, col, n, step, c if prior else 0.0, node_graph, G)
+    gamma = torch.stack([tau, s], 1).contiguous()   # [G, 2]: primal step, dual scale (σ_i = s / deg_i)
     gptr = torch.zeros(G + 1, dtype=torch.long)
     gptr[1:] = torch.cumsum(torch.bincount(node_graph, minlength=G), 0)
-    ptr, nbr, eid, first = mod.build_csr(row, col, int(n))
+    ptr, nbr, eid, first, perm = mod.build_csr(row, col, int(n))
     zs = z[eid].contiguous()
     w0s = w0.to(z.dtype)[eid].contiguous() if prior else z.new_empty(0)
-    del eid
-    w = torch.zeros_like(zs)
+    we, ve = ref.warm_start(row, col, z, n, max_w)
+    w = we[eid].contiguous()                     # both slots of an edge hold its value
+    v = ve[perm].contiguous()                    # nodes in the CSR's (breadth-first) numbering
+    del eid, we, ve, perm
     P = torch.zeros_like(zs)
-    v = torch.zeros(n, dtype=z.dtype)
     state = torch.zeros(G, 4, dtype=torch.float64)
     done, prev = 0, 0
     candidates = [num_threads] if num_threads == 1 else sorted({num_threads, 1}, reverse=True)

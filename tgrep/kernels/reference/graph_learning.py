@@ -11,17 +11,20 @@ w_e``; ``Kᵀv`` at edge ``(i, j)`` is ``v_i + v_j``). This is ``‖W∘Z‖_{1,
 ½‖W‖²_F`` for the symmetric ``W``.
 
 Forward-backward-forward primal-dual (Komodakis & Pesquet 2015, as in Kalofolias 2016), with
-``f1(w) = ι_{w≥0} + 2zᵀw`` (prox: ``max(0, w − 2γz)``), ``f2(d) = −1ᵀlog d`` (prox of its
-conjugate, closed form: ``p = (y − √(y² + 4γ)) / 2``), ``f3(w) = ‖w‖²`` (gradient ``2w``,
-Lipschitz 2)::
+``f1(w) = ι_{w≥0} + 2zᵀw`` (prox: ``max(0, w − 2τz)``), ``f2(d) = −1ᵀlog d`` (prox of its
+conjugate, closed form: ``p = (y − √(y² + 4σ)) / 2``), ``f3(w) = ‖w‖²`` (gradient ``2w``,
+Lipschitz 2), in the diagonal metric of a primal step ``τ`` per edge and a dual step ``σ_i``
+per node::
 
-    Y = w − γ(2w + Kᵀv)          y = v + γKw
-    P = max(0, Y − 2γz)          p = (y − √(y² + 4γ)) / 2
-    Q = P − γ(2P + Kᵀp)          q = p + γKP
+    Y = w − τ(2w + Kᵀv)          y = v + σ∘Kw
+    P = max(0, Y − 2τz)          p = (y − √(y² + 4σ)) / 2
+    Q = P − τ(2P + Kᵀp)          q = p + σ∘KP
     w ← w − Y + Q                v ← v − y + q
 
-It converges for ``γ < 1/μ``, ``μ = 2 + ‖K‖``. ``‖K‖² = λ_max(KKᵀ)`` and ``KKᵀ = D + A`` is
-the signless Laplacian of the support, so ``‖K‖² ≤ max_{(i,j)∈E}(deg_i + deg_j)``.
+``σ_i = s / deg_i`` (support degree) and ``2τ + √(2sτ) < 1`` make it converge
+(:func:`graph_steps`): the step does not shrink with the largest degree of the support, as
+the uniform step ``γ < 1/(2 + ‖K‖)`` of the paper does (``‖K‖² = λ_max(KKᵀ)``, ``KKᵀ = D + A``
+the signless Laplacian of the support, ``‖K‖² ≤ max_{(i,j)∈E}(deg_i + deg_j)``).
 
 This module is the executable spec (and the test reference): :func:`fbf_log_steps` is the
 twin of ``csrc/cpu/graph_learning.cpp``; :func:`dense_log_model` solves the exact model on
@@ -101,22 +104,108 @@ def degrees(row, col, w, n):
     return d
 
 
-def graph_gamma(row, col, n, step: float, c: float, node_graph, num_graphs: int) -> torch.Tensor:
-    """Per-graph step ``γ_g = step / μ_g``, ``μ_g = 2(1 + c) + √max_{(i,j)∈E_g}(deg_i + deg_j)``
-    (``[num_graphs]`` float64; a graph without edges gets ``step / (2(1 + c))``)."""
-    mu = torch.zeros(num_graphs, dtype=torch.float64, device=row.device)
+def support_degrees(row, col, n) -> torch.Tensor:
+    """Number of support edges at every node (``[n]`` int64)."""
+    return torch.bincount(row, minlength=n) + torch.bincount(col, minlength=n)
+
+
+def graph_steps(row, col, n, step: float, c: float, node_graph, num_graphs: int):
+    r"""Diagonally preconditioned steps of every graph: ``(tau [G], s [G])`` float64.
+
+    Edge ``e`` of graph ``g`` takes the primal step ``τ_g`` and node ``i`` the dual step
+    ``σ_i = s_g / deg_i`` (``deg_i``: support edges at ``i``), with ``ρ_g`` the mean support
+    degree of the graph's non-isolated nodes, ``τ_g = step / (2(1 + c) + √(2ρ_g))`` and
+    ``s_g = ρ_g τ_g``. FBF in the metric ``Γ = diag(τ, σ)`` converges when the linear part
+    ``[[2(1+c)I, Kᵀ], [−K, 0]]`` has norm below 1 in that metric; its norm is at most
+    ``2(1+c)τ + ‖Σ^{1/2} K T^{1/2}‖`` and ``Σ^{1/2}KKᵀΣ^{1/2} = s(I + D^{-1/2}AD^{-1/2})``
+    has spectral radius ``≤ 2s``, so the bound is ``2(1+c)τ + √(2sτ) = step < 1``. Unlike a
+    uniform step ``1/‖K‖`` (``‖K‖² ≤ max_{(i,j)}(deg_i + deg_j)``), it does not shrink with the
+    largest degree: approximate-kNN supports of a million points have hubs of degree ~10³,
+    which made the uniform step ~4x smaller than the typical node needs. On a regular support
+    both are the same step.
+    """
+    G = max(1, int(num_graphs))
+    dev = row.device
+    h2 = 2.0 * (1.0 + c)
+    rho = torch.zeros(G, dtype=torch.float64, device=dev)
     if row.numel():
-        deg = torch.bincount(row, minlength=n) + torch.bincount(col, minlength=n)
-        mu.scatter_reduce_(0, node_graph[row], (deg[row] + deg[col]).double(), "amax", include_self=True)
-    return step / (2.0 * (1.0 + c) + mu.sqrt())
+        deg = support_degrees(row, col, n)
+        slots = torch.zeros(G, dtype=torch.float64, device=dev).index_add_(0, node_graph, deg.double())
+        nodes = torch.zeros(G, dtype=torch.float64, device=dev).index_add_(0, node_graph, (deg > 0).double())
+        rho = slots / nodes.clamp_min(1.0)
+    tau = step / (h2 + torch.sqrt(2.0 * rho))
+    return tau, rho * tau
 
 
-def fbf_log_steps(row, col, z, n, w, v, P, gamma, steps: int, tol: float, w0=None, c: float = 0.0,
+def node_sigma(row, col, n, s: torch.Tensor, node_graph) -> torch.Tensor:
+    """Dual step of every node, ``σ_i = s_g / max(deg_i, 1)`` (``[n]`` float64)."""
+    deg = support_degrees(row, col, n) if row.numel() else torch.zeros(n, dtype=torch.long, device=s.device)
+    return s[node_graph] / deg.clamp_min(1).double()
+
+
+def warm_start(row, col, z, n, max_w: float = math.inf):
+    r"""Starting point of the solver: ``(w [E], v [n])``.
+
+    Every node ``i`` solves its own problem ``min_{w≥0} Σ_{e∋i} w_e z_e − log Σ_{e∋i} w_e +
+    ½Σ_{e∋i} w_e²`` (problem (8) of the 2019 paper on its support edges, ``θ`` already in
+    ``z``) in closed form (Theorem 2: ``w_e = max(0, λ_i − z_e)``); each edge starts at the mean
+    of its two endpoints' values (capped at ``max_w``) and the dual at its optimum for those
+    weights, ``v_i = −1/(Kw)_i`` (``0`` at a node without edges). This is the row-wise
+    relaxation the paper chooses ``θ`` with, so the degrees start near ``k``: from ``w = 0``
+    the slowest (graph-wide) modes of the iteration start at full amplitude, and the
+    iterations grew from 154 at 100k nodes to 511 at 1M (``census_like``); from here they
+    stay flat (``benchmarks/README.md``).
+    """
+    E = z.numel()
+    dev = z.device
+    if E == 0:
+        return z.new_zeros(0), z.new_zeros(n)
+    node = torch.cat([row, col])
+    zz = torch.cat([z, z]).double()
+    o = torch.argsort(zz, stable=True)
+    o = o[torch.argsort(node[o], stable=True)]          # slots by node, then by distance
+    nd, zs = node[o], zz[o]
+    deg = torch.bincount(node, minlength=n)
+    ptr = torch.zeros(n + 1, dtype=torch.long, device=dev)
+    ptr[1:] = torch.cumsum(deg, 0)
+    pos = torch.arange(2 * E, device=dev) - ptr[nd]     # 0-based rank of the slot in its node
+    has = deg > 0
+    first = ptr[:-1]
+    # b = sum of the node's (pos + 1) smallest: a cumsum per node, nodes of one degree at once
+    # (each node's sums depend on its own distances only, so a batch matches its graphs alone)
+    b = torch.empty_like(zs)
+    by_deg = torch.argsort(deg, stable=True)
+    degs, counts = torch.unique_consecutive(deg[by_deg], return_counts=True)
+    start = 0
+    for D, cnt in zip(degs.tolist(), counts.tolist()):
+        nodes, start = by_deg[start:start + cnt], start + cnt
+        if D == 0:
+            continue
+        slots = first[nodes][:, None] + torch.arange(D, device=dev)[None, :]
+        b[slots] = torch.cumsum(zs[slots], 1)
+    kk = (pos + 1).double()
+    lam = (b + torch.sqrt(b * b + 4 * kk)) / (2 * kk)   # Theorem 2's λ for a support of pos + 1
+    stop = torch.full((n,), 2 * E + 1, dtype=torch.long, device=dev)
+    bad = lam <= zs                                     # Algorithm 1: the first rank where λ <= z ends it
+    stop.scatter_reduce_(0, nd[bad], pos[bad], "amin")
+    k = torch.minimum(stop, deg).clamp_min(1)
+    lam_node = torch.zeros(n, dtype=torch.float64, device=dev)
+    lam_node[has] = lam[(first + k - 1)[has]]
+    zd = z.double()
+    w = ((lam_node[row] - zd).clamp_min(0) + (lam_node[col] - zd).clamp_min(0)) / 2
+    w = w.clamp(max=max_w) if max_w < math.inf else w
+    d = degrees(row, col, w, n)
+    v = torch.where(d > 0, -1.0 / d.clamp_min(1e-300), torch.zeros_like(d))
+    return w.to(z.dtype), v.to(z.dtype)
+
+
+def fbf_log_steps(row, col, z, n, w, v, P, steps_g, steps: int, tol: float, w0=None, c: float = 0.0,
                   max_w: float = math.inf, node_graph=None, state=None):
     """Up to ``steps`` FBF iterations in place on ``(w, v)``; ``P`` gets the last prox output.
 
-    ``gamma`` is a float (one graph) or a ``[G]`` tensor with ``node_graph`` (the graph of
-    every node): the graphs are independent problems, each with its own step and its own
+    ``steps_g = (tau, s)``, ``[G]`` tensors of :func:`graph_steps` (``node_graph``: the graph
+    of every node; primal step ``τ_g`` on the edges of graph ``g``, dual step ``s_g / deg_i``
+    at node ``i``): the graphs are independent problems, each with its own steps and its own
     stopping test (both relative changes below ``tol``), so a batch is solved exactly as its
     graphs one by one. ``state`` (``[G, 4]`` float64: iterations, rel. primal change, rel.
     dual change, finished) is updated in place and returned. With a prior (``w0``, ``c > 0``)
@@ -126,13 +215,12 @@ def fbf_log_steps(row, col, z, n, w, v, P, gamma, steps: int, tol: float, w0=Non
     dev = z.device
     if node_graph is None:
         node_graph = torch.zeros(n, dtype=torch.long, device=dev)
-    G = int(gamma.numel()) if isinstance(gamma, torch.Tensor) else 1
-    gam = gamma.to(dev, torch.float64) if isinstance(gamma, torch.Tensor) else torch.full((1,), float(gamma),
-                                                                                         dtype=torch.float64, device=dev)
+    tau, s = (t.to(dev, torch.float64) for t in steps_g)
+    G = int(tau.numel())
     if state is None:
         state = torch.zeros(G, 4, dtype=torch.float64, device=dev)
     eg = node_graph[row]
-    ge, gn = gam[eg].to(z.dtype), gam[node_graph].to(z.dtype)
+    ge, gn = tau[eg].to(z.dtype), node_sigma(row, col, n, s, node_graph).to(z.dtype)
     edges = torch.bincount(eg, minlength=G) if row.numel() else torch.zeros(G, dtype=torch.long, device=dev)
     empty = (edges == 0) & (state[:, 3] == 0)
     state[empty, 1:3] = 0.0
@@ -171,11 +259,6 @@ def fbf_log_steps(row, col, z, n, w, v, P, gamma, steps: int, tol: float, w0=Non
     return state
 
 
-def fbf_gamma(row, col, n, step: float, c: float = 0.0) -> float:
-    """Step ``γ = step / μ``, ``μ = 2(1 + c) + ‖K‖`` (Lipschitz constant of the smooth term + bound of ‖K‖)."""
-    return step / (2.0 * (1.0 + c) + operator_norm_bound(row, col, n))
-
-
 def stats(state: torch.Tensor) -> list:
     """``[iterations, rel_primal, rel_dual]`` of a solve: the worst graph's."""
     if state.shape[0] == 0:
@@ -192,11 +275,10 @@ def log_model(row, col, z, n, *, max_iter=1000, tol=1e-5, step=0.9, w0=None, c=0
     if node_graph is None:
         node_graph = torch.zeros(n, dtype=torch.long, device=z.device)
         num_graphs = 1
-    gamma = graph_gamma(row, col, n, step, c if prior else 0.0, node_graph, num_graphs)
-    w = torch.zeros_like(z)
-    v = torch.zeros(n, dtype=z.dtype, device=z.device)
+    steps_g = graph_steps(row, col, n, step, c if prior else 0.0, node_graph, num_graphs)
+    w, v = warm_start(row, col, z, n, max_w)
     P = torch.zeros_like(z)
-    state = fbf_log_steps(row, col, z, n, w, v, P, gamma, max_iter, tol, w0=w0, c=c, max_w=max_w,
+    state = fbf_log_steps(row, col, z, n, w, v, P, steps_g, max_iter, tol, w0=w0, c=c, max_w=max_w,
                           node_graph=node_graph)
     return P, torch.tensor(stats(state), dtype=torch.float64)
 

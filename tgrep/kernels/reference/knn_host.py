@@ -56,7 +56,7 @@ def knn_cpp(mod, x: torch.Tensor, k: int, batch: torch.Tensor | None, loop: bool
                 np.matmul(xs[a:b], xsT[:, c0:c1], out=bufn[:size].reshape(b - a, c1 - c0))
                 G = buf[:size].view(b - a, c1 - c0)
                 by = batch[c0:c1].contiguous() if batch is not None else empty
-                mod.knn_select(G, norms[a:b], norms[c0:c1], c0, a, not loop, bq, by, bd, bi, 1)
+                mod.knn_select(G, norms[a:b], norms[c0:c1], c0, a, not loop, bq, by, empty, bd, bi, 1)
             if bar is not None:
                 bar.update(b - a)
 

@@ -1,0 +1,377 @@
+// Path sums over given shortest-path trees on CPU: tgrep::predecessor_trees, tgrep::tree_order,
+// tgrep::tree_path_sum and its transpose tgrep::tree_path_gradient. The executable spec is
+// tgrep/kernels/reference/tree_path.py.
+//
+// Row b holds a forest over N vertices (int32): parent[b, v] is v's parent vertex, v itself for
+// a root and -1 for a vertex outside the forest (both "terminal"); edge[b, v] is the index into
+// 'weight' of the edge from parent[b, v] to v (read only for non-terminal v). The walk from v
+// follows parent until a terminal vertex;
+//
+//   out[b, v] = sum of weight[edge[b, x]] over the non-terminal x on the walk from v
+//
+// (0 for terminal v). tree_path_gradient is the transpose: grad_weight[e] = sum of g[b, v] over
+// the (b, v) whose walk passes an x with edge[b, x] = e.
+//
+// tree_order lists each row's vertices parents first (a memoised walk: each vertex pushed once
+// on a stack; a walk longer than N vertices is a cycle, an error). tree_path_sum runs one pass
+// over that order (out[v] = out[parent[v]] + weight[edge[v]]), tree_path_gradient one pass over
+// its reverse (subtree sums), both checking as they go that the order is a parents-first
+// permutation. predecessor_trees builds (edge, parent, order) from a search's CSR predecessors.
+//
+// Memory safety, whatever the caller passes: shapes are checked up front; every index read
+// (parent in [-1, N), edge in [0, E), order in [0, N), pred, sources, edge_src, edge_map) is
+// checked before use. Errors are codes set inside the parallel region and raised after it;
+// nothing is thrown inside it.
+#include <torch/extension.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <limits>
+#include <string>
+#include <vector>
+
+namespace {
+
+enum Err : int { kOk = 0, kParent, kEdge, kCycle, kOrder, kSource, kPred, kEdgeSrc, kEdgeMap };
+
+std::string err_message(const char* fn, int err) {
+  std::string msg = std::string(fn) + " (C++): ";
+  switch (err) {
+    case kParent: return msg + "'parent' has entries outside [-1, N)";
+    case kEdge: return msg + "'edge' has entries outside [0, len(weight)) on a non-terminal vertex";
+    case kCycle: return msg + "'parent' holds a cycle (not a forest)";
+    case kOrder: return msg + "'order' must list every vertex of its row once, each after its parent";
+    case kSource: return msg + "'sources' has entries outside [0, N)";
+    case kPred: return msg + "'pred' has entries outside [-1, len(edge_src))";
+    case kEdgeSrc: return msg + "'edge_src' has entries outside [0, N)";
+    case kEdgeMap: return msg + "'edge_map' has entries outside [0, num_weights)";
+    default: return msg + "invalid input";
+  }
+}
+
+struct Scratch {
+  std::vector<uint32_t> mark;  // generation stamps: mark[v] == gen <=> v finalised in this row
+  std::vector<int32_t> stack, order;
+  uint32_t gen = 0;
+  explicit Scratch(int64_t n) : mark(n, 0u) {
+    stack.reserve(64);
+    order.reserve(n);
+  }
+  uint32_t next() {
+    if (++gen == 0) {
+      std::fill(mark.begin(), mark.end(), 0u);
+      gen = 1;
+    }
+    return gen;
+  }
+};
+
+// Finalises row b's vertices parents first: calls leaf(v) for terminal v and step(v, u, e) for
+// non-terminal v with parent u (already finalised) and edge e; with kOrder, appends every vertex
+// to S.order (parents first).
+template <bool kOrder, typename Leaf, typename Step>
+int traverse(int64_t n, int64_t E, const int32_t* par, const int32_t* edge, Scratch& S, Leaf leaf, Step step) {
+  const uint32_t gen = S.next();
+  if (kOrder) S.order.clear();
+  for (int64_t v0 = 0; v0 < n; ++v0) {
+    if (S.mark[v0] == gen) continue;
+    S.stack.clear();
+    int64_t u = v0;
+    for (;;) {  // climb until a finalised or terminal vertex
+      const int64_t p = par[u];
+      if (p < -1 || p >= n) return kParent;
+      if (p == -1 || p == u) {
+        leaf(u);
+        S.mark[u] = gen;
+        if (kOrder) S.order.push_back(static_cast<int32_t>(u));
+        break;
+      }
+      S.stack.push_back(static_cast<int32_t>(u));
+      if (static_cast<int64_t>(S.stack.size()) > n) return kCycle;
+      if (S.mark[p] == gen) break;
+      u = p;
+    }
+    for (auto it = S.stack.rbegin(); it != S.stack.rend(); ++it) {  // unwind: parents first
+      const int64_t x = *it, e = edge ? edge[x] : -1;
+      if (edge && (e < 0 || e >= E)) return kEdge;
+      step(x, par[x], e);
+      S.mark[x] = gen;
+      if (kOrder) S.order.push_back(static_cast<int32_t>(x));
+    }
+  }
+  return kOk;
+}
+
+void check_trees(const char* fn, const at::Tensor& edge, const at::Tensor& parent) {
+  for (const at::Tensor* t : {&edge, &parent}) {
+    TORCH_CHECK_VALUE(t->device().is_cpu() && t->layout() == at::kStrided, fn,
+                      " (C++): tensors must be dense and on the CPU");
+    TORCH_CHECK_TYPE(t->scalar_type() == at::kInt, fn, " (C++): 'edge' and 'parent' must be int32");
+  }
+  TORCH_CHECK_VALUE(parent.dim() == 2 && edge.sizes() == parent.sizes(), fn,
+                    " (C++): 'edge' and 'parent' must both be [B, N], got ", edge.sizes(), " and ", parent.sizes());
+  TORCH_CHECK_VALUE(parent.size(1) < std::numeric_limits<int32_t>::max(), fn, " (C++): N must be < 2^31 - 1");
+}
+
+int64_t num_chunks(int64_t B, int64_t n) {
+  if (B * n < (int64_t(1) << 15)) return 1;
+  return std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), B));
+}
+
+}  // namespace
+
+// Parents-first order of every row's vertices (the memoised walk); what the two ops below take.
+at::Tensor tree_order(at::Tensor parent) {
+  check_trees("tree_order", parent, parent);
+  const int64_t B = parent.size(0), n = parent.size(1);
+  at::Tensor pa = parent.contiguous();
+  at::Tensor out = at::empty({B, n}, pa.options());
+  if (B == 0 || n == 0) return out;
+  const int64_t chunks = num_chunks(B, n);
+  std::vector<int> errs(chunks, kOk);
+  const int32_t* pp = pa.data_ptr<int32_t>();
+  int32_t* op = out.data_ptr<int32_t>();
+  {
+    pybind11::gil_scoped_release no_gil;
+    at::parallel_for(0, chunks, 1, [&](int64_t c0, int64_t c1) {
+      for (int64_t ch = c0; ch < c1; ++ch) {
+        Scratch S(n);
+        for (int64_t b = ch * B / chunks, z = (ch + 1) * B / chunks; b < z && errs[ch] == kOk; ++b) {
+          errs[ch] = traverse<true>(n, -1, pp + b * n, nullptr, S, [](int64_t) {}, [](int64_t, int64_t, int64_t) {});
+          if (errs[ch] == kOk) std::copy(S.order.begin(), S.order.end(), op + b * n);
+        }
+      }
+    });
+  }
+  for (int err : errs) TORCH_CHECK_VALUE(err == kOk, err_message("tree_order", err));
+  return out;
+}
+
+// The trees of searches from their CSR predecessors, as the two ops below take them, in one
+// pass: out[0] = edge (edge_map[pred], or num_weights: the virtual edge of an unreached vertex),
+// out[1] = parent (edge_src[pred]; the source for itself and for unreached vertices),
+// out[2] = the parents-first order. With 'fallback' ([2, B, N] int32 edge and parent, e.g. the
+// row's previous tree), an unreached vertex keeps its fallback edge and parent instead.
+at::Tensor predecessor_trees(at::Tensor pred, at::Tensor sources, at::Tensor edge_src, at::Tensor edge_map,
+                             int64_t num_weights, c10::optional<at::Tensor> fallback) {
+  for (const at::Tensor* t : {&pred, &sources, &edge_src, &edge_map}) {
+    TORCH_CHECK_VALUE(t->device().is_cpu() && t->layout() == at::kStrided,
+                      "predecessor_trees (C++): tensors must be dense and on the CPU");
+    TORCH_CHECK_TYPE(t->scalar_type() == at::kLong, "predecessor_trees (C++): index tensors must be int64");
+  }
+  TORCH_CHECK_VALUE(pred.dim() == 2 && sources.dim() == 1 && sources.numel() == pred.size(0),
+                    "predecessor_trees (C++): 'pred' must be [B, N] and 'sources' [B]");
+  TORCH_CHECK_VALUE(edge_src.dim() == 1 && edge_map.dim() == 1 && edge_src.numel() == edge_map.numel(),
+                    "predecessor_trees (C++): 'edge_src' and 'edge_map' must both be [E]");
+  TORCH_CHECK_VALUE(num_weights >= 0 && num_weights < std::numeric_limits<int32_t>::max(),
+                    "predecessor_trees (C++): 'num_weights' must lie in [0, 2^31 - 1)");
+  const int64_t B = pred.size(0), n = pred.size(1), E = edge_src.numel();
+  TORCH_CHECK_VALUE(n < std::numeric_limits<int32_t>::max(), "predecessor_trees (C++): N must be < 2^31 - 1");
+  at::Tensor pr = pred.contiguous(), so = sources.contiguous(), es = edge_src.contiguous(), em = edge_map.contiguous();
+  const bool has_fb = fallback.has_value() && fallback->defined();
+  at::Tensor fb;
+  if (has_fb) {
+    TORCH_CHECK_VALUE(fallback->device().is_cpu() && fallback->layout() == at::kStrided,
+                      "predecessor_trees (C++): 'fallback' must be dense and on the CPU");
+    TORCH_CHECK_TYPE(fallback->scalar_type() == at::kInt, "predecessor_trees (C++): 'fallback' must be int32");
+    TORCH_CHECK_VALUE(fallback->dim() == 3 && fallback->size(0) == 2 && fallback->size(1) == B &&
+                      fallback->size(2) == n, "predecessor_trees (C++): 'fallback' must be [2, B, N]");
+    fb = fallback->contiguous();
+  }
+  const int32_t* fbp = has_fb ? fb.data_ptr<int32_t>() : nullptr;
+  at::Tensor out = at::empty({3, B, n}, pr.options().dtype(at::kInt));
+  if (B == 0 || n == 0) return out;
+  const int64_t chunks = num_chunks(B, n);
+  std::vector<int> errs(chunks, kOk);
+  const int64_t *pp = pr.data_ptr<int64_t>(), *sp = so.data_ptr<int64_t>(), *esp = es.data_ptr<int64_t>(),
+                *emp = em.data_ptr<int64_t>();
+  int32_t* op = out.data_ptr<int32_t>();
+  {
+    pybind11::gil_scoped_release no_gil;
+    at::parallel_for(0, chunks, 1, [&](int64_t c0, int64_t c1) {
+      for (int64_t ch = c0; ch < c1; ++ch) {
+        Scratch S(n);
+        for (int64_t b = ch * B / chunks, z = (ch + 1) * B / chunks; b < z && errs[ch] == kOk; ++b) {
+          const int64_t s = sp[b];
+          if (s < 0 || s >= n) { errs[ch] = kSource; break; }
+          int32_t* edge = op + b * n;
+          int32_t* par = op + (B + b) * n;
+          int32_t* ord = op + (2 * B + b) * n;
+          const int64_t* prow = pp + b * n;
+          for (int64_t v = 0; v < n && errs[ch] == kOk; ++v) {
+            const int64_t e = prow[v];
+            if (e < -1 || e >= E) { errs[ch] = kPred; break; }
+            if (e < 0) {
+              if (fbp && v != s) {  // unreached: the fallback tree's edge and parent (checked where read)
+                edge[v] = fbp[b * n + v];
+                par[v] = fbp[(B + b) * n + v];
+              } else {
+                par[v] = static_cast<int32_t>(s);
+                edge[v] = static_cast<int32_t>(num_weights);
+              }
+              continue;
+            }
+            const int64_t u = esp[e], m = emp[e];
+            if (u < 0 || u >= n) errs[ch] = kEdgeSrc;
+            else if (m < 0 || m >= num_weights) errs[ch] = kEdgeMap;
+            par[v] = static_cast<int32_t>(u);
+            edge[v] = static_cast<int32_t>(m);
+          }
+          if (errs[ch] != kOk) break;
+          errs[ch] = traverse<true>(n, -1, par, nullptr, S, [](int64_t) {}, [](int64_t, int64_t, int64_t) {});
+          if (errs[ch] == kOk) std::copy(S.order.begin(), S.order.end(), ord);
+        }
+      }
+    });
+  }
+  for (int err : errs) TORCH_CHECK_VALUE(err == kOk, err_message("predecessor_trees", err));
+  return out;
+}
+
+namespace {
+
+void check_order(const char* fn, const at::Tensor& order, const at::Tensor& parent) {
+  TORCH_CHECK_VALUE(order.device().is_cpu() && order.layout() == at::kStrided, fn,
+                    " (C++): tensors must be dense and on the CPU");
+  TORCH_CHECK_TYPE(order.scalar_type() == at::kInt, fn, " (C++): 'order' must be int32");
+  TORCH_CHECK_VALUE(order.sizes() == parent.sizes(), fn, " (C++): 'order' must have the shape of 'parent' ",
+                    parent.sizes(), ", got ", order.sizes());
+}
+
+}  // namespace
+
+at::Tensor tree_path_sum(at::Tensor weight, at::Tensor edge, at::Tensor parent, at::Tensor order) {
+  check_trees("tree_path_sum", edge, parent);
+  check_order("tree_path_sum", order, parent);
+  TORCH_CHECK_VALUE(weight.device().is_cpu() && weight.layout() == at::kStrided && weight.dim() == 1,
+                    "tree_path_sum (C++): 'weight' must be a dense 1-D CPU tensor");
+  TORCH_CHECK_TYPE(at::isFloatingType(weight.scalar_type()), "tree_path_sum (C++): 'weight' must be floating");
+  const int64_t B = parent.size(0), n = parent.size(1), E = weight.numel();
+  at::Tensor w = weight.detach().contiguous();
+  at::Tensor ed = edge.contiguous(), pa = parent.contiguous(), od = order.contiguous();
+  at::Tensor out = at::empty({B, n}, w.options());
+  if (B == 0 || n == 0) return out;
+  const int64_t chunks = num_chunks(B, n);
+  std::vector<int> errs(chunks, kOk);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, w.scalar_type(), "tree_path_sum", [&] {
+    const scalar_t* wp = w.data_ptr<scalar_t>();
+    const int32_t* ep = ed.data_ptr<int32_t>();
+    const int32_t* pp = pa.data_ptr<int32_t>();
+    const int32_t* qp = od.data_ptr<int32_t>();
+    scalar_t* op = out.data_ptr<scalar_t>();
+    pybind11::gil_scoped_release no_gil;
+    at::parallel_for(0, chunks, 1, [&](int64_t c0, int64_t c1) {
+      for (int64_t ch = c0; ch < c1; ++ch) {
+        Scratch S(n);
+        for (int64_t b = ch * B / chunks, z = (ch + 1) * B / chunks; b < z; ++b) {
+          const int32_t *pr = pp + b * n, *er = ep + b * n, *qr = qp + b * n;
+          scalar_t* o = op + b * n;
+          const uint32_t gen = S.next();
+          int err = kOk;
+          for (int64_t i = 0; i < n && err == kOk; ++i) {  // parents first: o[parent] is final
+            const int64_t v = qr[i];
+            if (v < 0 || v >= n || S.mark[v] == gen) { err = kOrder; break; }
+            const int64_t u = pr[v];
+            if (u < -1 || u >= n) { err = kParent; break; }
+            if (u == -1 || u == v) {
+              o[v] = scalar_t(0);
+            } else {
+              const int64_t e = er[v];
+              if (S.mark[u] != gen) err = kOrder;
+              else if (e < 0 || e >= E) err = kEdge;
+              else o[v] = o[u] + wp[e];
+            }
+            S.mark[v] = gen;
+          }
+          if (err != kOk) { errs[ch] = err; break; }
+        }
+      }
+    });
+  });
+  for (int err : errs) TORCH_CHECK_VALUE(err == kOk, err_message("tree_path_sum", err));
+  return out;
+}
+
+at::Tensor tree_path_gradient(at::Tensor grad, at::Tensor edge, at::Tensor parent, at::Tensor order,
+                              int64_t num_edges) {
+  check_trees("tree_path_gradient", edge, parent);
+  check_order("tree_path_gradient", order, parent);
+  TORCH_CHECK_VALUE(grad.device().is_cpu() && grad.layout() == at::kStrided,
+                    "tree_path_gradient (C++): 'grad' must be dense and on the CPU");
+  TORCH_CHECK_TYPE(at::isFloatingType(grad.scalar_type()), "tree_path_gradient (C++): 'grad' must be floating");
+  TORCH_CHECK_VALUE(grad.sizes() == parent.sizes(), "tree_path_gradient (C++): 'grad' must have the shape of "
+                    "'parent' ", parent.sizes(), ", got ", grad.sizes());
+  TORCH_CHECK_VALUE(num_edges >= 0, "tree_path_gradient (C++): 'num_edges' must be >= 0");
+  const int64_t B = parent.size(0), n = parent.size(1), E = num_edges;
+  at::Tensor g = grad.detach().contiguous();
+  at::Tensor ed = edge.contiguous(), pa = parent.contiguous(), od = order.contiguous();
+  at::Tensor out = at::zeros({E}, g.options());
+  if (B == 0 || n == 0) return out;
+  const int64_t chunks = num_chunks(B, n);
+  std::vector<int> errs(chunks, kOk);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, g.scalar_type(), "tree_path_gradient", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const scalar_t* gp = g.data_ptr<scalar_t>();
+    const int32_t* ep = ed.data_ptr<int32_t>();
+    const int32_t* pp = pa.data_ptr<int32_t>();
+    const int32_t* qp = od.data_ptr<int32_t>();
+    std::vector<std::vector<acc_t>> part(chunks);
+    {
+      pybind11::gil_scoped_release no_gil;
+      at::parallel_for(0, chunks, 1, [&](int64_t c0, int64_t c1) {
+        for (int64_t ch = c0; ch < c1; ++ch) {
+          std::vector<acc_t>& o = part[ch];
+          o.assign(E, acc_t(0));
+          std::vector<acc_t> acc(n);
+          Scratch S(n);
+          for (int64_t b = ch * B / chunks, z = (ch + 1) * B / chunks; b < z; ++b) {
+            const int32_t *pr = pp + b * n, *er = ep + b * n, *qr = qp + b * n;
+            const scalar_t* gr = gp + b * n;
+            for (int64_t v = 0; v < n; ++v) acc[v] = static_cast<acc_t>(gr[v]);
+            const uint32_t gen = S.next();
+            int err = kOk;
+            for (int64_t i = n - 1; i >= 0; --i) {  // children first: acc[v] is v's subtree sum
+              const int64_t v = qr[i];
+              if (v < 0 || v >= n || S.mark[v] == gen) { err = kOrder; break; }
+              S.mark[v] = gen;
+              const int64_t u = pr[v];
+              if (u < -1 || u >= n) { err = kParent; break; }
+              if (u == -1 || u == v) continue;
+              const int64_t e = er[v];
+              if (S.mark[u] == gen) { err = kOrder; break; }  // the parent must come earlier in 'order'
+              if (e < 0 || e >= E) { err = kEdge; break; }
+              o[e] += acc[v];
+              acc[u] += acc[v];
+            }
+            if (err != kOk) { errs[ch] = err; break; }
+          }
+        }
+      });
+    }
+    scalar_t* op = out.data_ptr<scalar_t>();
+    for (int64_t e = 0; e < E; ++e) {
+      acc_t s = acc_t(0);
+      for (const auto& q : part) s += q[e];
+      op[e] = static_cast<scalar_t>(s);
+    }
+  });
+  for (int err : errs) TORCH_CHECK_VALUE(err == kOk, err_message("tree_path_gradient", err));
+  return out;
+}
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("predecessor_trees", &predecessor_trees,
+        "Trees (edge, parent, order) of searches from their predecessors (see tgrep::predecessor_trees)",
+        pybind11::arg("pred"), pybind11::arg("sources"), pybind11::arg("edge_src"), pybind11::arg("edge_map"),
+        pybind11::arg("num_weights"), pybind11::arg("fallback") = pybind11::none());
+  m.def("tree_order", &tree_order, "Parents-first vertex order of each row's forest (see tgrep::tree_order)",
+        pybind11::arg("parent"));
+  m.def("tree_path_sum", &tree_path_sum, "Sums of edge weights along given trees (see tgrep::tree_path_sum)",
+        pybind11::arg("weight"), pybind11::arg("edge"), pybind11::arg("parent"), pybind11::arg("order"));
+  m.def("tree_path_gradient", &tree_path_gradient,
+        "Transpose of tree_path_sum: per-vertex values scattered onto the tree edges (see tgrep::tree_path_gradient)",
+        pybind11::arg("grad"), pybind11::arg("edge"), pybind11::arg("parent"), pybind11::arg("order"),
+        pybind11::arg("num_edges"));
+}

@@ -1,0 +1,228 @@
+"""tgrep::tree_order / tree_path_sum / tree_path_gradient: path lengths along given trees
+(C++ and reference), against explicit walks and the searches' own distances; opcheck, adjoint,
+double backward, errors, compile."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import tgrep
+from tgrep.ops import tree_order, tree_path_sums
+from tgrep.ops.shortest_path import seed_tensor
+from tgrep.utils import to_csr
+from _compile import count_compiles
+
+BACKENDS = ["reference", "cpp"]
+
+
+def _forest(B, n, E, gen, unreached=0.2):
+    """Random forests: vertex v's parent is an earlier vertex of a random permutation (so no
+    cycle), some roots (parent = self) and some vertices outside (-1, with no children)."""
+    parent = torch.empty(B, n, dtype=torch.long)
+    for b in range(B):
+        perm = torch.randperm(n, generator=gen)
+        out = torch.rand(n, generator=gen) < unreached
+        inside = perm[~out[perm]]
+        par = torch.full((n,), -1, dtype=torch.long)
+        for i, v in enumerate(inside.tolist()):
+            par[v] = v if i == 0 or torch.rand((), generator=gen) < 0.1 else \
+                inside[torch.randint(0, i, (), generator=gen)]
+        parent[b] = par
+    edge = torch.randint(0, E, (B, n), generator=gen)
+    return edge.int(), parent.int()
+
+
+def _walk_sums(w, edge, parent):
+    """Independent: every vertex walks its path in plain Python."""
+    B, n = parent.shape
+    out = torch.zeros(B, n, dtype=w.dtype)
+    for b in range(B):
+        for v in range(n):
+            x, s = v, 0.0
+            while parent[b, x] not in (-1, x):
+                s += float(w[edge[b, x]])
+                x = int(parent[b, x])
+            out[b, v] = s
+    return out
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_path_sums_equal_explicit_walks_and_search_distances(seed, backend):
+    gen = torch.Generator().manual_seed(seed)
+    w = torch.rand(30, dtype=torch.float64, generator=gen) + 0.1
+    edge, parent = _forest(4, 25, 30, gen)
+    with tgrep.use_backend(backend):
+        order = tree_order(parent)
+        got = tree_path_sums(w, edge, parent, order)
+        torch.testing.assert_close(tree_path_sums(w, edge, parent), got)  # order computed inside
+    # order: a parents-first permutation of every row
+    assert order.dtype == torch.int32
+    order, parent = order.long(), parent.long()
+    assert torch.equal(order.sort(1).values, torch.arange(25).expand(4, 25))
+    pos = torch.empty_like(order).scatter_(1, order, torch.arange(25).expand(4, 25))
+    inner = (parent >= 0) & (parent != torch.arange(25))
+    assert bool((pos.gather(1, parent.clamp_min(0)) < pos)[inner].all())
+    torch.testing.assert_close(got, _walk_sums(w, edge, parent.int()))
+    # on a search's own predecessor trees the path sums are its distances
+    n = 40
+    ei = torch.randint(0, n, (2, 120), generator=gen)
+    indptr, indices, wc = to_csr(ei, n, torch.rand(120, dtype=torch.float64, generator=gen) + 0.1, undirected=True)
+    src = torch.tensor([0, 5, 17])
+    dist, pred = torch.ops.tgrep.shortest_paths(indptr, indices, wc, src, None, None, seed_tensor(0, "cpu"), True)
+    esrc = torch.repeat_interleave(torch.arange(n), indptr.diff())
+    v = torch.arange(n)
+    par = torch.where(pred >= 0, esrc[pred.clamp_min(0)], torch.where(v == src[:, None], v, -1))
+    with tgrep.use_backend(backend):
+        d = tree_path_sums(wc, pred.clamp_min(0).int(), par.int())
+    torch.testing.assert_close(d, torch.where(torch.isinf(dist), 0.0, dist))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_opcheck_adjoint_and_double_backward(seed, backend):
+    gen = torch.Generator().manual_seed(seed)
+    E = 20
+    w = (torch.rand(E, dtype=torch.float64, generator=gen) + 0.1).requires_grad_()
+    edge, parent = _forest(3, 12, E, gen)
+    order = torch.ops.tgrep.tree_order(parent)
+    g = torch.randn(3, 12, dtype=torch.float64, generator=gen, requires_grad=True)
+    with tgrep.use_backend(backend):
+        torch.library.opcheck(torch.ops.tgrep.tree_order.default, (parent,))
+        torch.library.opcheck(torch.ops.tgrep.tree_path_sum.default, (w, edge, parent, order))
+        torch.library.opcheck(torch.ops.tgrep.tree_path_gradient.default, (g, edge, parent, order, E))
+        # <gradient(g), v> == <g, sum(v)>: the two ops are each other's transposes
+        v = torch.randn(E, dtype=torch.float64, generator=gen)
+        a = (torch.ops.tgrep.tree_path_gradient(g, edge, parent, order, E) * v).sum()
+        b = (g * torch.ops.tgrep.tree_path_sum(v, edge, parent, order)).sum()
+        torch.testing.assert_close(a, b)
+        assert torch.autograd.gradcheck(lambda x: tree_path_sums(x, edge, parent, order), (w,))
+        assert torch.autograd.gradgradcheck(lambda x: tree_path_sums(x, edge, parent, order).square(), (w,))
+    # cpp == reference in float32 too
+    wf = w.detach().float()
+    with tgrep.use_backend("reference"):
+        ref = tree_path_sums(wf, edge, parent, order)
+    with tgrep.use_backend("cpp"):
+        torch.testing.assert_close(tree_path_sums(wf, edge, parent, order), ref)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_bad_trees_raise_value_errors(backend):
+    w = torch.ones(4)
+    edge = torch.zeros(1, 3, dtype=torch.int32)
+    ok = torch.tensor([[0, 0, 1]], dtype=torch.int32)
+
+    def t(x):
+        return torch.tensor(x, dtype=torch.int32)
+
+    with tgrep.use_backend(backend):
+        order = tree_order(ok)
+        with pytest.raises(ValueError, match="cycle"):
+            tree_order(t([[1, 2, 0]]))
+        with pytest.raises(ValueError, match="parent"):
+            tree_order(t([[0, 3, 0]]))
+        with pytest.raises(ValueError, match="parent"):
+            tree_order(t([[0, -2, 0]]))
+        with pytest.raises(ValueError, match="edge"):
+            tree_path_sums(w, t([[0, 4, 0]]), ok, order)
+        with pytest.raises(ValueError, match="edge"):
+            tree_path_sums(w, t([[0, 0, -1]]), ok, order)
+        for bad in ([[2, 1, 0]], [[0, 0, 1]], [[0, 1, 3]]):  # child first, a duplicate, out of range
+            with pytest.raises(ValueError, match="order"):
+                tree_path_sums(w, edge, ok, t(bad))
+            with pytest.raises(ValueError, match="order"):
+                torch.ops.tgrep.tree_path_gradient(torch.ones(1, 3), edge, ok, t(bad), 4)
+        with pytest.raises(ValueError, match="order"):
+            tree_path_sums(w, edge, ok, order[:, :2])
+    with pytest.raises(TypeError, match="parent"):
+        tree_path_sums(w, edge, ok.long())
+    with pytest.raises(ValueError, match="same shape"):
+        tree_path_sums(w, edge[:, :2], ok)
+    # empty rows / vertices
+    assert tree_path_sums(w, edge[:0], ok[:0]).shape == (0, 3)
+
+
+def test_compile_fullgraph_no_recompiles(seed):
+    gen = torch.Generator().manual_seed(seed)
+    w = torch.rand(15, generator=gen) + 0.1
+    calls = []
+    for B, n in ((2, 6), (3, 9), (5, 7)):
+        edge, parent = _forest(B, n, 15, gen)
+        calls.append((w, edge, parent, torch.ops.tgrep.tree_order(parent)))
+    outs, graphs = count_compiles(tree_path_sums, *calls)
+    assert graphs == 1
+    for c, o in zip(calls, outs):
+        torch.testing.assert_close(o, tree_path_sums(*c))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_predecessor_trees_of_searches(seed, backend):
+    gen = torch.Generator().manual_seed(seed)
+    n = 30
+    ei = torch.randint(0, n - 3, (2, 60), generator=gen)  # the last 3 vertices are unreachable
+    indptr, indices, wc = to_csr(ei, n, torch.rand(60, dtype=torch.float64, generator=gen) + 0.1, undirected=True)
+    E = wc.numel()
+    src = torch.tensor([0, 4, 11, 29])
+    dist, pred = torch.ops.tgrep.shortest_paths(indptr, indices, wc, src, None, None, seed_tensor(0, "cpu"), True)
+    esrc = torch.repeat_interleave(torch.arange(n), indptr.diff())
+    emap = torch.randperm(E, generator=gen) // 2  # CSR edge -> weight index (both directions share one)
+    M = int(emap.max()) + 1
+    w = torch.rand(M, dtype=torch.float64, generator=gen) + 0.1
+    with tgrep.use_backend(backend):
+        trees = torch.ops.tgrep.predecessor_trees(pred, src, esrc, emap, M)
+        torch.library.opcheck(torch.ops.tgrep.predecessor_trees.default, (pred, src, esrc, emap, M))
+    edge, parent, order = trees
+    assert trees.shape == (3, 4, n)
+    live = torch.isfinite(dist)
+    assert torch.equal(parent[torch.arange(4), src], src)  # the sources are roots
+    assert bool((parent[~live] == src.unsqueeze(1).expand(4, n)[~live]).all())  # unreached: from the source
+    assert bool((edge[~live] == M).all())
+    # the path sums on these trees: explicit walks; the virtual edge's length for unreached vertices
+    wext = torch.cat([w, torch.tensor([7.5], dtype=torch.float64)])
+    got = tree_path_sums(wext, edge, parent, order)
+    expect = _walk_sums(wext, edge, parent)
+    torch.testing.assert_close(got, expect)
+    assert bool((got[~live] == 7.5).all())
+    with tgrep.use_backend(backend):
+        with pytest.raises(ValueError, match="sources"):
+            torch.ops.tgrep.predecessor_trees(pred, torch.tensor([0, 4, 11, 30]), esrc, emap, M)
+        with pytest.raises(ValueError, match="pred"):
+            torch.ops.tgrep.predecessor_trees(torch.where(pred == pred.max(), E, pred), src, esrc, emap, M)
+        with pytest.raises(ValueError, match="edge_map"):
+            torch.ops.tgrep.predecessor_trees(pred, src, esrc, emap + M, M)
+        with pytest.raises(ValueError, match="edge_src"):
+            torch.ops.tgrep.predecessor_trees(pred, src, esrc + n, emap, M)
+        with pytest.raises(ValueError, match="cycle"):  # a 2-cycle: 1 -> 2 -> 1
+            torch.ops.tgrep.predecessor_trees(torch.tensor([[-1, 0, 1]]), torch.tensor([0]), torch.tensor([2, 1]),
+                                              torch.tensor([0, 0]), 1)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_predecessor_trees_fallback_keeps_the_previous_tree_where_unreached(seed, backend):
+    gen = torch.Generator().manual_seed(seed)
+    n = 24
+    ei = torch.randint(0, n - 4, (2, 50), generator=gen)  # vertices 20..23 unreachable
+    indptr, indices, wc = to_csr(ei, n, torch.rand(50, dtype=torch.float64, generator=gen) + 0.1, undirected=True)
+    E = wc.numel()
+    src = torch.tensor([0, 3, 7])
+    p = torch.full((E,), 0.6, dtype=torch.float64)  # sampled: more vertices unreached
+    dist, pred = torch.ops.tgrep.shortest_paths(indptr, indices, wc, src, None, p, seed_tensor(seed, "cpu"), True)
+    esrc = torch.repeat_interleave(torch.arange(n), indptr.diff())
+    emap = torch.arange(E)
+    fb_edge, fb_parent = _forest(3, n, E + 1, gen, unreached=0.0)
+    fallback = torch.stack([fb_edge, fb_parent])
+    with tgrep.use_backend(backend):
+        trees = torch.ops.tgrep.predecessor_trees(pred, src, esrc, emap, E, fallback)
+        torch.library.opcheck(torch.ops.tgrep.predecessor_trees.default, (pred, src, esrc, emap, E, fallback))
+        plain = torch.ops.tgrep.predecessor_trees(pred, src, esrc, emap, E)
+    edge, parent, order = trees
+    unreached = (pred < 0) & (torch.arange(n) != src.unsqueeze(1))
+    assert bool(unreached.any()) and bool((~unreached).any())
+    assert torch.equal(edge[unreached], fb_edge[unreached]) and torch.equal(parent[unreached], fb_parent[unreached])
+    assert torch.equal(edge[~unreached], plain[0][~unreached]) and torch.equal(parent[~unreached], plain[1][~unreached])
+    w = torch.rand(E + 1, dtype=torch.float64, generator=gen) + 0.1
+    torch.testing.assert_close(tree_path_sums(w, edge, parent, order), _walk_sums(w, edge, parent))
+    with pytest.raises(ValueError, match="fallback"):
+        torch.ops.tgrep.predecessor_trees(pred, src, esrc, emap, E, fallback.long())
+    with tgrep.use_backend(backend), pytest.raises(ValueError, match="cycle"):  # two unreached vertices point at each other
+        bad = fallback.clone()
+        bad[1, 0, 20], bad[1, 0, 21] = 21, 20
+        torch.ops.tgrep.predecessor_trees(pred, src, esrc, emap, E, bad)

@@ -1,0 +1,153 @@
+"""Custom ops over given shortest-path trees: ``tgrep::predecessor_trees``, ``tgrep::tree_order``,
+``tgrep::tree_path_sum`` and its transpose ``tgrep::tree_path_gradient`` (PRODIGE family; what :class:`tgrep.nn.ProdigeEmbedding` trains
+through between two refreshes of its cached search trees).
+
+Kernels: C++ (``csrc/cpu/tree_paths.cpp``) on CPU, the reference
+(:mod:`tgrep.kernels.reference.tree_path`) elsewhere (CUDA included: no Triton kernel yet).
+The value checks (index ranges, cycles) run inside the kernels, in the pass that reads the
+values, so the op costs no separate validation pass; the ``check`` below is shapes only.
+
+Gradients: ``tree_path_sum`` is linear in ``weight`` and ``tree_path_gradient`` is its
+transpose, so each is the other's backward and every order of derivative is exact.
+"""
+# no `from __future__ import annotations` here: torch.library infers the schema from real type hints
+
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from .._ext import cpp_kernel
+from ..kernels.reference import tree_path as ref
+from ._register import kernel_op
+
+
+def _check_trees(edge: Tensor, parent: Tensor) -> None:
+    for name, t in (("edge", edge), ("parent", parent)):
+        if t.dtype != torch.int32:
+            raise TypeError(f"'{name}' must be int32, got {t.dtype}")
+    if parent.dim() != 2 or edge.shape != parent.shape:
+        raise ValueError(f"'edge' and 'parent' must both be [B, N], got {tuple(edge.shape)} and {tuple(parent.shape)}")
+
+
+def _check_order(order: Tensor, parent: Tensor) -> None:
+    if order.dtype != torch.int32 or order.shape != parent.shape:
+        raise ValueError(f"'order' must be int32 with the shape of 'parent' {tuple(parent.shape)}, "
+                         f"got {order.dtype} of shape {tuple(order.shape)}")
+
+
+def _check_parent(parent):
+    _check_trees(parent, parent)
+
+
+def _check_sum(weight, edge, parent, order):
+    if weight.dim() != 1 or not weight.is_floating_point():
+        raise ValueError(f"'weight' must be a 1-D floating tensor, got {weight.dtype} of shape {tuple(weight.shape)}")
+    _check_trees(edge, parent)
+    _check_order(order, parent)
+
+
+def _check_gradient(grad, edge, parent, order, num_edges):
+    _check_trees(edge, parent)
+    _check_order(order, parent)
+    if grad.shape != parent.shape or not grad.is_floating_point():
+        raise ValueError(f"'grad' must be floating with the shape of 'parent' {tuple(parent.shape)}, "
+                         f"got {grad.dtype} of shape {tuple(grad.shape)}")
+    if num_edges < 0:
+        raise ValueError(f"'num_edges' must be >= 0, got {num_edges}")
+
+
+def _check_predecessors(pred, sources, edge_src, edge_map, num_weights, fallback=None):
+    if fallback is not None and (fallback.dtype != torch.int32 or fallback.shape != (2, *pred.shape)):
+        raise ValueError(f"'fallback' must be int32 [2, B, N] = [2, {pred.shape[0]}, {pred.shape[1]}], got "
+                         f"{fallback.dtype} of shape {tuple(fallback.shape)}")
+    for name, t in (("pred", pred), ("sources", sources), ("edge_src", edge_src), ("edge_map", edge_map)):
+        if t.dtype != torch.int64:
+            raise TypeError(f"'{name}' must be int64, got {t.dtype}")
+    if pred.dim() != 2 or sources.shape != (pred.shape[0],):
+        raise ValueError(f"'pred' must be [B, N] and 'sources' [B], got {tuple(pred.shape)} and {tuple(sources.shape)}")
+    if edge_src.dim() != 1 or edge_map.shape != edge_src.shape:
+        raise ValueError(f"'edge_src' and 'edge_map' must both be [E], got {tuple(edge_src.shape)} and "
+                         f"{tuple(edge_map.shape)}")
+    if not 0 <= num_weights < 2**31 - 1:
+        raise ValueError(f"'num_weights' must lie in [0, 2^31 - 1), got {num_weights}")
+
+
+@kernel_op("tgrep::predecessor_trees", cpp=cpp_kernel("tree_paths", "predecessor_trees"), check=_check_predecessors)
+def predecessor_trees(pred: Tensor, sources: Tensor, edge_src: Tensor, edge_map: Tensor, num_weights: int,
+                      fallback: Optional[Tensor] = None) -> Tensor:
+    """``[3, B, N]`` int32 ``(edge, parent, order)`` of the trees of searches from ``sources``
+    given their CSR predecessors ``pred`` (``tgrep::shortest_paths``' ``pred``): what
+    ``tree_path_sum`` takes. ``edge_src[e]`` is CSR edge ``e``'s source vertex, ``edge_map[e]``
+    its index into the weights; an unreached vertex hangs from the source by the virtual edge
+    ``num_weights`` (append its length to the weights), or with ``fallback`` ``[2, B, N]`` int32
+    (edge, parent: e.g. the row's previous tree) keeps its fallback edge and parent (the result
+    is then a forest whenever ``fallback`` is one: ``ValueError`` on a cycle)."""
+    return ref.predecessor_trees(pred, sources, edge_src, edge_map, num_weights, fallback)
+
+
+@predecessor_trees.register_fake
+def _(pred, sources, edge_src, edge_map, num_weights, fallback=None):
+    return pred.new_empty((3, pred.shape[0], pred.shape[1]), dtype=torch.int32)
+
+
+@kernel_op("tgrep::tree_order", cpp=cpp_kernel("tree_paths", "tree_order"), check=_check_parent)
+def tree_order(parent: Tensor) -> Tensor:
+    """``[B, N]`` int32: each row's vertices, parents before children (``ValueError`` on a
+    cycle or a parent outside ``[-1, N)``)."""
+    return ref.tree_order(parent)
+
+
+@tree_order.register_fake
+def _(parent):
+    return parent.new_empty(parent.shape)
+
+
+@kernel_op("tgrep::tree_path_sum", cpp=cpp_kernel("tree_paths", "tree_path_sum"), check=_check_sum)
+def tree_path_sum(weight: Tensor, edge: Tensor, parent: Tensor, order: Tensor) -> Tensor:
+    """``[B, N]``: the sum of ``weight`` along each vertex's walk up its tree; see
+    :func:`tgrep.ops.tree_path_sums` for the contract."""
+    return ref.tree_path_sum(weight, edge, parent, order)
+
+
+@tree_path_sum.register_fake
+def _(weight, edge, parent, order):
+    return weight.new_empty(parent.shape)
+
+
+@kernel_op("tgrep::tree_path_gradient", cpp=cpp_kernel("tree_paths", "tree_path_gradient"), check=_check_gradient)
+def tree_path_gradient(grad: Tensor, edge: Tensor, parent: Tensor, order: Tensor, num_edges: int) -> Tensor:
+    """``[num_edges]``: ``grad`` scattered onto the edges of each vertex's walk (the transpose
+    of ``tree_path_sum``)."""
+    return ref.tree_path_gradient(grad, edge, parent, order, num_edges)
+
+
+@tree_path_gradient.register_fake
+def _(grad, edge, parent, order, num_edges):
+    return grad.new_empty(num_edges)
+
+
+def _sum_setup(ctx, inputs, output):
+    weight, edge, parent, order = inputs
+    ctx.save_for_backward(edge, parent, order)
+    ctx.num_edges = weight.shape[0]
+
+
+def _sum_backward(ctx, grad):
+    edge, parent, order = ctx.saved_tensors
+    g = tree_path_gradient(grad, edge, parent, order, ctx.num_edges) if ctx.needs_input_grad[0] else None
+    return g, None, None, None
+
+
+def _gradient_setup(ctx, inputs, output):
+    ctx.save_for_backward(*inputs[1:4])
+
+
+def _gradient_backward(ctx, grad):
+    edge, parent, order = ctx.saved_tensors
+    g = tree_path_sum(grad, edge, parent, order) if ctx.needs_input_grad[0] else None
+    return g, None, None, None, None
+
+
+tree_path_sum.register_autograd(_sum_backward, setup_context=_sum_setup)
+tree_path_gradient.register_autograd(_gradient_backward, setup_context=_gradient_setup)
