@@ -87,3 +87,30 @@ def test_solver_with_a_hub_reaches_the_dense_solution(backend):
     Wd = ref.dense_log_model(Z, 0.8, mask=sym, tol=1e-11, max_iter=60000)
     torch.testing.assert_close(W, Wd, atol=2e-6, rtol=0)
     assert info["converged"]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_cpp_warm_start_equals_reference(dtype):
+    from tgrep._ext import load_cpp
+
+    mod = load_cpp("graph_learning")
+    if mod is None:
+        pytest.skip("C++ kernels unavailable here")
+    n = 50
+    row, col, z = _random_support(n, 0.2, 7)
+    z = z.to(dtype)
+    ptr, nbr, eid, first = mod.build_csr(row, col, n)
+    zs = z[eid].contiguous()
+    for max_w in (math.inf, 0.3):
+        w, v = mod.warm_start_csr(ptr, nbr, zs, max_w, 2)
+        # the reference on the same support in the CSR's numbering
+        node = torch.repeat_interleave(torch.arange(n), ptr.diff())
+        mine = node < nbr.long()
+        wr, vr = ref.warm_start(node[mine], nbr.long()[mine], zs[mine], n, max_w)
+        tol = dict(rtol=1e-5, atol=1e-6) if dtype == torch.float32 else dict(rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(w[mine], wr, **tol)
+        torch.testing.assert_close(v, vr, **tol)
+        both = torch.zeros(z.numel(), dtype=w.dtype).index_add_(0, eid, w) / 2   # both slots of an edge agree
+        torch.testing.assert_close(w[first], both, **tol)
+    with pytest.raises(RuntimeError):
+        mod.warm_start_csr(ptr, (nbr + n).contiguous(), zs, math.inf, 1)   # neighbour ids out of range

@@ -23,6 +23,7 @@
 // Twin: tgrep/kernels/reference/graph_learning.py (log_model).
 #include <torch/extension.h>
 #include <cmath>
+#include <algorithm>
 #include <cstdint>
 #include <vector>
 
@@ -30,8 +31,7 @@
 // ids, so the per-slot gathers v[j], p[j] hit the cache; BFS never leaves a connected component
 // and starts from the smallest unvisited id, so the node ranges of a batch's graphs are kept):
 // ptr [n+1] and nbr [2E] int32 in the new numbering, eid [2E] (edge of each slot),
-// first [E] (a slot of every edge; both slots of an edge hold the same value), perm [n] (the
-// old id of every new node).
+// first [E] (a slot of every edge; both slots of an edge hold the same value).
 std::vector<torch::Tensor> build_csr(torch::Tensor row, torch::Tensor col, int64_t n) {
   TORCH_CHECK(row.is_contiguous() && col.is_contiguous() && row.scalar_type() == torch::kInt64 &&
               col.scalar_type() == torch::kInt64 && row.numel() == col.numel(), "build_csr: int64 row/col expected");
@@ -81,9 +81,6 @@ std::vector<torch::Tensor> build_csr(torch::Tensor row, torch::Tensor col, int64
   torch::Tensor nbr = torch::empty({2 * E}, torch::TensorOptions().dtype(torch::kInt32));
   torch::Tensor eid = torch::empty({2 * E}, opt);
   torch::Tensor first = torch::empty({E}, opt);
-  torch::Tensor perm_t = torch::empty({n}, opt);
-  int64_t* pm = perm_t.data_ptr<int64_t>();
-  for (int64_t u = 0; u < n; ++u) pm[u] = perm[u];
   int64_t* pp = ptr.data_ptr<int64_t>();
   int32_t* nb = nbr.data_ptr<int32_t>();
   int64_t* ei = eid.data_ptr<int64_t>();
@@ -99,7 +96,72 @@ std::vector<torch::Tensor> build_csr(torch::Tensor row, torch::Tensor col, int64
     }
     pp[u + 1] = k;
   }
-  return {ptr, nbr, eid, first, perm_t};
+  return {ptr, nbr, eid, first};
+}
+
+// Starting point of the solver on the CSR (twin: reference.graph_learning.warm_start): every
+// node's closed-form solution of its own problem over its row (Theorem 2 / Algorithm 1 of
+// Kalofolias & Perraudin 2019: w = max(0, λ_i − z), λ_i from the sorted distances), every
+// slot the mean of its two endpoints' values (capped at max_w), and v_i = −1/(Kw)_i (0 at a
+// node without edges). Returns {w [S], v [n]} in the dtype of z.
+template <typename T>
+static void warm_impl(const int64_t* ptr, const int32_t* nbr, const T* z, int64_t n, double max_w, T* w, T* v,
+                      int64_t nt) {
+  std::vector<double> lam(n, 0.0);
+#pragma omp parallel num_threads(nt) if (nt > 1)
+  {
+    std::vector<double> zs;
+#pragma omp for schedule(dynamic, 256)
+    for (int64_t i = 0; i < n; ++i) {
+      const int64_t lo = ptr[i], D = ptr[i + 1] - lo;
+      if (D == 0) continue;
+      zs.assign(z + lo, z + lo + D);
+      std::sort(zs.begin(), zs.end());
+      double b = 0, last = 0;
+      for (int64_t p = 0; p < D; ++p) {
+        b += zs[p];
+        const double k = double(p + 1);
+        const double l = (b + std::sqrt(b * b + 4 * k)) / (2 * k);
+        if (p > 0 && l <= zs[p]) break;   // Algorithm 1: the first rank where λ <= z ends the support
+        last = l;
+      }
+      lam[i] = last;
+    }
+#pragma omp for schedule(dynamic, 256)
+    for (int64_t i = 0; i < n; ++i) {
+      double d = 0;
+      for (int64_t a = ptr[i]; a < ptr[i + 1]; ++a) {
+        const double za = double(z[a]);
+        double wa = 0.5 * (std::max(0.0, lam[i] - za) + std::max(0.0, lam[nbr[a]] - za));
+        if (wa > max_w) wa = max_w;
+        w[a] = T(wa);
+        d += wa;
+      }
+      v[i] = d > 0 ? T(-1.0 / d) : T(0);
+    }
+  }
+}
+
+std::vector<torch::Tensor> warm_start_csr(torch::Tensor ptr, torch::Tensor nbr, torch::Tensor z, double max_w,
+                                          int64_t num_threads) {
+  TORCH_CHECK(ptr.is_contiguous() && nbr.is_contiguous() && z.is_contiguous(), "warm_start_csr: contiguous inputs");
+  TORCH_CHECK(ptr.scalar_type() == torch::kInt64 && nbr.scalar_type() == torch::kInt32, "warm_start_csr: index dtypes");
+  TORCH_CHECK(num_threads >= 1, "num_threads must be >= 1");
+  const int64_t n = ptr.numel() - 1, S = z.numel();
+  TORCH_CHECK(n >= 0 && nbr.numel() == S, "warm_start_csr: inconsistent sizes");
+  const int64_t* pp = ptr.data_ptr<int64_t>();
+  const int32_t* nb = nbr.data_ptr<int32_t>();
+  TORCH_CHECK(pp[0] == 0 && pp[n] == S, "warm_start_csr: bad ptr");
+  for (int64_t i = 0; i < n; ++i) TORCH_CHECK(pp[i] <= pp[i + 1], "warm_start_csr: ptr not monotone");
+  for (int64_t a = 0; a < S; ++a) TORCH_CHECK(nb[a] >= 0 && nb[a] < n, "warm_start_csr: neighbour out of range");
+  torch::Tensor w = torch::empty_like(z), v = torch::empty({n}, z.options());
+  if (z.scalar_type() == torch::kFloat64) {
+    warm_impl<double>(pp, nb, z.data_ptr<double>(), n, max_w, w.data_ptr<double>(), v.data_ptr<double>(), num_threads);
+  } else {
+    TORCH_CHECK(z.scalar_type() == torch::kFloat32, "float32 or float64 expected");
+    warm_impl<float>(pp, nb, z.data_ptr<float>(), n, max_w, w.data_ptr<float>(), v.data_ptr<float>(), num_threads);
+  }
+  return {w, v};
 }
 
 template <typename T>
@@ -253,6 +315,8 @@ void fbf_csr_steps(torch::Tensor ptr, torch::Tensor nbr, torch::Tensor z, torch:
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("build_csr", &build_csr, "symmetric CSR of an undirected edge list (each edge once)",
+        py::call_guard<py::gil_scoped_release>());
+  m.def("warm_start_csr", &warm_start_csr, "starting point of the FBF solver (per-node closed forms) on the CSR",
         py::call_guard<py::gil_scoped_release>());
   m.def("fbf_csr_steps", &fbf_csr_steps, "FBF primal-dual iterations of the log graph-learning model (CSR)",
         py::call_guard<py::gil_scoped_release>());

@@ -36,13 +36,11 @@ def solve_cpp(mod, row, col, z, n, w0, c, max_w, max_iter, tol, step, num_thread
     gamma = torch.stack([tau, s], 1).contiguous()   # [G, 2]: primal step, dual scale (σ_i = s / deg_i)
     gptr = torch.zeros(G + 1, dtype=torch.long)
     gptr[1:] = torch.cumsum(torch.bincount(node_graph, minlength=G), 0)
-    ptr, nbr, eid, first, perm = mod.build_csr(row, col, int(n))
+    ptr, nbr, eid, first = mod.build_csr(row, col, int(n))
     zs = z[eid].contiguous()
     w0s = w0.to(z.dtype)[eid].contiguous() if prior else z.new_empty(0)
-    we, ve = ref.warm_start(row, col, z, n, max_w)
-    w = we[eid].contiguous()                     # both slots of an edge hold its value
-    v = ve[perm].contiguous()                    # nodes in the CSR's (breadth-first) numbering
-    del eid, we, ve, perm
+    del eid
+    w, v = mod.warm_start_csr(ptr, nbr, zs, float(max_w), max(1, int(num_threads)))   # twin: ref.warm_start
     P = torch.zeros_like(zs)
     state = torch.zeros(G, 4, dtype=torch.float64)
     done, prev = 0, 0
