@@ -85,3 +85,36 @@ def test_knn_select_rejects_out_of_range():
         mod.knn_select(G, qn, yn, 0, 0, False, empty, empty, empty, bd, bi, 1)
     with pytest.raises(RuntimeError):   # norms of the wrong length
         mod.knn_select(G, torch.zeros(2), yn, 0, 0, False, empty, empty, torch.tensor([0, 1, 2]), bd, bi, 1)
+
+
+@pytest.mark.parametrize("backend", ["reference", "cpp"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_neighbor_distances(backend, dtype):
+    """``tgrep::neighbor_distances``: from differences, symmetric bit for bit, 0 for duplicates,
+    inf for missing neighbours, out-of-range ids refused; opcheck."""
+    import tgrep
+
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(40, 9, generator=g).to(dtype)
+    x[7] = x[3]                                                   # a duplicate
+    idx = torch.randint(0, 40, (40, 6), generator=g)
+    idx[3, 0], idx[7, 0], idx[5, 2] = 7, 3, -1
+    with tgrep.use_backend(backend):
+        d = torch.ops.tgrep.neighbor_distances(x, idx)
+        torch.library.opcheck(torch.ops.tgrep.neighbor_distances.default, (x, idx))
+        with pytest.raises(ValueError, match="idx"):
+            torch.ops.tgrep.neighbor_distances(x, torch.full((40, 2), 40))
+    want = ((x[:, None, :].double() - x[idx.clamp_min(0)].double()) ** 2).sum(-1)
+    ok = idx >= 0
+    torch.testing.assert_close(d[ok].double(), want[ok], rtol=1e-5, atol=1e-6)
+    assert d.dtype == dtype and float(d[5, 2]) == float("inf")
+    assert float(d[3, 0]) == 0.0 and float(d[7, 0]) == 0.0
+    with tgrep.use_backend(backend):
+        back = torch.ops.tgrep.neighbor_distances(x, torch.arange(40)[:, None])
+    assert bool((back == 0).all())                                 # every row to itself: exactly 0
+    pairs = torch.stack([torch.arange(40).repeat_interleave(6), idx.reshape(-1)], 1)[ok.reshape(-1)]
+    with tgrep.use_backend(backend):
+        for i, j in pairs[:20].tolist():                          # symmetric in (i, j), bit for bit
+            a = torch.ops.tgrep.neighbor_distances(x, torch.full((40, 1), j))[i, 0]
+            b = torch.ops.tgrep.neighbor_distances(x, torch.full((40, 1), i))[j, 0]
+            assert float(a) == float(b)

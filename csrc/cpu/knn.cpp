@@ -141,7 +141,52 @@ torch::Tensor centroid_probes(torch::Tensor x, torch::Tensor cent, torch::Tensor
   return out;
 }
 
+// Squared distances of every row to its listed neighbours, recomputed from differences:
+// out[i, j] = Σ_t (x[i, t] − x[idx[i, j], t])², summed in order t = 0..d−1 (so the value is
+// symmetric in i, j bit for bit and exactly 0 for duplicates); inf where idx < 0.
+// Twin: tgrep/kernels/reference/knn.py::neighbor_distances. Indices are checked.
+template <typename T>
+static void nbr_dist_impl(const T* x, const int64_t* idx, T* out, int64_t n, int64_t d, int64_t m, int64_t nt) {
+#pragma omp parallel for schedule(static, 512) num_threads(nt) if (nt > 1)
+  for (int64_t i = 0; i < n; ++i) {
+    const T* xi = x + i * d;
+    for (int64_t j = 0; j < m; ++j) {
+      const int64_t q = idx[i * m + j];
+      if (q < 0) {
+        out[i * m + j] = std::numeric_limits<T>::infinity();
+        continue;
+      }
+      const T* xq = x + q * d;
+      T s = 0;
+      for (int64_t t = 0; t < d; ++t) {
+        const T diff = xi[t] - xq[t];
+        s += diff * diff;
+      }
+      out[i * m + j] = s;
+    }
+  }
+}
+
+torch::Tensor neighbor_distances(torch::Tensor x, torch::Tensor idx, int64_t num_threads) {
+  TORCH_CHECK(x.is_contiguous() && idx.is_contiguous() && x.dim() == 2 && idx.dim() == 2 &&
+              idx.size(0) == x.size(0) && idx.scalar_type() == torch::kInt64, "neighbor_distances: bad inputs");
+  TORCH_CHECK(num_threads >= 1, "num_threads must be >= 1");
+  const int64_t n = x.size(0), d = x.size(1), m = idx.size(1);
+  const int64_t* ip = idx.data_ptr<int64_t>();
+  for (int64_t a = 0; a < n * m; ++a) TORCH_CHECK(ip[a] < n, "neighbor_distances: index out of range");
+  torch::Tensor out = torch::empty({n, m}, x.options());
+  if (x.scalar_type() == torch::kFloat64) {
+    nbr_dist_impl<double>(x.data_ptr<double>(), ip, out.data_ptr<double>(), n, d, m, num_threads);
+  } else {
+    TORCH_CHECK(x.scalar_type() == torch::kFloat32, "float32 or float64 expected");
+    nbr_dist_impl<float>(x.data_ptr<float>(), ip, out.data_ptr<float>(), n, d, m, num_threads);
+  }
+  return out;
+}
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("neighbor_distances", &neighbor_distances, "squared distances to listed neighbours, from differences",
+        py::call_guard<py::gil_scoped_release>());
   m.def("centroid_probes", &centroid_probes, "probe lists of the inverted-file search (nearest centroids per row)",
         py::call_guard<py::gil_scoped_release>());
   // the GIL is released: the host code runs one query chunk per Python thread

@@ -92,7 +92,7 @@ def _cpu(x, k, batch, loop, method, chunk, num_threads, verbose):
             info = {}
             out = ann.ivf(x, k, loop, mod=mod, num_threads=num_threads, bar=bar, info=info)
         est = info.get("sample_recall")
-        log(f"knn ivf: {info['lists']} lists, {info['probes']} probed per list (recall on a sample "
+        log(f"knn ivf: {info['lists']} lists, {info['probes']} probed per row (recall on a sample "
             f"{'n/a' if est is None else f'{est:.3f}'}), {info['repaired']} rows re-searched exactly", verbose)
         return out
     fn = {"hnsw": ann.hnsw, "faiss": ann.flat, "nndescent": ann.nndescent}[method]
@@ -120,3 +120,36 @@ def knn(x: Tensor, k: int, batch: Optional[Tensor], loop: bool, method: str, chu
 def _(x, k, batch, loop, method, chunk, num_threads, verbose):
     n = x.shape[0]
     return x.new_empty((n, k)), x.new_empty((n, k), dtype=torch.int64)
+
+
+def _check_nd(x, idx):
+    if x.dim() != 2 or idx.dim() != 2 or idx.shape[0] != x.shape[0]:
+        raise ValueError(f"'x' [n, d] and 'idx' [n, m] expected, got {tuple(x.shape)} and {tuple(idx.shape)}")
+    n = x.shape[0]
+    check.values([((idx >= n).any(), lambda: f"'idx' has entries >= the number of rows ({n})")]
+                 + check.finite_flags("x", x))
+
+
+def _nd_cpu():
+    mod = load_cpp("knn")
+    if mod is None:
+        return None
+
+    def run(x, idx):
+        work = x if x.dtype in (torch.float32, torch.float64) else x.float()
+        return mod.neighbor_distances(work.contiguous(), idx.contiguous(), max(1, torch.get_num_threads()))
+
+    return run
+
+
+@kernel_op("tgrep::neighbor_distances", cpp=_nd_cpu, check=_check_nd)
+def neighbor_distances(x: Tensor, idx: Tensor) -> Tensor:
+    """``[n, m]``: ``‖x_i − x_{idx[i, j]}‖²`` from differences (symmetric in ``i, j`` bit for
+    bit, exactly 0 for duplicates), ``inf`` where ``idx < 0`` (float64 for float64 ``x``, else
+    float32). The exact distances of a kNN support, whatever search found it."""
+    return ref.neighbor_distances(x, idx)
+
+
+@neighbor_distances.register_fake
+def _(x, idx):
+    return x.new_empty(idx.shape, dtype=torch.float64 if x.dtype == torch.float64 else torch.float32)

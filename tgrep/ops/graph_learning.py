@@ -451,9 +451,12 @@ def learn_graph(x: torch.Tensor, k: int = 10, *, r: float = 3, theta: float | No
             a, b = w0[0][0].long(), w0[0][1].long()
             ok = (a != b) & (bvec[a] == bvec[b])
             src, dst = torch.cat([src, a[ok]]), torch.cat([dst, b[ok]])
-        row, col, key, _ = _pairs_unique(src, dst, n)
-        z = _pair_dist(x, row, col)
-        del src, dst, keep
+        row, col, key, inv = _pairs_unique(src, dst, n)
+        if w0 is None:   # the candidates' exact distances are symmetric in (i, j): reuse them
+            z = torch.empty(row.numel(), dtype=dist.dtype, device=dev).scatter_(0, inv, dist.reshape(-1)[keep])
+        else:
+            z = _pair_dist(x, row, col)
+        del src, dst, keep, inv
     info["time_knn"] = time.perf_counter() - t0
     work = torch.float64 if x.dtype == torch.float64 else torch.float32
     info["support_edges"] = int(row.numel())
@@ -540,16 +543,9 @@ def _degree_cause(deg, k, info, theta, ties, sizes, r):
     return msg + f"a support too small for the data (r={r}); try a larger 'r'"
 
 
-def _exact_dist(x, idx, rows=2048):
-    """``‖x_i − x_idx[i, j]‖²`` recomputed from differences (no cancellation: duplicates give
-    exactly 0, and the value is symmetric in ``i, j``), ``inf`` where ``idx = -1``."""
-    dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
-    out = torch.empty(idx.shape, dtype=dtype, device=x.device)
-    for a in range(0, idx.shape[0], rows):
-        ii = idx[a:a + rows]
-        diff = x[a:a + rows, None, :].to(dtype) - x[ii.clamp_min(0)].to(dtype)
-        out[a:a + rows] = (diff * diff).sum(-1)
-    return out.masked_fill_(idx < 0, math.inf)
+def _exact_dist(x, idx):
+    """``‖x_i − x_idx[i, j]‖²`` recomputed from differences (custom op ``tgrep::neighbor_distances``)."""
+    return torch.ops.tgrep.neighbor_distances(x, idx.long())
 
 
 def _rescale(w, scale, n):

@@ -11,6 +11,8 @@ padded with ``inf`` / ``-1``. ``loop=False`` excludes ``i == j`` when ``y`` is `
 """
 from __future__ import annotations
 
+import math
+
 import torch
 
 
@@ -98,3 +100,16 @@ def knn_blocked(x: torch.Tensor, y: torch.Tensor, k: int, *, loop: bool = True,
         if progress is not None:
             progress.update(b - a)
     return out_d.to(x.dtype) if x.is_floating_point() else out_d, out_i
+
+
+def neighbor_distances(x: torch.Tensor, idx: torch.Tensor, rows: int = 2048) -> torch.Tensor:
+    """``‖x_i − x_idx[i, j]‖²`` recomputed from differences (no cancellation: duplicates give
+    exactly 0, and the value is symmetric in ``i, j``), ``inf`` where ``idx < 0``; in the dtype
+    of ``x`` (float32 unless float64). Twin of ``csrc/cpu/knn.cpp::neighbor_distances``."""
+    dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+    out = torch.empty(idx.shape, dtype=dtype, device=x.device)
+    for a in range(0, idx.shape[0], rows):
+        ii = idx[a:a + rows]
+        diff = x[a:a + rows, None, :].to(dtype) - x[ii.clamp_min(0)].to(dtype)
+        out[a:a + rows] = (diff * diff).sum(-1)
+    return out.masked_fill_(idx < 0, math.inf)
