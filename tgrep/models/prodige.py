@@ -17,6 +17,7 @@ PRUNE_ROUNDS, ROUND_EPOCHS = 8, 2  # pruning to the budget: geometric rounds, fi
 DENSE_MAX_N = 4096  # fit(x): the [N, N] target distances are precomputed up to this size (64 MB)
 HUB_KNN, HUB_FANOUT, TOP_LINKS = 64, 10, 4  # steiner_hubs: hub-hub candidates, hubs per top hub, top links
 HUBS_PER_BUDGET = 15  # fit(x) with budget B: N (B - 3) / 15 hub vertices (600 on digits at B = 8)
+DEFAULT_KNN = 4  # kNN candidate edges per point when no hub vertices are added (with them: none)
 DEFAULT_LANDMARKS = 40  # data-point landmarks when the budget leaves no room for hub vertices
 
 
@@ -199,8 +200,8 @@ class ProdigeCompression(nn.Module):
     """
 
     def __init__(self, target_params_per_instance: float | None = None, *, sparsity: float = 0.0,
-                 epochs: int = 6, finetune_epochs: int = 24, lr: float = 0.05, batch_size: int = 32,
-                 targets_per_row: int = 256, knn: int = 4, hubs: int | None = None, hub_links: int = 4,
+                 epochs: int = 6, finetune_epochs: int = 20, lr: float = 0.045, batch_size: int = 32,
+                 targets_per_row: int = 2048, knn: int | None = None, hubs: int | None = None, hub_links: int = 4,
                  verbose: bool = True, seed: int | None = None):
         super().__init__()
         if target_params_per_instance is not None:
@@ -212,7 +213,8 @@ class ProdigeCompression(nn.Module):
         check.in_range("lr", lr, 0.0, math.inf, lo_open=True, hi_open=True)
         check.positive_int("batch_size", batch_size)
         check.positive_int("targets_per_row", targets_per_row)
-        check.positive_int("knn", knn, allow_zero=True)
+        if knn is not None:
+            check.positive_int("knn", knn, allow_zero=True)
         if hubs is not None:
             check.positive_int("hubs", hubs, allow_zero=True)
         check.positive_int("hub_links", hub_links)
@@ -262,9 +264,10 @@ class ProdigeCompression(nn.Module):
             if n <= DENSE_MAX_N:  # targets by lookup instead of per-batch vector differences
                 self._D = torch.cat([torch.cdist(x[s:s + 512], x, compute_mode="donot_use_mm_for_euclid_dist")
                                      for s in range(0, n, 512)])
-            parts = [knn_edges(x, self.knn)] if self.knn else []
-            pts = x
             H = self._num_hubs(n)
+            k = self.knn if self.knn is not None else (0 if H else DEFAULT_KNN)
+            parts = [knn_edges(x, k)] if k else []
+            pts = x
             if H:
                 hub_pos, hub_ei = steiner_hubs(x, H, self.hub_links, 0 if self.seed is None else self.seed)
                 pts = torch.cat([x, hub_pos])
@@ -289,7 +292,8 @@ class ProdigeCompression(nn.Module):
             if n <= BACKBONE_MAX_N:
                 ei = backbone_pairs(D)
             else:
-                parts = [knn_edges_from_distances(D, self.knn)] if self.knn else []
+                k = self.knn if self.knn is not None else DEFAULT_KNN
+                parts = [knn_edges_from_distances(D, k)] if k else []
                 if self.hubs != 0:
                     parts.append(hub_edges(lambda h: D[h], n, self.hubs or DEFAULT_LANDMARKS, self.hub_links, device))
                 ei = undirected_edges(torch.cat(parts, 1), n)
@@ -415,7 +419,7 @@ class ProdigeCompression(nn.Module):
                 start = cur.numel()
                 for r in range(rounds):
                     k = max(keep, int(round(keep * (start / keep) ** ((rounds - 1 - r) / rounds))))
-                    self._keep_only(cur[select_edges(g.edge_index[:, cur], self._usage(gen)[cur], g.num_nodes, k)])
+                    self._keep_only(cur[select_edges(g.edge_index[:, cur], self._prune_score(gen)[cur], g.num_nodes, k)])
                     g = self._compact(opt)
                     cur = torch.arange(g.num_edges, device=g.edge_index.device)
                     if r < rounds - 1:
@@ -458,6 +462,11 @@ class ProdigeCompression(nn.Module):
         drop[keep] = False
         g.presence_logit[drop] = torch.clamp(g.presence_logit[drop], max=-1.0)
         g.presence_logit[keep] = torch.clamp(g.presence_logit[keep], min=1e-3)
+
+    def _prune_score(self, gen) -> torch.Tensor:
+        """Pruning score of each edge: its shortest-path usage times its length (a long edge
+        on many paths forces long detours when removed)."""
+        return self._usage(gen) * self.graph.edge_weight.detach()
 
     def _usage(self, gen) -> torch.Tensor:
         """How many shortest paths of one epoch of batches in the deterministic graph run
