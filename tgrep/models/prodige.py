@@ -140,8 +140,7 @@ class ProdigeCompression(nn.Module):
 
     **The algorithm** (no recipe to pass; the budget is the knob):
 
-    1. *Candidate edges.* On vectors: each point's ``knn`` nearest neighbours
-       (:func:`tgrep.ops.knn`) plus "traffic hubs" that are *extra vertices*, not data points
+    1. *Candidate edges.* On vectors: "traffic hubs" that are *extra vertices*, not data points
        (:func:`steiner_hubs`): ``hubs`` k-means centroids, each point linked to its
        ``hub_links`` nearest, each hub to its 64 nearest hubs, and above them a top level of
        ``hubs / 10`` centroids of the hubs (all pairs; each hub to its 4 nearest). Sec. 4.1
@@ -149,7 +148,7 @@ class ProdigeCompression(nn.Module):
        lengths to and between them are free. They are stored, so they count: a graph costs
        ``N + V + 2|E|`` numbers (``V`` hub vertices). By default ``V ≈ N (B - 3) / 15`` with a
        budget ``B`` (``sqrt(N)`` without), and none when ``B <= 3`` leaves no room for them
-       (then 40 farthest-point data points serve as hubs). On a distance matrix of up to 600
+       (then 40 farthest-point data points serve as hubs, with each point's 4 nearest neighbours). On a distance matrix of up to 600
        points: all pairs minus those implied by a two-hop detour (:func:`backbone_pairs`),
        which for a shortest-path metric is exactly the set of edges any realising graph needs;
        larger matrices use kNN + 40 farthest-point data-point hubs from ``D``.
@@ -162,7 +161,7 @@ class ProdigeCompression(nn.Module):
        with ``sparsity`` :math:`\lambda > 0` also REINFORCE for the presence probabilities.
     3. *Sparsification.* With ``target_params_per_instance`` the graph is brought to exactly
        ``floor((budget N - N - V) / 2)`` edges in 8 geometric rounds that keep the edges carrying
-       the most shortest paths (a maximum-usage spanning forest first), fine-tuning the lengths
+       the most shortest paths times their length (a maximum-score spanning forest first), fine-tuning the lengths
        for 2 epochs after each round at the full learning rate. Without a budget the edges
        that no shortest path of an epoch uses, neither at the initial nor at the trained
        lengths, are dropped.
@@ -171,8 +170,8 @@ class ProdigeCompression(nn.Module):
        at a constant rate stalls at a noise floor; the decay is what brings it down.
 
     On scikit-learn's digits (1,797 points) the defaults reach a distance MSE 5.3x below
-    metric MDS-4 at 4 numbers per point (0.0055 vs 0.029) and 1.95x below MDS-8 at 8
-    (0.0033 vs 0.0064; ``benchmarks/README.md``).
+    metric MDS-4 at 4 numbers per point (0.0055 vs 0.029) and 2.02x below MDS-8 at 8
+    (0.0032 vs 0.0064; ``benchmarks/README.md``).
 
     Args:
         target_params_per_instance (float, optional): memory budget in stored numbers per point
@@ -182,11 +181,12 @@ class ProdigeCompression(nn.Module):
             REINFORCE for the edge probabilities (default: ``0.0``).
         epochs (int, optional): training epochs; each visits every point as a source once
             (default: ``6``).
-        finetune_epochs (int, optional): final epochs on the deterministic graph (default: ``24``).
-        lr (float, optional): Adam learning rate (default: ``0.05``).
+        finetune_epochs (int, optional): final epochs on the deterministic graph (default: ``20``).
+        lr (float, optional): Adam learning rate (default: ``0.045``).
         batch_size (int, optional): sources per step (default: ``32``).
-        targets_per_row (int, optional): targets per source (default: ``256``).
-        knn (int, optional): nearest-neighbour candidate edges per point (default: ``4``).
+        targets_per_row (int, optional): targets per source, all when ``>= N`` (default: ``2048``).
+        knn (int, optional): nearest-neighbour candidate edges per point (:func:`tgrep.ops.knn`)
+            (default: ``None``: none when hub vertices are added, else ``4``).
         hubs (int, optional): hub vertices for :meth:`fit` on vectors (:func:`steiner_hubs`;
             data-point landmarks for a large distance matrix) (default: ``None``:
             ``N (B - 3) / 15`` with a budget ``B``, ``sqrt(N)`` without; 40 landmarks).
