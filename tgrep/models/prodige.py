@@ -17,6 +17,7 @@ PRUNE_ROUNDS, ROUND_EPOCHS = 8, 2  # pruning to the budget: geometric rounds, fi
 DENSE_MAX_N = 4096  # fit(x): the [N, N] target distances are precomputed up to this size (64 MB)
 HUB_KNN, HUB_FANOUT, TOP_LINKS = 64, 10, 4  # steiner_hubs: hub-hub candidates, hubs per top hub, top links
 HUBS_PER_BUDGET = 15  # fit(x) with budget B: N (B - 3) / 15 hub vertices (600 on digits at B = 8)
+DEFAULT_KNN = 4  # kNN candidate edges per point when no hub vertices are added (with them: none)
 DEFAULT_LANDMARKS = 40  # data-point landmarks when the budget leaves no room for hub vertices
 
 
@@ -139,8 +140,7 @@ class ProdigeCompression(nn.Module):
 
     **The algorithm** (no recipe to pass; the budget is the knob):
 
-    1. *Candidate edges.* On vectors: each point's ``knn`` nearest neighbours
-       (:func:`tgrep.ops.knn`) plus "traffic hubs" that are *extra vertices*, not data points
+    1. *Candidate edges.* On vectors: "traffic hubs" that are *extra vertices*, not data points
        (:func:`steiner_hubs`): ``hubs`` k-means centroids, each point linked to its
        ``hub_links`` nearest, each hub to its 64 nearest hubs, and above them a top level of
        ``hubs / 10`` centroids of the hubs (all pairs; each hub to its 4 nearest). Sec. 4.1
@@ -148,7 +148,7 @@ class ProdigeCompression(nn.Module):
        lengths to and between them are free. They are stored, so they count: a graph costs
        ``N + V + 2|E|`` numbers (``V`` hub vertices). By default ``V ≈ N (B - 3) / 15`` with a
        budget ``B`` (``sqrt(N)`` without), and none when ``B <= 3`` leaves no room for them
-       (then 40 farthest-point data points serve as hubs). On a distance matrix of up to 600
+       (then 40 farthest-point data points serve as hubs, with each point's 4 nearest neighbours). On a distance matrix of up to 600
        points: all pairs minus those implied by a two-hop detour (:func:`backbone_pairs`),
        which for a shortest-path metric is exactly the set of edges any realising graph needs;
        larger matrices use kNN + 40 farthest-point data-point hubs from ``D``.
@@ -161,7 +161,7 @@ class ProdigeCompression(nn.Module):
        with ``sparsity`` :math:`\lambda > 0` also REINFORCE for the presence probabilities.
     3. *Sparsification.* With ``target_params_per_instance`` the graph is brought to exactly
        ``floor((budget N - N - V) / 2)`` edges in 8 geometric rounds that keep the edges carrying
-       the most shortest paths (a maximum-usage spanning forest first), fine-tuning the lengths
+       the most shortest paths times their length (a maximum-score spanning forest first), fine-tuning the lengths
        for 2 epochs after each round at the full learning rate. Without a budget the edges
        that no shortest path of an epoch uses, neither at the initial nor at the trained
        lengths, are dropped.
@@ -170,8 +170,8 @@ class ProdigeCompression(nn.Module):
        at a constant rate stalls at a noise floor; the decay is what brings it down.
 
     On scikit-learn's digits (1,797 points) the defaults reach a distance MSE 5.3x below
-    metric MDS-4 at 4 numbers per point (0.0055 vs 0.029) and 1.95x below MDS-8 at 8
-    (0.0033 vs 0.0064; ``benchmarks/README.md``).
+    metric MDS-4 at 4 numbers per point (0.0055 vs 0.029) and 2.02x below MDS-8 at 8
+    (0.0032 vs 0.0064; ``benchmarks/README.md``).
 
     Args:
         target_params_per_instance (float, optional): memory budget in stored numbers per point
@@ -181,11 +181,12 @@ class ProdigeCompression(nn.Module):
             REINFORCE for the edge probabilities (default: ``0.0``).
         epochs (int, optional): training epochs; each visits every point as a source once
             (default: ``6``).
-        finetune_epochs (int, optional): final epochs on the deterministic graph (default: ``24``).
-        lr (float, optional): Adam learning rate (default: ``0.05``).
+        finetune_epochs (int, optional): final epochs on the deterministic graph (default: ``20``).
+        lr (float, optional): Adam learning rate (default: ``0.045``).
         batch_size (int, optional): sources per step (default: ``32``).
-        targets_per_row (int, optional): targets per source (default: ``256``).
-        knn (int, optional): nearest-neighbour candidate edges per point (default: ``4``).
+        targets_per_row (int, optional): targets per source, all when ``>= N`` (default: ``2048``).
+        knn (int, optional): nearest-neighbour candidate edges per point (:func:`tgrep.ops.knn`)
+            (default: ``None``: none when hub vertices are added, else ``4``).
         hubs (int, optional): hub vertices for :meth:`fit` on vectors (:func:`steiner_hubs`;
             data-point landmarks for a large distance matrix) (default: ``None``:
             ``N (B - 3) / 15`` with a budget ``B``, ``sqrt(N)`` without; 40 landmarks).
@@ -199,8 +200,8 @@ class ProdigeCompression(nn.Module):
     """
 
     def __init__(self, target_params_per_instance: float | None = None, *, sparsity: float = 0.0,
-                 epochs: int = 6, finetune_epochs: int = 24, lr: float = 0.05, batch_size: int = 32,
-                 targets_per_row: int = 256, knn: int = 4, hubs: int | None = None, hub_links: int = 4,
+                 epochs: int = 6, finetune_epochs: int = 20, lr: float = 0.045, batch_size: int = 32,
+                 targets_per_row: int = 2048, knn: int | None = None, hubs: int | None = None, hub_links: int = 4,
                  verbose: bool = True, seed: int | None = None):
         super().__init__()
         if target_params_per_instance is not None:
@@ -212,7 +213,8 @@ class ProdigeCompression(nn.Module):
         check.in_range("lr", lr, 0.0, math.inf, lo_open=True, hi_open=True)
         check.positive_int("batch_size", batch_size)
         check.positive_int("targets_per_row", targets_per_row)
-        check.positive_int("knn", knn, allow_zero=True)
+        if knn is not None:
+            check.positive_int("knn", knn, allow_zero=True)
         if hubs is not None:
             check.positive_int("hubs", hubs, allow_zero=True)
         check.positive_int("hub_links", hub_links)
@@ -262,9 +264,10 @@ class ProdigeCompression(nn.Module):
             if n <= DENSE_MAX_N:  # targets by lookup instead of per-batch vector differences
                 self._D = torch.cat([torch.cdist(x[s:s + 512], x, compute_mode="donot_use_mm_for_euclid_dist")
                                      for s in range(0, n, 512)])
-            parts = [knn_edges(x, self.knn)] if self.knn else []
-            pts = x
             H = self._num_hubs(n)
+            k = self.knn if self.knn is not None else (0 if H else DEFAULT_KNN)
+            parts = [knn_edges(x, k)] if k else []
+            pts = x
             if H:
                 hub_pos, hub_ei = steiner_hubs(x, H, self.hub_links, 0 if self.seed is None else self.seed)
                 pts = torch.cat([x, hub_pos])
@@ -289,7 +292,8 @@ class ProdigeCompression(nn.Module):
             if n <= BACKBONE_MAX_N:
                 ei = backbone_pairs(D)
             else:
-                parts = [knn_edges_from_distances(D, self.knn)] if self.knn else []
+                k = self.knn if self.knn is not None else DEFAULT_KNN
+                parts = [knn_edges_from_distances(D, k)] if k else []
                 if self.hubs != 0:
                     parts.append(hub_edges(lambda h: D[h], n, self.hubs or DEFAULT_LANDMARKS, self.hub_links, device))
                 ei = undirected_edges(torch.cat(parts, 1), n)
@@ -415,7 +419,7 @@ class ProdigeCompression(nn.Module):
                 start = cur.numel()
                 for r in range(rounds):
                     k = max(keep, int(round(keep * (start / keep) ** ((rounds - 1 - r) / rounds))))
-                    self._keep_only(cur[select_edges(g.edge_index[:, cur], self._usage(gen)[cur], g.num_nodes, k)])
+                    self._keep_only(cur[select_edges(g.edge_index[:, cur], self._prune_score(gen)[cur], g.num_nodes, k)])
                     g = self._compact(opt)
                     cur = torch.arange(g.num_edges, device=g.edge_index.device)
                     if r < rounds - 1:
@@ -458,6 +462,11 @@ class ProdigeCompression(nn.Module):
         drop[keep] = False
         g.presence_logit[drop] = torch.clamp(g.presence_logit[drop], max=-1.0)
         g.presence_logit[keep] = torch.clamp(g.presence_logit[keep], min=1e-3)
+
+    def _prune_score(self, gen) -> torch.Tensor:
+        """Pruning score of each edge: its shortest-path usage times its length (a long edge
+        on many paths forces long detours when removed)."""
+        return self._usage(gen) * self.graph.edge_weight.detach()
 
     def _usage(self, gen) -> torch.Tensor:
         """How many shortest paths of one epoch of batches in the deterministic graph run
