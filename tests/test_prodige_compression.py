@@ -65,8 +65,10 @@ def test_backbone_pairs_is_the_needed_edge_set():
 def test_budget_on_vectors_is_met_exactly_and_connected(seed, budget, extra):
     torch.manual_seed(seed)
     x = torch.randn(60, 4)
-    m = ProdigeCompression(budget, epochs=4, finetune_epochs=8, knn=4, hubs=5, hub_links=2, verbose=False,
-                           seed=seed).fit(x)
+    # default epochs: with 4 + 8 the pruned tree at budget 3 missed "better than the mean" on
+    # ~5% of seeds (4, 6, 11 of 0..39: the lengths had no time to re-adapt after pruning); with
+    # the defaults 0 of 60 seeds miss, at ~1 s per fit
+    m = ProdigeCompression(budget, knn=4, hubs=5, hub_links=2, verbose=False, seed=seed).fit(x)
     assert m.graph.num_nodes == 60 + extra  # the hub vertices are stored, so they count
     kept = int(m.graph.kept().sum())
     assert kept == int((budget * 60 - 60 - extra) // 2)

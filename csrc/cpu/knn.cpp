@@ -152,6 +152,13 @@ static void nbr_dist_impl(const T* x, const int64_t* idx, T* out, int64_t n, int
     const T* xi = x + i * d;
     for (int64_t j = 0; j < m; ++j) {
       const int64_t q = idx[i * m + j];
+      // the neighbours' rows are scattered in memory: fetch a few ahead (the loop is latency-bound)
+      const int64_t pos = i * m + j + 4;
+      const int64_t ahead = pos < n * m ? idx[pos] : -1;   // checked: every id < n (and < 0 skipped)
+      if (ahead >= 0) {
+        const char* pf = reinterpret_cast<const char*>(x + ahead * d);
+        for (int64_t o = 0; o < int64_t(d * sizeof(T)); o += 64) __builtin_prefetch(pf + o);
+      }
       if (q < 0) {
         out[i * m + j] = std::numeric_limits<T>::infinity();
         continue;

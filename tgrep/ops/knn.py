@@ -15,7 +15,7 @@ Methods:
   ``n / 512`` lists); every row probes the ``P`` lists whose centroids are nearest to it
   (its own first), and each list's members are compared, by BLAS blocks and the C++ heap
   selection, with all the rows probing it; ``P`` is the smallest that finds 99% of the true
-  neighbours of 1,000 sampled queries (checked against their exact lists); rows left with
+  neighbours of 500 sampled queries (checked against their exact lists); rows left with
   fewer than ``k`` neighbours or whose search looks stuck are re-searched exactly.
   O(n·P·512·d) + k-means. CPU only (on CUDA the exact Triton kernel runs).
 * ``'hnsw'``      -- approximate: faiss' HNSW graph (``M = 16``, ``efConstruction = 80``,
