@@ -91,8 +91,10 @@ class ProdigeEmbedding(nn.Module):
             ``nn.Embedding``: every parameter is then sparse, so
             ``SparseAdam(emb.parameters())`` works as it does for ``nn.Embedding``; the default
             distance is then fixed instead of learned (default: ``False``).
-        graph (ProdigeGraph, optional): use this graph on ``n + K`` vertices, anchors last,
-            instead of building one (``budget`` is then ignored) (default: ``None``).
+        graph (ProdigeGraph, optional): use this graph instead of building one: items
+            ``0..n-1``, anchors ``n..n+K-1``, then any hidden vertices (e.g. the hub vertices of
+            :meth:`from_pretrained`'s compression; they count in the stored numbers)
+            (``budget`` is then ignored) (default: ``None``).
         direction (str, optional): ``"anchors"`` (``K`` searches from the anchors; undirected
             graphs) or ``"items"`` (one search per distinct item in the batch, stopping at the
             anchors; any graph, not ``fullgraph``-compilable) (default: ``"anchors"``, or
@@ -138,9 +140,9 @@ class ProdigeEmbedding(nn.Module):
             graph = ProdigeGraph(ei, n + K, init_weight=w0, learn_default_distance=not sparse, sparse=sparse)
         elif not isinstance(graph, ProdigeGraph):
             raise TypeError(f"'graph' must be a ProdigeGraph, got {type(graph).__name__}")
-        elif graph.num_nodes != n + K:
-            raise ValueError(f"'graph' must have num_embeddings + embedding_dim = {n + K} vertices, "
-                             f"got {graph.num_nodes}")
+        elif graph.num_nodes < n + K:
+            raise ValueError(f"'graph' must have at least num_embeddings + embedding_dim = {n + K} vertices "
+                             f"(items, then anchors, then any hidden vertices), got {graph.num_nodes}")
         direction = direction or ("items" if graph.directed else "anchors")
         if direction == "anchors" and graph.directed:
             raise ValueError("direction='anchors' needs an undirected graph")
@@ -223,7 +225,7 @@ class ProdigeEmbedding(nn.Module):
             p = padding_idx + n if padding_idx < 0 else padding_idx
             keep = (ei[0] != p) & (ei[1] != p)
             ei, w = ei[:, keep], w[keep]
-        graph = ProdigeGraph(ei.cpu(), n + K, init_weight=w.cpu().clamp_min(1e-6),
+        graph = ProdigeGraph(ei.cpu(), m.graph.num_nodes, init_weight=w.cpu().clamp_min(1e-6),  # + hub vertices
                              default_distance=float(m.graph.default_distance), learn_default_distance=True,
                              sparse=sparse)
         emb = cls(n, K, padding_idx, sparse=sparse, graph=graph, center=False)  # emb(i)_k ~ ||x_i - c_k||
