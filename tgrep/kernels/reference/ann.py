@@ -177,10 +177,10 @@ def ivf(x: torch.Tensor, k: int, loop: bool, *, mod, num_threads: int = 1, bar=N
         flat_index = faiss.IndexFlatL2(d)
         flat_index.add(cent)
         home = torch.from_numpy(flat_index.search(xs, 1)[1][:, 0].astype(np.int64))
-        near = _nearest_centroids(mod, home, xc, torch.from_numpy(cent), pmax, num_threads)            # [n, pmax], own list first
+        near = _nearest_centroids(mod, home, xc, torch.from_numpy(cent), pmax, num_threads)  # [n, pmax], home first
     else:
-        near = torch.zeros(n, 1, dtype=torch.long)
-    home = near[:, 0].contiguous()
+        home = torch.zeros(n, dtype=torch.long)
+        near = home[:, None]
     kk = min(k, n - (0 if loop else 1))
     if probes is None and nlist > 1 and kk > 0:
         # recall of "row i's candidates are the lists near[i, :P]" on a sample: rank of each true
