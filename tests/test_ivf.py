@@ -1,5 +1,6 @@
 """The inverted-file kNN's C++ pieces (csrc/cpu/knn.cpp) against plain-torch twins, and their
-bounds checks: per-row probe lists (``centroid_probes``) and heap selection through gathered
+bounds checks: the nearest-centroid selection (``smallest_k``), the heaps back in row order
+(``heaps_to_lists``), the stuck-row test (``stuck_rows``) and heap selection through gathered
 rows (``knn_select(rows=...)``)."""
 import pytest
 import torch
@@ -10,38 +11,83 @@ mod = load_cpp("knn")
 pytestmark = pytest.mark.skipif(mod is None, reason="the C++ extension could not be built here")
 
 
-def _probes_reference(x, cent, home, cnbr, p):
+def _smallest_reference(D, p):
+    """Column ids of the ``p`` smallest entries per row, ascending, ties by column, NaN last."""
     out = []
-    for i in range(x.shape[0]):
-        cand = cnbr[home[i]]
-        d = ((x[i] - cent[cand]) ** 2).sum(1).double()
-        d[cand == home[i]] = -1.0
-        order = sorted(range(cand.numel()), key=lambda j: (float(d[j]), j))
-        out.append(cand[order[:p]])
-    return torch.stack(out)
+    for row in D.tolist():
+        key = [((v != v), v if v == v else 0.0, j) for j, v in enumerate(row)]
+        out.append([j for _, _, j in sorted(key)[:p]])
+    return torch.tensor(out, dtype=torch.long).reshape(D.shape[0], p)
 
 
-@pytest.mark.parametrize("seed", [0, 1])
-def test_centroid_probes_equal_reference(seed):
+def test_smallest_k_equals_reference(seed):
     g = torch.Generator().manual_seed(seed)
-    x = torch.randn(300, 7, generator=g)
-    cent = torch.randn(25, 7, generator=g)
-    home = torch.cdist(x, cent).argmin(1)
-    cnbr = torch.topk(torch.cdist(cent, cent), 10, dim=1, largest=False).indices.contiguous()
-    for threads in (1, 2):
-        got = mod.centroid_probes(x, cent, home, cnbr, 5, threads)
-        assert torch.equal(got, _probes_reference(x, cent, home, cnbr, 5))
-    assert torch.equal(got[:, 0], home)
+    for trial in range(60):
+        m, B = (int(v) for v in torch.randint(1, 25, (2,), generator=g))
+        p = int(torch.randint(1, B + 1, (), generator=g))
+        D = torch.randint(0, 4, (m, B), generator=g).float()        # many ties
+        if trial % 3 == 0:
+            D[torch.rand(m, B, generator=g) < 0.3] = float("nan")
+        if trial % 5 == 0:
+            D[torch.rand(m, B, generator=g) < 0.3] = float("inf")
+        for threads in (1, 2):
+            assert torch.equal(mod.smallest_k(D, p, threads), _smallest_reference(D, p))
 
 
-def test_centroid_probes_rejects_bad_indices():
-    x, cent = torch.randn(10, 3), torch.randn(4, 3)
-    home = torch.zeros(10, dtype=torch.long)
-    cnbr = torch.arange(4).repeat(4, 1).contiguous()
-    for h, c, p in [(home + 4, cnbr, 2), (home - 1, cnbr, 2), (home, cnbr + 7, 2), (home, cnbr, 5), (home, cnbr, 0),
-                    (home[:9].contiguous(), cnbr, 2)]:
+def test_smallest_k_rejects_bad_sizes():
+    D = torch.rand(3, 4)
+    for p in (0, 5, -1):
         with pytest.raises(RuntimeError):
-            mod.centroid_probes(x, cent, h, c, p, 1)
+            mod.smallest_k(D, p, 1)
+    with pytest.raises(RuntimeError):
+        mod.smallest_k(D.double(), 2, 1)
+
+
+def test_heaps_to_lists_equals_reference(seed):
+    g = torch.Generator().manual_seed(seed)
+    n, k = 40, 6
+    order = torch.randperm(n, generator=g)
+    bd = torch.randint(0, 5, (n, k), generator=g).float()
+    bi = torch.randint(-1, n, (n, k), generator=g)
+    bd[bi < 0] = float("inf")
+    bd[torch.rand(n, k, generator=g) < 0.1] = float("inf")          # an infinite slot is empty too
+    D, I = mod.heaps_to_lists(bd, bi, order, 2)
+    for h in range(n):
+        pairs = sorted((float(bd[h, j]), int(order[bi[h, j]])) for j in range(k)
+                       if bi[h, j] >= 0 and bd[h, j] < float("inf"))
+        pairs += [(float("inf"), -1)] * (k - len(pairs))
+        r = int(order[h])
+        assert D[r].tolist() == [d for d, _ in pairs]
+        assert I[r].tolist() == [i for _, i in pairs]
+
+
+def test_heaps_to_lists_rejects_bad_indices():
+    bd, bi = torch.zeros(4, 2), torch.zeros(4, 2, dtype=torch.long)
+    order = torch.arange(4)
+    for o, i in [(torch.tensor([0, 1, 1, 3]), bi), (torch.tensor([0, 1, 2, 4]), bi), (order, bi + 4),
+                 (order, bi - 2), (order[:3].contiguous(), bi)]:
+        with pytest.raises(RuntimeError):
+            mod.heaps_to_lists(bd, i, o, 1)
+
+
+def test_stuck_rows_equals_torch_test(seed):
+    """The C++ stuck-row test is the torch one of ``ann._repair`` (its twin)."""
+    from tgrep.kernels.reference import ann
+
+    g = torch.Generator().manual_seed(seed)
+    n, k = 50, 4
+    D = torch.sort(torch.rand(n, k, generator=g) * 4, 1).values
+    I = torch.randint(-1, n, (n, k), generator=g)
+    I[:5, 0] = torch.arange(5)                                        # rows listing themselves
+    got = mod.stuck_rows(D, I, ann.STUCK)
+    src = I.reshape(-1)
+    rows = torch.arange(n).repeat_interleave(k)
+    ok = (src >= 0) & (src != rows)
+    rev = torch.full((n,), float("inf")).scatter_reduce_(0, src[ok], D.reshape(-1)[ok], "amin")
+    nearest = torch.where(I[:, 0] == torch.arange(n), D[:, 1], D[:, 0])
+    assert torch.equal(got, rev < ann.STUCK * nearest)
+    with pytest.raises(RuntimeError):
+        mod.stuck_rows(D, I + n, ann.STUCK)
 
 
 def test_knn_select_through_rows_equals_dense():
@@ -118,3 +164,41 @@ def test_neighbor_distances(backend, dtype):
             a = torch.ops.tgrep.neighbor_distances(x, torch.full((40, 1), j))[i, 0]
             b = torch.ops.tgrep.neighbor_distances(x, torch.full((40, 1), i))[j, 0]
             assert float(a) == float(b)
+
+
+@pytest.mark.parametrize("n, list_size", [(40, 8), (700, 16), (3000, 64)])
+def test_ivf_lists_are_clean_and_near_exact(seed, n, list_size):
+    """Many small lists (the two-level quantizer with few cells): no row lists itself or a
+    neighbour twice, rows are sorted, the distances are exact, and the recall is high."""
+    from tgrep.kernels.reference import ann
+
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 6, generator=g) + 4 * torch.randint(0, 5, (n, 1), generator=g).float()
+    k = 8
+    info = {}
+    d, i = ann.ivf(x, k, False, mod=mod, list_size=list_size, seed=seed % 1000, info=info)
+    assert info["lists"] > 1
+    s = torch.sort(i, 1).values
+    assert not bool((s[:, 1:] == s[:, :-1]).any()) and not bool((i == torch.arange(n)[:, None]).any())
+    assert bool((i >= 0).all()) and bool((d[:, 1:] >= d[:, :-1]).all())
+    ex = ((x[:, None, :] - x[i]) ** 2).sum(-1)
+    scale = float((x - x.mean(0)).pow(2).sum(1).max())      # the ‖q‖² + ‖y‖² − 2 q·y form rounds at this scale
+    assert torch.allclose(d, ex, rtol=1e-4, atol=1e-5 * scale)
+    de = torch.cdist(x, x).pow(2).fill_diagonal_(float("inf")).topk(k, dim=1, largest=False).indices
+    rec = float((i[:, :, None] == de[:, None, :]).any(2).float().mean())
+    assert rec >= 0.97, info
+
+
+def test_two_level_home_is_nearest_centroid(seed):
+    """The two-level quantizer's home of a row is its nearest centroid (for almost every row)."""
+    from tgrep.kernels.reference import ann
+
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(20000, 8, generator=g) + 3 * torch.randn(20, 8, generator=g)[torch.randint(0, 20, (20000,),
+                                                                                                generator=g)]
+    faiss = ann._faiss(1)
+    cent, top, cands = ann._two_level(x, 100, seed % 1000, faiss)
+    near = ann._nearest_fine(mod, x, torch.arange(20000), top, cent, cands, 5, 1)
+    exact = torch.cdist(x, cent).argmin(1)
+    assert float((near[:, 0] == exact).float().mean()) >= 0.995
+    assert not bool((torch.sort(near, 1).values[:, 1:] == torch.sort(near, 1).values[:, :-1]).any())

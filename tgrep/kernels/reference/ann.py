@@ -1,7 +1,9 @@
 """Approximate and external nearest-neighbour searches behind ``tgrep::knn`` (CPU).
 
-* :func:`ivf` -- an inverted file searched by BLAS blocks: k-means lists (faiss' k-means on a
-  sample); every row probes the ``P`` lists whose centroids are nearest to it, and each list's
+* :func:`ivf` -- an inverted file searched by BLAS blocks: k-means lists in two levels (faiss'
+  k-means on a sample: ``√nlist`` coarse cells, then a k-means inside each cell; every row is
+  compared with the fine centroids of the ``COARSE_PROBES`` cells nearest to its own, so neither
+  the training nor the assignment costs ``n · nlist``); every row probes the ``P`` lists whose centroids are nearest to it, and each list's
   members are compared with all the rows probing it in one block (exact distances inside that
   candidate set, the C++ heap selection of ``csrc/cpu/knn.cpp``); ``P`` is the smallest giving a
   recall ``>= IVF_RECALL`` on a sample of queries checked against their exact lists. The
@@ -32,6 +34,7 @@ IVF_SAMPLE = 500       # queries of that check (15,000 neighbour pairs at k = 30
 IVF_MAX_PROBES = 32    # cap of P (lists probed per row)
 IVF_TRAIN = 32         # k-means sample: points per centroid (faiss' max_points_per_centroid)
 IVF_ITERS = 10         # k-means iterations
+COARSE_PROBES = 8      # coarse cells whose fine centroids every row is compared with (two-level quantizer)
 STUCK = 0.5            # a row is re-queried when a point that found it is 2x nearer than its own nearest
 
 
@@ -89,25 +92,29 @@ def hnsw(x: torch.Tensor, k: int, loop: bool, *, num_threads: int = 1, bar=None,
 
 
 def _repair(x: torch.Tensor, D: np.ndarray, I: np.ndarray, kk: int, block: int = 1024, self_excluded: bool = False,
-            also: torch.Tensor | None = None):
+            also: torch.Tensor | None = None, mod=None):
     """Re-query exactly the rows whose HNSW search got stuck: a row is stuck when some point that
     found it is nearer to it than the nearest point it found itself (a search that ended in the
     wrong region of a clustered set; "nearer" meaning by a factor ``STUCK``), and the rows flagged
-    in ``also``. Cost O(stuck · n · d); in place on ``D``, ``I``."""
+    in ``also``. Cost O(stuck · n · d); in place on ``D``, ``I``. ``mod``: the C++ extension
+    (``stuck_rows``: the same test in one pass), else torch."""
     n = D.shape[0]
     Dt = torch.from_numpy(D)
     It = torch.from_numpy(I)
-    src = It.reshape(-1)
-    rows = torch.arange(n).repeat_interleave(kk)
-    ok = (src >= 0) & (src != rows)          # a row finding itself says nothing about its search
-    rev = torch.full((n,), float("inf"))
-    rev.scatter_reduce_(0, src[ok], Dt.reshape(-1)[ok], "amin")
-    nearest = torch.where(It[:, 0] == torch.arange(n), Dt[:, min(1, kk - 1)], Dt[:, 0])
-    bad = rev < STUCK * nearest
+    if mod is not None:
+        bad = mod.stuck_rows(Dt, It, STUCK)
+    else:
+        src = It.reshape(-1)
+        rows = torch.arange(n).repeat_interleave(kk)
+        ok = (src >= 0) & (src != rows)          # a row finding itself says nothing about its search
+        rev = torch.full((n,), float("inf"))
+        rev.scatter_reduce_(0, src[ok], Dt.reshape(-1)[ok], "amin")
+        nearest = torch.where(It[:, 0] == torch.arange(n), Dt[:, min(1, kk - 1)], Dt[:, 0])
+        bad = rev < STUCK * nearest
+        del rows, ok, src
     if also is not None:   # rows that must be re-searched anyway (e.g. fewer than kk found)
         bad |= also
     stuck = torch.nonzero(bad).reshape(-1)
-    del rows, ok, src
     if stuck.numel() == 0:
         return 0
     xf = x.detach().float()
@@ -135,15 +142,73 @@ def _exact_sample(xc, q, kk, chunk=64):
     return torch.cat(out)
 
 
-def _nearest_centroids(mod, home: torch.Tensor, xc: torch.Tensor, cent: torch.Tensor, p: int,
-                       num_threads: int) -> torch.Tensor:
-    """``[n, p]`` ids of the ``p`` centroids nearest to every row, its own (``home``) first,
-    searched among the ``2p`` centroids nearest to its own centroid (``csrc/cpu/knn.cpp``)."""
-    c = cent.shape[0]
-    m = min(c, 2 * p)
-    cnbr = torch.cat([torch.topk(torch.cdist(cent[a:a + 4096], cent), m, dim=1, largest=False).indices
-                      for a in range(0, c, 4096)]).contiguous()          # [c, m], in blocks: no [c, c] matrix
-    return mod.centroid_probes(xc, cent.contiguous(), home.contiguous(), cnbr, p, int(num_threads))
+def _sq_dist(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``[len(a), len(b)]`` squared Euclidean distances (one BLAS product)."""
+    return torch.addmm((b * b).sum(1)[None, :], a, b.t(), alpha=-2.0).add_((a * a).sum(1)[:, None]).clamp_min_(0)
+
+
+def _kmeans(faiss, xs: np.ndarray, c: int, seed: int, per_centroid: int) -> np.ndarray:
+    """``c`` k-means centroids of the rows ``xs`` (faiss; at most ``per_centroid`` points each sampled)."""
+    if c >= xs.shape[0]:
+        return np.ascontiguousarray(xs[:c], dtype=np.float32)
+    km = faiss.Kmeans(xs.shape[1], c, niter=IVF_ITERS, seed=seed, max_points_per_centroid=per_centroid,
+                      min_points_per_centroid=1, verbose=False)
+    km.train(np.ascontiguousarray(xs))
+    return np.ascontiguousarray(km.centroids, dtype=np.float32)
+
+
+def _two_level(xc: torch.Tensor, nlist: int, seed: int, faiss):
+    """The inverted file's centroids in two levels, so that neither the k-means nor the
+    assignment costs ``n · nlist``: ``C = ⌈√nlist⌉`` coarse k-means centroids; the fine
+    centroids (``≈ nlist``) are a k-means inside each coarse cell (on a sample of ``IVF_TRAIN``
+    points per fine centroid, shared in proportion to the cells' sizes). Returns
+    ``(cent [nlist', d] float32, top [n] (every row's coarse cell), cands)``: ``cands[j]`` the
+    fine centroids of the ``COARSE_PROBES`` coarse cells nearest to cell ``j`` (itself first),
+    the centroids a row of cell ``j`` is compared with (:func:`_nearest_fine`)."""
+    n, d = xc.shape
+    g = torch.Generator().manual_seed(seed)
+    sample = torch.randperm(n, generator=g)[:min(n, IVF_TRAIN * nlist)]
+    xs = xc[sample].contiguous()
+    c1 = max(1, min(nlist, math.ceil(math.sqrt(nlist))))
+    coarse = torch.from_numpy(_kmeans(faiss, xs.numpy(), c1, seed, 256))
+    c1 = coarse.shape[0]
+    s_of = torch.cat([_sq_dist(xs[a:a + 65536], coarse).argmin(1) for a in range(0, xs.shape[0], 65536)])
+    size = torch.bincount(s_of, minlength=c1)
+    want = (size.double() * nlist / max(1, xs.shape[0])).round().long().clamp_min(1).minimum(size.clamp_min(1))
+    fine, owner = [], []
+    for j in range(c1):
+        pts = xs[s_of == j]
+        fine.append(coarse[j:j + 1].numpy() if pts.shape[0] == 0 else
+                    _kmeans(faiss, pts.numpy(), int(want[j]), seed + j, IVF_TRAIN))
+        owner += [j] * fine[-1].shape[0]
+    cent = torch.from_numpy(np.ascontiguousarray(np.concatenate(fine), dtype=np.float32))
+    owner = torch.tensor(owner, dtype=torch.long)
+    top = torch.cat([_sq_dist(xc[a:a + 65536], coarse).argmin(1) for a in range(0, n, 65536)])
+    cn = torch.topk(_sq_dist(coarse, coarse), min(c1, COARSE_PROBES), dim=1, largest=False).indices  # itself first
+    by_owner = torch.argsort(owner, stable=True)
+    optr = torch.zeros(c1 + 1, dtype=torch.long)
+    optr[1:] = torch.cumsum(torch.bincount(owner, minlength=c1), 0)
+    cands = [torch.cat([by_owner[optr[c]:optr[c + 1]] for c in cn[j].tolist()]) for j in range(c1)]
+    return cent, top, cands
+
+
+def _nearest_fine(mod, xc, rows, top, cent, cands, p, num_threads):
+    """``[len(rows), p]`` the ``p`` fine centroids nearest to each of ``rows`` among its coarse
+    cell's candidates ``cands[top[row]]``, ascending (so the first is its home). One BLAS block
+    per coarse cell and chunk, then the C++ selection ``smallest_k``."""
+    out = torch.empty(rows.numel(), p, dtype=torch.long)
+    cell = top[rows]
+    srt = torch.argsort(cell, stable=True)
+    ptr = torch.zeros(len(cands) + 1, dtype=torch.long)
+    ptr[1:] = torch.cumsum(torch.bincount(cell, minlength=len(cands)), 0)
+    pt = ptr.tolist()
+    for j in range(len(cands)):
+        pos = srt[pt[j]:pt[j + 1]]
+        for a in range(0, pos.numel(), 16384):
+            pp = pos[a:a + 16384]
+            dist = _sq_dist(xc[rows[pp]], cent[cands[j]]).contiguous()
+            out[pp] = cands[j][mod.smallest_k(dist, p, int(num_threads))]
+    return out
 
 
 def ivf(x: torch.Tensor, k: int, loop: bool, *, mod, num_threads: int = 1, bar=None, recall: float | None = None,
@@ -157,7 +222,8 @@ def ivf(x: torch.Tensor, k: int, loop: bool, *, mod, num_threads: int = 1, bar=N
     neighbour lists; rows left with fewer than ``k`` neighbours are searched exactly.
     ``bar`` advances by ``n``; ``info`` (a dict, optional) receives ``lists``, ``probes``,
     ``sample_recall`` (the recall estimate that chose ``probes``) and ``repaired`` rows.
-    ``mod``: the C++ extension ``csrc/cpu/knn.cpp`` (its heap selection).
+    ``mod``: the C++ extension ``csrc/cpu/knn.cpp`` (its heap selection, the nearest-centroid
+    selection ``smallest_k``, ``heaps_to_lists`` and ``stuck_rows``). Centroids: :func:`_two_level`.
     """
 
     recall = IVF_RECALL if recall is None else recall
@@ -168,27 +234,20 @@ def ivf(x: torch.Tensor, k: int, loop: bool, *, mod, num_threads: int = 1, bar=N
     nlist = max(1, min(n // max(1, list_size), 1 << 16))
     pmax = min(nlist, IVF_MAX_PROBES)
     faiss = _faiss(num_threads)
-    xs = xc.numpy()
-    if nlist > 1:
-        km = faiss.Kmeans(d, nlist, niter=IVF_ITERS, seed=seed, max_points_per_centroid=IVF_TRAIN,
-                          min_points_per_centroid=1, verbose=False)
-        km.train(xs)
-        cent = np.ascontiguousarray(km.centroids, dtype=np.float32)
-        flat_index = faiss.IndexFlatL2(d)
-        flat_index.add(cent)
-        home = torch.from_numpy(flat_index.search(xs, 1)[1][:, 0].astype(np.int64))
-        near = _nearest_centroids(mod, home, xc, torch.from_numpy(cent), pmax, num_threads)  # [n, pmax], home first
-    else:
-        home = torch.zeros(n, dtype=torch.long)
-        near = home[:, None]
     kk = min(k, n - (0 if loop else 1))
-    if probes is None and nlist > 1 and kk > 0:
-        # recall of "row i's candidates are the lists near[i, :P]" on a sample: rank of each true
+    if nlist > 1:
+        cent, top, cands = _two_level(xc, nlist, seed, faiss)
+        nlist = cent.shape[0]
+        pmax = min([pmax] + [c.numel() for c in cands])                   # no list probed twice
+    if nlist > 1 and probes is None and kk > 0:
+        # recall of "row i's candidates are its P nearest lists" on a sample: the rank of each true
         # neighbour's list in its row's probe order (pmax: not reached)
         g = torch.Generator().manual_seed(seed)
         q = torch.randperm(n, generator=g)[:min(n, IVF_SAMPLE)]
         true = _exact_sample(xc, q, kk)
-        hit = near[q][:, None, :] == home[true][:, :, None]                  # [s, kk, pmax]
+        near_q = _nearest_fine(mod, xc, q, top, cent, cands, pmax, num_threads)
+        home_t = _nearest_fine(mod, xc, true.reshape(-1), top, cent, cands, 1, num_threads).reshape(true.shape)
+        hit = near_q[:, None, :] == home_t[:, :, None]                    # [s, kk, pmax]
         rank = torch.full((q.numel(), kk), pmax, dtype=torch.long)
         found = hit.any(2)
         rank[found] = hit.float().argmax(2)[found]
@@ -199,6 +258,13 @@ def ivf(x: torch.Tensor, k: int, loop: bool, *, mod, num_threads: int = 1, bar=N
     else:
         probes = min(pmax, probes or pmax)
         est = None
+    if nlist > 1:
+        near = _nearest_fine(mod, xc, torch.arange(n), top, cent, cands, probes, num_threads)   # home first
+        home = near[:, 0].contiguous()
+    else:
+        home = torch.zeros(n, dtype=torch.long)
+        near = home[:, None]
+        probes = 1
     # rows sorted by their own list; the lists' members are contiguous in that order
     order = torch.argsort(home, stable=True)
     lptr = torch.zeros(nlist + 1, dtype=torch.long)
@@ -267,18 +333,16 @@ def ivf(x: torch.Tensor, k: int, loop: bool, *, mod, num_threads: int = 1, bar=N
         run_workers(others, workers)
     elif bar is not None:
         bar.update(n)
-    # back to the original order (rows and neighbour ids)
-    D = np.empty((n, max(kk, 1)), dtype=np.float32)
-    I = np.empty((n, max(kk, 1)), dtype=np.int64)
-    best_d, srt = torch.sort(best_d, dim=1)              # the heaps are in heap order
-    best_i = torch.gather(best_i, 1, srt)
-    bi = torch.where(best_i >= 0, order[best_i.clamp_min(0)], best_i)
-    D[order.numpy()] = best_d.numpy()
-    I[order.numpy()] = bi.numpy()
-    fixed = _repair(x, D, I, max(kk, 1), self_excluded=not loop, also=torch.from_numpy(I[:, -1] < 0)) \
+    # back to the original order (rows and neighbour ids), each row sorted
+    D, I = mod.heaps_to_lists(best_d, best_i, order, int(num_threads))
+    del best_d, best_i
+    D, I = D.numpy(), I.numpy()
+    fixed = _repair(x, D, I, max(kk, 1), self_excluded=not loop, also=torch.from_numpy(I[:, -1] < 0), mod=mod) \
         if kk > 0 else 0
     if info is not None:
         info.update(lists=nlist, probes=probes, sample_recall=est, repaired=fixed)
+    if kk == k and kk > 0:   # already in _finish's form: sorted, (inf, -1) for empty slots, no padding
+        return torch.from_numpy(D), torch.from_numpy(I)
     return _finish(D, I, n, k, True)
 
 
