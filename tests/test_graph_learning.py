@@ -119,7 +119,9 @@ def test_cpp_solver_matches_reference(seed, dtype):
     assert i_r["iterations"] == i_c["iterations"] == 60
     tol = 1e-4 if dtype == torch.float32 else 1e-10
     assert torch.allclose(w_r, w_c, atol=tol, rtol=tol)
-    assert i_c["rel_primal"] == pytest.approx(i_r["rel_primal"], rel=1e-3)
+    # the relative change after 60 steps is ~1e-6: in float32 a difference of nearly equal numbers
+    # (rounding noise ~ eps / 1e-6 = 6%), in float64 exact to many digits
+    assert i_c["rel_primal"] == pytest.approx(i_r["rel_primal"], rel=0.1 if dtype == torch.float32 else 1e-6)
 
 
 def _check_graph(ei, ew, n):

@@ -371,3 +371,27 @@ def test_hnsw_stuck_rows_are_requeried_exactly(seed):
     assert set(I[0].tolist()) == set(i_ex[0].tolist())
     assert np.allclose(D[0], d_ex[0].numpy(), atol=1e-4)
     assert (I[1:] == i_ex[1:].numpy()).all()        # exact rows are left alone
+
+
+def test_undirected_pairs_equal_reference(seed):
+    """``tgrep::undirected_pairs`` (C++ counting sort) is ``torch.unique`` of the pair keys,
+    inverse included: duplicates both ways, self pairs, empty input, isolated nodes."""
+    from tgrep.kernels.reference.graph_learning import undirected_pairs as ref_pairs
+
+    g = torch.Generator().manual_seed(seed)
+    for n, E in [(1, 0), (5, 30), (50, 400), (300, 2000)]:
+        src = torch.randint(0, n, (E,), generator=g)
+        dst = torch.randint(0, n, (E,), generator=g)
+        if E:
+            dst[: E // 4] = src[E // 4: 2 * (E // 4)]          # reversed copies of other entries
+            src[: E // 4] = dst[E // 4: 2 * (E // 4)]
+        key, inv = torch.ops.tgrep.undirected_pairs(src, dst, n, 2)
+        rk, ri = ref_pairs(src, dst, n)
+        assert torch.equal(key, rk) and torch.equal(inv, ri)
+        torch.library.opcheck(torch.ops.tgrep.undirected_pairs.default, (src, dst, n, 1))
+    with pytest.raises(ValueError, match="'dst'"):
+        torch.ops.tgrep.undirected_pairs(torch.tensor([0, 1]), torch.tensor([1, 5]), 5, 1)
+    with pytest.raises(ValueError, match="'src'"):
+        torch.ops.tgrep.undirected_pairs(torch.tensor([-1, 1]), torch.tensor([1, 2]), 5, 1)
+    with pytest.raises(ValueError):
+        torch.ops.tgrep.undirected_pairs(torch.tensor([0, 1]), torch.tensor([1]), 5, 1)

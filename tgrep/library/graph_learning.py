@@ -1,4 +1,5 @@
-"""Custom op ``tgrep::graph_learning_fbf``: the weights of the log graph-learning model on a
+"""Custom ops ``tgrep::undirected_pairs`` (the support's pairs, each once) and
+``tgrep::graph_learning_fbf``: the weights of the log graph-learning model on a
 fixed edge support (Kalofolias 2016; Kalofolias & Perraudin 2019), by forward-backward-forward
 primal-dual iterations.
 
@@ -100,3 +101,40 @@ def graph_learning_fbf(row: Tensor, col: Tensor, z: Tensor, w0: Optional[Tensor]
 @graph_learning_fbf.register_fake
 def _(row, col, z, w0, batch, num_graphs, num_nodes, c, max_w, max_iter, tol, step, num_threads, verbose):
     return z.new_empty(z.shape), z.new_empty((4,), dtype=torch.float64)
+
+
+def _check_pairs(src, dst, num_nodes, num_threads):
+    if src.dim() != 1 or dst.shape != src.shape:
+        raise ValueError(f"'src' and 'dst' must be 1-D of the same length, got {tuple(src.shape)}, {tuple(dst.shape)}")
+    if num_nodes < 0 or num_threads < 0:
+        raise ValueError("'num_nodes' and 'num_threads' (0: default) must be >= 0")
+    check.values(check.index_flags("src", src, num_nodes) + check.index_flags("dst", dst, num_nodes))
+
+
+def _pairs_cpp():
+    mod = load_cpp("graph_learning")
+    if mod is None:
+        return None
+
+    def run(src, dst, num_nodes, num_threads):
+        if num_nodes >= 2 ** 31 or src.numel() >= 2 ** 31:   # the kernel's ids and entries are int32
+            return ref.undirected_pairs(src, dst, num_nodes)
+        return tuple(mod.undirected_pairs(src.long().contiguous(), dst.long().contiguous(), int(num_nodes),
+                                          num_threads or max(1, torch.get_num_threads())))
+
+    return run
+
+
+@kernel_op("tgrep::undirected_pairs", cpp=_pairs_cpp, check=_check_pairs)
+def undirected_pairs(src: Tensor, dst: Tensor, num_nodes: int, num_threads: int) -> tuple[Tensor, Tensor]:
+    """``(key, inverse)``: the undirected pairs ``{src_e, dst_e}`` each once, as keys
+    ``min · num_nodes + max`` in ascending order, and ``inverse [E]`` the pair of every entry
+    (``torch.unique(key, return_inverse=True)``; the C++ kernel is a counting sort by the
+    smaller endpoint)."""
+    return ref.undirected_pairs(src.long(), dst.long(), num_nodes)
+
+
+@undirected_pairs.register_fake
+def _(src, dst, num_nodes, num_threads):
+    ctx = torch.library.get_ctx()
+    return src.new_empty((ctx.new_dynamic_size(),), dtype=torch.int64), src.new_empty(src.shape, dtype=torch.int64)

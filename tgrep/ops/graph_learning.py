@@ -237,7 +237,7 @@ def _jitter(x, dist, seed=0):
 
 def _pairs_unique(src, dst, n):
     """Undirected pairs ``(row < col)`` each once, and the inverse map of the inputs."""
-    key, inverse = torch.unique(torch.minimum(src, dst) * n + torch.maximum(src, dst), return_inverse=True)
+    key, inverse = torch.ops.tgrep.undirected_pairs(src, dst, n, 0)
     return key // n, key % n, key, inverse
 
 

@@ -367,3 +367,10 @@ def l2_model(row, col, z, n, alpha: float, *, max_iter=1000, tol=1e-5):
         if change < tol:
             break
     return w
+
+
+def undirected_pairs(src: torch.Tensor, dst: torch.Tensor, num_nodes: int):
+    """``(key, inverse)``: the undirected pairs of the entries ``(src, dst)`` each once, as sorted
+    keys ``min · n + max``, and the pair of every entry (twin of ``tgrep::undirected_pairs``)."""
+    n = int(num_nodes)
+    return torch.unique(torch.minimum(src, dst) * n + torch.maximum(src, dst), return_inverse=True)
