@@ -261,15 +261,40 @@ class ProdigeGraph(nn.Module):
         """(Re)build the buffers and edge parameters for ``edge_index`` (canonical: coalesced,
         ``u < v`` when undirected)."""
         M, dev = edge_index.size(1), edge_index.device
-        indptr, indices, _, perm = to_csr(edge_index, self.num_nodes, None, undirected=not self.directed,
-                                          return_perm=True)
-        for name, t in (("edge_index", edge_index), ("init_weight", w0), ("indptr", indptr), ("indices", indices),
-                        ("perm", perm)):  # perm: CSR edge -> parameter
-            self.register_buffer(name, t)
+        self.register_buffer("edge_index", edge_index)
+        self.register_buffer("init_weight", w0)
+        self._set_csr(None)
         self._edge_weight = EdgeParameter(M, self.sparse, dev)    # .weight_logit
         self._edge_presence = EdgeParameter(M, self.sparse, dev)  # .presence_logit
         self._last = None  # the samples of the last training forward, for reinforce()
         self._ema = None
+
+    def _set_csr(self, keep: torch.Tensor | None) -> None:
+        """The CSR arrays the searches scan: every candidate edge (``keep=None``) or only the
+        candidate edges ``keep`` (``[M]`` bool). The slots of the others are parked as self-loops
+        of the last vertex, which must have no candidate edge: it is never reached, so they are
+        never scanned, and the arrays keep their size (``torch.compile`` treats module buffers as
+        static: a shrinking CSR would recompile). The edge parameters stay ``[M]`` (``perm`` maps
+        each CSR slot to its parameter), so an optimizer holding them is unaffected. Left-out
+        edges should have low presence logits, as :meth:`kept` and the stored numbers count by
+        them (``ProdigeEmbedding``'s pruning sets both)."""
+        if keep is None:
+            indptr, indices, _, perm = to_csr(self.edge_index, self.num_nodes, None, undirected=not self.directed,
+                                              return_perm=True)
+        else:
+            last = self.num_nodes - 1
+            if bool(((self.edge_index == last).any(0) & keep).any()):
+                raise ValueError("the last vertex parks the left-out edges: it must not have a kept edge")
+            ids = torch.nonzero(keep).squeeze(1)
+            indptr, indices, _, perm = to_csr(self.edge_index[:, ids], self.num_nodes, None,
+                                              undirected=not self.directed, return_perm=True)
+            out = torch.nonzero(~keep).squeeze(1).repeat_interleave(1 if self.directed else 2)
+            indptr = indptr.clone()
+            indptr[-1] += out.numel()
+            indices = torch.cat([indices, torch.full_like(out, last)])
+            perm = torch.cat([ids[perm], out])
+        for name, t in (("indptr", indptr), ("indices", indices), ("perm", perm)):  # perm: CSR edge -> parameter
+            self.register_buffer(name, t)
 
     # ------------------------------------------------------------------ checkpoints
     def get_extra_state(self) -> dict:
@@ -296,6 +321,7 @@ class ProdigeGraph(nn.Module):
 
     # ------------------------------------------------------------------ parameters
     def reset_parameters(self):
+        self._set_csr(None)  # every candidate edge searched again (after ProdigeEmbedding's pruning)
         with torch.no_grad():
             self.weight_logit.copy_(inverse_softplus(self.init_weight))
             self.presence_logit.fill_(math.log(self.init_prob / (1 - self.init_prob)))

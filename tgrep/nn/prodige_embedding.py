@@ -2,6 +2,7 @@ r"""``ProdigeEmbedding``: items as distances to anchor vertices of a PRODIGE gra
 from __future__ import annotations
 
 import math
+import weakref
 
 import torch
 import torch.nn.functional as F
@@ -13,12 +14,31 @@ from .prodige import ProdigeGraph, _seed, bool_arg, gather, undirected_edges
 
 
 def _refresh_after_load(module, incompatible_keys) -> None:
+    module._sync_pruning()  # the checkpoint's pruning state (perhaps a new graph to hook)
     module.refresh_trees()  # new lengths (and perhaps a new graph): the cached trees are stale
 
 
-def _budget_edges(n: int, K: int, budget: float, num_items: int) -> int:
-    """Candidate edges so that ``N + 2|E|`` (anchors included) is ``budget`` numbers per item."""
-    return int(math.floor((budget * num_items - (n + K)) / 2))
+def _after_backward(ref) -> None:
+    module = ref()
+    if module is not None:
+        module._after_backward()
+
+
+def _budget_edges(n: int, K: int, budget: float, num_items: int, hubs: int = 0) -> int:
+    """Edges so that ``N + 2|E|`` (anchors and hub vertices included) is ``budget`` numbers per item."""
+    return int(math.floor((budget * num_items - (n + K + hubs)) / 2))
+
+
+HUBS_PER_ANCHOR = 3  # hidden hub vertices: 3 K of them
+HUB_LINKS = 48  # candidate hub edges per item (every hub when there are at most 48)
+PRUNE_START, PRUNE_EVERY, PRUNE_ROUNDS = 250, 20, 8  # pruning rounds, in training steps
+PRUNED_LOGIT = -30.0  # presence logit of a pruned edge (never sampled, not kept)
+
+
+def _prune_schedule(start: int, keep: int) -> list[int]:
+    """Edges kept after each pruning round: geometric from ``start`` candidates to ``keep``."""
+    R = PRUNE_ROUNDS
+    return [max(keep, int(round(keep * (start / keep) ** ((R - 1 - r) / R)))) for r in range(R)]
 
 
 class ProdigeEmbedding(nn.Module):
@@ -136,9 +156,11 @@ class ProdigeEmbedding(nn.Module):
             budget = float(K) if budget is None else budget
             lo = 2.0 + (K + 1) / n
             check.in_range("budget", budget, lo, math.inf, lo_open=True, hi_open=True)
-            ei, w0 = self._candidates(n, K, budget, padding_idx, generator)
-            graph = ProdigeGraph(ei, n + K, init_weight=w0, learn_default_distance=not sparse, sparse=sparse)
-        elif not isinstance(graph, ProdigeGraph):
+            ei, w0, num_nodes, target = self._candidates(n, K, budget, padding_idx, generator)
+            graph = ProdigeGraph(ei, num_nodes, init_weight=w0, learn_default_distance=not sparse, sparse=sparse)
+        else:
+            target = 0
+        if not isinstance(graph, ProdigeGraph):
             raise TypeError(f"'graph' must be a ProdigeGraph, got {type(graph).__name__}")
         elif graph.num_nodes < n + K:
             raise ValueError(f"'graph' must have at least num_embeddings + embedding_dim = {n + K} vertices "
@@ -162,17 +184,39 @@ class ProdigeEmbedding(nn.Module):
         self.register_buffer("_tree_cache", torch.zeros(3, K, N, dtype=torch.int32, device=dev), persistent=False)
         self.register_buffer("_tree_step", torch.zeros((), dtype=torch.long, device=dev), persistent=False)
         self.register_buffer("_edge_src", torch.zeros(0, dtype=torch.long, device=dev), persistent=False)
+        # pruning to the budget: [training steps seen, edges to keep (0: no pruning)]; saved
+        self.register_buffer("prune_state", torch.tensor([0, target], dtype=torch.long, device=dev))
+        self._steps, self._target, self._hook, self._hooked = 0, target, None, None
         self.register_load_state_dict_post_hook(_refresh_after_load)
+        self._sync_pruning()
         self.refresh_trees()
 
     @staticmethod
     def _candidates(n, K, budget, padding_idx, generator):
-        """``(edge_index, init_weight)``: one random anchor per item (a random
-        permutation, so every anchor is used), random item–item edges up to the budget."""
+        """``(edge_index, init_weight, num_nodes, keep)``: the candidate graph and the number of
+        edges pruning keeps (``0``: the candidates already fit the budget). With room for hub
+        vertices (``3 K`` of them, ids ``n + K ..``; one edge per item and per hub must fit), every
+        item is linked to ``min(3 K, 32)`` random hubs and every hub to every anchor; otherwise
+        each item is linked to one random anchor (a random permutation, so every anchor is used)
+        and to random other items, up to the budget."""
         items = torch.arange(n)
         if padding_idx is not None:
             items = items[items != padding_idx]
         m = items.numel()
+        H = HUBS_PER_ANCHOR * K
+        keep = _budget_edges(n, K, budget, n, H + 1)  # + the last vertex, which parks pruned edges
+        if keep >= m + H and m > 0:
+            c = min(H, HUB_LINKS)
+            hubs = n + K + torch.rand(m, H, generator=generator).argsort(1)[:, :c]
+            hub_ids = n + K + torch.arange(H)
+            ei = torch.cat([torch.stack([items.repeat_interleave(c), hubs.reshape(-1)]),
+                            torch.stack([hub_ids.repeat_interleave(K), (n + torch.arange(K)).repeat(H)])], 1)
+            extra = keep - ei.size(1)
+            if extra > 0 and m > 1:  # a large budget: random item-item edges fill it, nothing to prune
+                ei = torch.cat([ei, items[torch.randint(0, m, (2, extra), generator=generator)]], 1)
+            ei = undirected_edges(ei, n + K + H + 1)
+            w0 = 0.5 + torch.rand(ei.size(1), generator=generator)
+            return ei, w0, n + K + H + 1, keep if ei.size(1) > keep else 0
         total = _budget_edges(n, K, budget, n)
         anchor = n + torch.randperm(max(m, K), generator=generator)[:m] % K
         parts = [torch.stack([items, anchor])]
@@ -183,7 +227,7 @@ class ProdigeEmbedding(nn.Module):
             parts.append(torch.stack([src, dst]))
         ei = undirected_edges(torch.cat(parts, 1), n + K)
         w0 = 0.5 + torch.rand(ei.size(1), generator=generator)
-        return ei, w0
+        return ei, w0, n + K, 0
 
     @classmethod
     def from_pretrained(cls, embeddings: torch.Tensor, freeze: bool = True, padding_idx: int | None = None, *,
@@ -243,8 +287,91 @@ class ProdigeEmbedding(nn.Module):
         self._refresh_every = check.positive_int("refresh_every", value)
 
     def reset_parameters(self):
-        self.graph.reset_parameters()
+        self.graph.reset_parameters()  # every candidate edge again
+        self.prune_state[0] = 0
+        self._steps = 0
         self.refresh_trees()
+
+    # ------------------------------------------------------------------ pruning to the budget
+    def _sync_pruning(self) -> None:
+        """Read the pruning state (after construction or a load) and hook the length logits."""
+        steps, target = (int(v) for v in self.prune_state.tolist())
+        self._steps, self._target = steps, target
+        w = self.graph.weight_logit
+        if self._hooked is None or self._hooked() is not w:  # a new graph: hook its lengths
+            if self._hook is not None:
+                self._hook.remove()
+            self._hook, self._hooked = None, None
+            if target > 0 and not self.pruning_done():
+                ref = weakref.ref(self)
+                self._hook = w.register_post_accumulate_grad_hook(lambda p: _after_backward(ref))
+                self._hooked = weakref.ref(w)  # (a Parameter attribute would register itself)
+
+    def pruning_done(self) -> bool:
+        """Whether the graph is at its budget (always for a given ``graph`` or when the
+        candidates fit the budget; else after the last pruning round)."""
+        return self._target <= 0 or self._steps >= PRUNE_START + (PRUNE_ROUNDS - 1) * PRUNE_EVERY
+
+    def _after_backward(self) -> None:
+        """Counts training steps (backward passes reaching the lengths in training mode) and
+        runs the pruning round due at this step."""
+        if not self.training or self.pruning_done():
+            return
+        self._steps += 1
+        self.prune_state[0] = self._steps
+        r, rem = divmod(self._steps - PRUNE_START, PRUNE_EVERY)
+        if r >= 0 and rem == 0:
+            self._prune_round(_prune_schedule(self.graph.num_edges, self._target)[r])
+
+    @torch.no_grad()
+    def _prune_round(self, k: int) -> None:
+        r"""Keep ``k`` of the kept edges: for every item and hub vertex ``v`` the edge ``(u, v)``
+        that alone keeps its distances best (least :math:`\sum_k w_{uv} + d(u, a_k) - d(v, a_k)`),
+        then the most used others (usage = how many (anchor, item) shortest paths of the eval-mode
+        graph run through the edge). The others get presence logit ``PRUNED_LOGIT`` and leave the
+        searched CSR (the parameters stay, so the optimizer is unaffected)."""
+        g = self.graph
+        alive = g.presence_logit >= 0
+        if int(alive.sum()) <= k:
+            return
+        self.refresh_trees()
+        n, K, N, M = self.num_embeddings, self.embedding_dim, g.num_nodes, g.num_edges
+        dev = g.indptr.device
+        item = torch.zeros(N, device=dev)
+        item[:n] = 1.0
+        if self.padding_idx is not None:
+            item[self.padding_idx] = 0.0
+        edge, parent, order = self._tree_cache.unbind(0)
+        usage = torch.ops.tgrep.tree_path_gradient(item.expand(K, N).contiguous(), edge, parent, order, M + 1)[:M]
+        pri = torch.where(alive, usage, torch.full_like(usage, -1.0))
+        # first, for each item and hub, the one edge that alone keeps its distances best
+        w = torch.cat([g.edge_weight.detach(), g.default_distance.detach().reshape(1)])
+        D = torch.ops.tgrep.tree_path_sum(w, edge, parent, order)  # [K, N] eval-mode distances
+        inf = torch.full((M,), math.inf, device=dev)
+        for side in (0, 1):
+            v, u = g.edge_index[side], g.edge_index[1 - side]
+            err = torch.where(alive, (w[:M] + D[:, u] - D[:, v]).sum(0), inf)  # >= 0: d(v) <= w + d(u)
+            best = torch.full((N,), math.inf, device=dev).scatter_reduce(0, v, err, "amin")
+            first = (err == best[v]) & alive & ((v < n) | (v >= n + K))
+            pri = torch.where(first, usage + 1e9, pri)
+        keep = torch.zeros(M, dtype=torch.bool, device=dev)
+        keep[pri.topk(k).indices] = True
+        g.presence_logit.masked_fill_(~keep, PRUNED_LOGIT)
+        g._set_csr(keep)
+        g._last = None
+        self.refresh_trees()
+
+    def prune_to_budget(self) -> None:
+        """Run the remaining pruning rounds now (e.g. for a run shorter than the schedule), so
+        :meth:`num_stored_parameters` meets the budget."""
+        if self.pruning_done():
+            return
+        r0 = max(0, -(-(self._steps - PRUNE_START) // PRUNE_EVERY))
+        for k in _prune_schedule(self.graph.num_edges, self._target)[r0:]:
+            self._prune_round(k)
+        self._steps = PRUNE_START + (PRUNE_ROUNDS - 1) * PRUNE_EVERY
+        self.prune_state[0] = self._steps
+        self._sync_pruning()
 
     @torch.no_grad()
     def refresh_trees(self) -> None:
@@ -258,6 +385,9 @@ class ProdigeEmbedding(nn.Module):
         if g.directed:
             return
         dev = g.indptr.device
+        shape = (3, self.embedding_dim, g.num_nodes)
+        if self._tree_cache.shape != shape:  # a loaded checkpoint with another number of vertices
+            self._tree_cache = torch.zeros(shape, dtype=torch.int32, device=dev)
         self._edge_src = torch.repeat_interleave(torch.arange(g.num_nodes, device=dev), g.indptr.diff())
         w = g._csr_weight(True).detach()
         _, pred = torch.ops.tgrep.shortest_paths(g.indptr, g.indices, w, self.anchors, None, None,
@@ -346,7 +476,7 @@ class ProdigeEmbedding(nn.Module):
         a = state_dict.get(prefix + "anchors")
         extra = state_dict.get(prefix + "graph._extra_state")
         if isinstance(a, torch.Tensor) and isinstance(extra, dict):
-            n_ck = int(extra["num_nodes"]) - a.numel()
+            n_ck = int(a[0]) if a.numel() else int(extra["num_nodes"])  # anchors are n .. n+K-1
             if a.numel() != self.embedding_dim or n_ck != self.num_embeddings:
                 raise ValueError(f"ProdigeEmbedding checkpoint is for num_embeddings={n_ck}, "
                                  f"embedding_dim={a.numel()}; this module has num_embeddings={self.num_embeddings}, "
