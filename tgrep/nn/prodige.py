@@ -269,15 +269,16 @@ class ProdigeGraph(nn.Module):
         self._last = None  # the samples of the last training forward, for reinforce()
         self._ema = None
 
-    def _set_csr(self, keep: torch.Tensor | None) -> None:
+    def _set_csr(self, keep: torch.Tensor | None, park: bool = True) -> None:
         """The CSR arrays the searches scan: every candidate edge (``keep=None``) or only the
-        candidate edges ``keep`` (``[M]`` bool). The slots of the others are parked as self-loops
-        of the last vertex, which must have no candidate edge: it is never reached, so they are
-        never scanned, and the arrays keep their size (``torch.compile`` treats module buffers as
-        static: a shrinking CSR would recompile). The edge parameters stay ``[M]`` (``perm`` maps
-        each CSR slot to its parameter), so an optimizer holding them is unaffected. Left-out
-        edges should have low presence logits, as :meth:`kept` and the stored numbers count by
-        them (``ProdigeEmbedding``'s pruning sets both)."""
+        candidate edges ``keep`` (``[M]`` bool). With ``park``, the slots of the others are parked
+        as self-loops of the last vertex, which must have no candidate edge: it is never reached,
+        so they are never scanned, and the arrays keep their size (``torch.compile`` treats module
+        buffers as static: a shrinking CSR recompiles); else they are dropped (the value checks
+        and per-slot work of every search then shrink too). The edge parameters stay ``[M]``
+        (``perm`` maps each CSR slot to its parameter), so an optimizer holding them is
+        unaffected. Left-out edges should have low presence logits, as :meth:`kept` and the
+        stored numbers count by them (``ProdigeEmbedding``'s pruning sets both)."""
         if keep is None:
             indptr, indices, _, perm = to_csr(self.edge_index, self.num_nodes, None, undirected=not self.directed,
                                               return_perm=True)
@@ -289,6 +290,8 @@ class ProdigeGraph(nn.Module):
             indptr, indices, _, perm = to_csr(self.edge_index[:, ids], self.num_nodes, None,
                                               undirected=not self.directed, return_perm=True)
             out = torch.nonzero(~keep).squeeze(1).repeat_interleave(1 if self.directed else 2)
+            if not park:
+                out = out[:0]
             indptr = indptr.clone()
             indptr[-1] += out.numel()
             indices = torch.cat([indices, torch.full_like(out, last)])
@@ -316,6 +319,10 @@ class ProdigeGraph(nn.Module):
             dev = self.edge_index.device
             self.num_nodes, self.directed = int(extra["num_nodes"]), bool(extra["directed"])
             self._set_structure(ei.to(dev).long(), state_dict[prefix + "init_weight"].to(dev).float())
+        for name in ("indices", "perm"):  # the checkpoint's CSR may scan only some of the candidates
+            t = state_dict.get(prefix + name)
+            if isinstance(t, torch.Tensor) and t.shape != getattr(self, name).shape:
+                self.register_buffer(name, torch.empty(t.shape, dtype=t.dtype, device=self.edge_index.device))
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                                       error_msgs)
 

@@ -79,10 +79,12 @@ class ProdigeEmbedding(nn.Module):
     and hub, the one edge that alone best keeps its distances to the anchors, then the edges
     the most (anchor, item) shortest paths run through. A pruned edge gets presence logit
     ``-30`` (never sampled, not kept, so :meth:`num_stored_parameters` meets the budget after
-    the last round and counts the candidates before it) and leaves the searched CSR (its slots
-    are parked under the last vertex, which no search reaches; the arrays keep their size, so
-    ``torch.compile`` does not recompile). The parameters keep their ``[M]`` shape, so the
-    user's optimizer is unaffected; only the lengths' Adam/softplus work stays ``O(M)``.
+    the last round and counts the candidates before it) and leaves the searched CSR (until the
+    last round its slots are parked under the last vertex, which no search reaches, so the
+    arrays keep their size; the last round drops them: under ``torch.compile`` that is one
+    recompile). The parameters keep their ``[M]`` shape, so the user's optimizer is unaffected;
+    the lengths' softplus and Adam work stays ``O(M)``, so a step after pruning still costs
+    more than one on a budget-sized graph (bag-of-words benchmark below).
     :meth:`prune_to_budget` runs the remaining rounds at once (a run shorter than 390 steps);
     :meth:`reset_parameters` restores the candidates. Planted hierarchy benchmark (16 classes,
     470 steps, 9 seeds), test accuracy with a linear / LayerNorm head: budget 4: 0.978 / 0.912
@@ -354,18 +356,22 @@ class ProdigeEmbedding(nn.Module):
         self.prune_state[0] = self._steps
         r, rem = divmod(self._steps - PRUNE_START, PRUNE_EVERY)
         if r >= 0 and rem == 0:
-            self._prune_round(_prune_schedule(self.graph.num_edges, self._target)[r])
+            self._prune_round(_prune_schedule(self.graph.num_edges, self._target)[r], final=r == PRUNE_ROUNDS - 1)
 
     @torch.no_grad()
-    def _prune_round(self, k: int) -> None:
+    def _prune_round(self, k: int, final: bool = False) -> None:
         r"""Keep ``k`` of the kept edges: for every item and hub vertex ``v`` the edge ``(u, v)``
         that alone keeps its distances best (least :math:`\sum_k w_{uv} + d(u, a_k) - d(v, a_k)`),
         then the most used others (usage = how many (anchor, item) shortest paths of the eval-mode
         graph run through the edge). The others get presence logit ``PRUNED_LOGIT`` and leave the
-        searched CSR (the parameters stay, so the optimizer is unaffected)."""
+        searched CSR (the parameters stay, so the optimizer is unaffected): parked until the
+        ``final`` round, which drops their slots."""
         g = self.graph
         alive = g.presence_logit >= 0
         if int(alive.sum()) <= k:
+            if final:
+                g._set_csr(alive, park=False)
+                self.refresh_trees()
             return
         self.refresh_trees()
         n, K, N, M = self.num_embeddings, self.embedding_dim, g.num_nodes, g.num_edges
@@ -390,7 +396,7 @@ class ProdigeEmbedding(nn.Module):
         keep = torch.zeros(M, dtype=torch.bool, device=dev)
         keep[pri.topk(k).indices] = True
         g.presence_logit.masked_fill_(~keep, PRUNED_LOGIT)
-        g._set_csr(keep)
+        g._set_csr(keep, park=not final)
         g._last = None
         self.refresh_trees()
 
@@ -400,8 +406,8 @@ class ProdigeEmbedding(nn.Module):
         if self.pruning_done():
             return
         r0 = max(0, -(-(self._steps - PRUNE_START) // PRUNE_EVERY))
-        for k in _prune_schedule(self.graph.num_edges, self._target)[r0:]:
-            self._prune_round(k)
+        for r, k in enumerate(_prune_schedule(self.graph.num_edges, self._target)[r0:], r0):
+            self._prune_round(k, final=r == PRUNE_ROUNDS - 1)
         self._steps = PRUNE_START + (PRUNE_ROUNDS - 1) * PRUNE_EVERY
         self.prune_state[0] = self._steps
         self._sync_pruning()
