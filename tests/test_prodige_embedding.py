@@ -271,6 +271,24 @@ def test_compile_fullgraph_train_and_eval_no_recompiles():
     assert g.presence_logit.grad.abs().sum() > 0
 
 
+def test_deepcopy_and_pickle_keep_their_own_pruning_count():
+    import copy
+    import io
+
+    torch.manual_seed(0)
+    emb = ProdigeEmbedding(60, 4, budget=5.0)
+    buf = io.BytesIO()
+    torch.save(emb, buf)  # the whole module (the hook is re-made on load)
+    buf.seek(0)
+    copies = [copy.deepcopy(emb), torch.load(buf, weights_only=False)]
+    x = torch.randint(0, 60, (8, 3))
+    for i, c in enumerate(copies, 1):
+        c(x).sum().backward()  # training mode: a step of the copy, not of the original
+        assert c._steps == 1 and emb._steps == 0
+        c.prune_to_budget()
+        assert c.num_stored_parameters() <= 5.0 * 60 and not emb.pruning_done()
+
+
 def test_compiled_training_prunes_without_recompiles():
     # the pruning rounds run in a hook on the length logits (outside the compiled graph); the
     # CSR keeps its size (pruned slots are parked) until the last round drops them: two graphs

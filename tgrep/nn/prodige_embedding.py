@@ -342,6 +342,15 @@ class ProdigeEmbedding(nn.Module):
                 self._hook = w.register_post_accumulate_grad_hook(lambda p: _after_backward(ref))
                 self._hooked = weakref.ref(w)  # (a Parameter attribute would register itself)
 
+    def __getstate__(self):  # pickling / deepcopy: the hook is re-made on the copy's parameter
+        state = dict(super().__getstate__())
+        state["_hook"], state["_hooked"] = None, None
+        return state
+
+    def __setstate__(self, state):
+        super().__setstate__(state)
+        self._sync_pruning()
+
     def pruning_done(self) -> bool:
         """Whether the graph is at its budget (always for a given ``graph`` or when the
         candidates fit the budget; else after the last pruning round)."""
