@@ -284,14 +284,14 @@ class ProdigeGraph(nn.Module):
                                               return_perm=True)
         else:
             last = self.num_nodes - 1
-            if bool(((self.edge_index == last).any(0) & keep).any()):
-                raise ValueError("the last vertex parks the left-out edges: it must not have a kept edge")
             ids = torch.nonzero(keep).squeeze(1)
             indptr, indices, _, perm = to_csr(self.edge_index[:, ids], self.num_nodes, None,
                                               undirected=not self.directed, return_perm=True)
             out = torch.nonzero(~keep).squeeze(1).repeat_interleave(1 if self.directed else 2)
             if not park:
                 out = out[:0]
+            elif out.numel() and bool(((self.edge_index == last).any(0) & keep).any()):
+                raise ValueError("the last vertex parks the left-out edges: it must not have a kept edge")
             indptr = indptr.clone()
             indptr[-1] += out.numel()
             indices = torch.cat([indices, torch.full_like(out, last)])

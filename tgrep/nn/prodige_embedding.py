@@ -30,7 +30,7 @@ def _budget_edges(n: int, K: int, budget: float, num_items: int, hubs: int = 0) 
 
 
 HUBS_PER_ANCHOR = 3  # hidden hub vertices: 3 K of them
-HUB_LINKS = 32  # candidate hub edges per item (every hub when there are at most 48)
+HUB_LINKS = 32  # candidate hub edges per item (every hub when there are at most 32)
 PRUNE_START, PRUNE_EVERY, PRUNE_ROUNDS = 250, 20, 8  # pruning rounds, in training steps
 PRUNED_LOGIT = -30.0  # presence logit of a pruned edge (never sampled, not kept)
 
@@ -84,10 +84,10 @@ class ProdigeEmbedding(nn.Module):
     arrays keep their size; the last round drops them: under ``torch.compile`` that is one
     recompile). The parameters keep their ``[M]`` shape, so the user's optimizer is unaffected;
     the lengths' softplus and Adam work stays ``O(M)``, so a step after pruning still costs
-    more than one on a budget-sized graph (bag-of-words benchmark below).
+    more than one on a budget-sized graph (see **Cost**).
     :meth:`prune_to_budget` runs the remaining rounds at once (a run shorter than 390 steps);
-    :meth:`reset_parameters` restores the candidates. Planted hierarchy benchmark (16 classes,
-    470 steps, 9 seeds), test accuracy with a linear / LayerNorm head: budget 4: 0.978 / 0.912
+    :meth:`reset_parameters` restores the candidates. Planted hierarchy task of the benchmark
+    (16 classes, 470 steps; 9 seeds), test accuracy with a linear / LayerNorm head: budget 4: 0.978 / 0.912
     (``nn.Embedding(1000, 4)`` 0.977 / 0.875; before the hubs, a budget-sized random graph:
     0.83 / 0.66); budget 16: 0.998 / 0.994 (``nn.Embedding(1000, 16)`` 0.999 / 0.986; before:
     0.993 / 0.981). Without room for the hubs (a budget below about
@@ -123,7 +123,11 @@ class ProdigeEmbedding(nn.Module):
     the anchor's previous tree (edge dropout no longer cuts it off to the default distance for
     ``refresh_every`` steps). The trees are rebuilt exactly by :meth:`refresh_trees`, which runs
     at construction, after ``load_state_dict`` and after :meth:`reset_parameters`. No host
-    synchronisation, so ``torch.compile(fullgraph=True)`` works (``direction="anchors"``).
+    synchronisation, so ``torch.compile(fullgraph=True)`` works (``direction="anchors"``). A
+    bag-of-words training step of ``ProdigeEmbedding(2000, 16)`` (batch 64 x 50, 1 thread) is
+    7.5-8.3x ``nn.Embedding(2000, 16)``'s before pruning (64.8k candidate edges searched) and
+    6.0-6.5x after (15.0k kept; softplus and Adam still run over the 64.8k lengths); the
+    budget-sized random graph the layer had before the hub vertices: 5.1x in the same runs.
     Soft graphs, directed graphs (``direction="items"``) and frozen lengths use exact searches
     in training too.
 
