@@ -31,7 +31,6 @@ def test_shapes_directions_and_gradients(seed):
     torch.manual_seed(seed)
     emb = ProdigeEmbedding(20, 3, budget=8.0, center=False)  # raw distances: both directions agree
     assert "20, 3" in repr(emb) and "budget=8.0" in repr(emb) and "center=False" in repr(emb)
-    assert emb.num_stored_parameters() <= 8 * 20
     idx = torch.randint(0, 20, (4, 5))
     emb.eval()
     ref = emb.graph(torch.arange(20), torch.arange(20, 23).expand(20, 3))  # items -> anchors
@@ -73,12 +72,60 @@ def test_shapes_directions_and_gradients(seed):
 
 
 def test_budget_counts_like_the_paper():
-    for n, K, budget in ((200, 8, 8.0), (500, 16, 16.0), (300, 4, 6.5)):
+    from tgrep.nn.prodige_embedding import HUB_LINKS
+
+    # (n, K, budget, hub vertices): 3 K hubs when one edge per item and per hub fits the budget
+    for n, K, budget, H in ((200, 8, 8.0, 24), (500, 16, 16.0, 48), (300, 4, 6.5, 12), (300, 4, 3.1, 0),
+                            (100, 4, 40.0, 12)):
         emb = ProdigeEmbedding(n, K, budget=budget, generator=torch.Generator().manual_seed(0))
+        g = emb.graph
+        assert g.num_nodes == n + K + H + (H > 0)  # + the vertex that parks pruned edges
+        if H and budget < 40:  # over-complete: every item linked to min(3 K, HUB_LINKS) hubs, pruned in training
+            assert emb.num_stored_parameters() > budget * n and not emb.pruning_done()
+            assert g.num_edges == n * min(H, HUB_LINKS) + H * K
+            emb.prune_to_budget()
+        assert emb.pruning_done()
         stored = emb.num_stored_parameters()
         assert stored <= budget * n and stored >= 0.9 * budget * n  # duplicates merged: a little under
-        deg = torch.bincount(emb.graph.edge_index.reshape(-1), minlength=n + K)
-        assert bool((deg[n:] > 0).all()) and bool((deg[:n] > 0).all())  # every anchor and item linked
+        kept = g.edge_index[:, g.kept()]
+        assert g.indices.numel() == 2 * kept.size(1)  # the searches scan the kept edges only
+        deg = torch.bincount(kept.reshape(-1), minlength=g.num_nodes)
+        assert bool((deg[n:n + K] > 0).all()) and bool((deg[:n] > 0).all())  # every anchor and item linked
+        emb.eval()
+        assert bool((emb.table() < float(g.default_distance.detach()) - 1).all())  # every item reaches every anchor
+
+
+def test_pruning_runs_in_an_ordinary_training_loop(seed):
+    from tgrep.nn.prodige_embedding import PRUNE_EVERY, PRUNE_ROUNDS, PRUNE_START
+
+    torch.manual_seed(seed)
+    n, K, budget = 60, 4, 5.0
+    emb = ProdigeEmbedding(n, K, budget=budget)
+    model = torch.nn.Sequential(emb, torch.nn.Flatten(), torch.nn.Linear(3 * K, 2))
+    opt = torch.optim.Adam(model.parameters(), lr=0.01)
+    g = emb.graph
+    M, theta = g.num_edges, g.weight_logit
+    x, y = torch.randint(0, n, (16, 3)), torch.randint(0, 2, (16,))
+    last = PRUNE_START + (PRUNE_ROUNDS - 1) * PRUNE_EVERY
+    kept = []
+    for step in range(1, last + 3):
+        loss = torch.nn.functional.cross_entropy(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        kept.append(int(g.kept().sum()))
+        assert emb.pruning_done() == (step >= last)
+    assert kept[PRUNE_START - 2] == M > kept[PRUNE_START - 1]  # the first round at step PRUNE_START
+    rounds = [i for i in range(1, len(kept)) if kept[i] < kept[i - 1]]
+    assert len(rounds) == PRUNE_ROUNDS and rounds[-1] == last - 1
+    assert g.num_stored_parameters() <= budget * n
+    # the parameters are the optimizer's, unchanged in shape; pruned edges are never sampled
+    assert g.weight_logit is theta and g.num_edges == M and any(p is theta for p in opt.param_groups[0]["params"])
+    assert int(emb.prune_state[0]) == last
+    emb.eval()
+    assert torch.isfinite(model(x)).all()
+    emb.reset_parameters()  # every candidate edge again, the schedule restarts
+    assert not emb.pruning_done() and int(g.kept().sum()) == M and int(g.indptr[-2]) == 2 * M
 
 
 def test_padding_idx_zero_output_no_gradient():
@@ -127,14 +174,17 @@ CKPT_SCRIPT = textwrap.dedent("""
     torch.manual_seed(seed)
     model = torch.nn.Sequential(ProdigeEmbedding(50, 6, padding_idx=0), torch.nn.Flatten(), torch.nn.Linear(18, 2))
     x = torch.tensor([[0, 1, 2], [3, 49, 7]])
+    steps = int(sys.argv[4])
     if mode == "save":
         opt = torch.optim.Adam(model.parameters(), lr=0.05)
-        for _ in range(5):
+        for _ in range(steps):
             loss = model(x).square().mean()
             opt.zero_grad(); (loss + model[0].reinforce(loss)).backward(); opt.step()
         torch.save(model.state_dict(), path)
     else:
         model.load_state_dict(torch.load(path))
+    g = model[0].graph
+    print(int(model[0].prune_state[0]), model[0].pruning_done(), int(g.kept().sum()), g.indices.numel())
     model.eval()
     with torch.no_grad():
         torch.save(model(x), path + "." + mode + ".out")
@@ -146,24 +196,43 @@ def test_checkpoint_loads_in_another_process_with_another_seed(tmp_path):
     script.write_text(CKPT_SCRIPT)
     path = str(tmp_path / "model.pt")
     env = {"PYTHONPATH": str(ROOT), "TGREP_QUIET": "1", "PATH": "/usr/bin:/bin"}
-    for mode, seed in (("save", 1), ("load", 2)):
-        r = subprocess.run([sys.executable, str(script), mode, path, str(seed)], capture_output=True, text=True,
-                           env=env, timeout=300)
-        assert r.returncode == 0, r.stderr
-    a, b = torch.load(path + ".save.out"), torch.load(path + ".load.out")
-    torch.testing.assert_close(a, b, rtol=0, atol=0)
+    from tgrep.nn.prodige_embedding import PRUNE_EVERY, PRUNE_ROUNDS, PRUNE_START
+
+    last = PRUNE_START + (PRUNE_ROUNDS - 1) * PRUNE_EVERY
+    # 5 steps: the candidate graph; then mid-pruning (first round done); then pruned to the budget
+    for steps in (5, PRUNE_START + 10, last + 10):
+        printed = []
+        for mode, seed in (("save", 1), ("load", 2)):
+            r = subprocess.run([sys.executable, str(script), mode, path, str(seed), str(steps)], capture_output=True,
+                               text=True, env=env, timeout=300)
+            assert r.returncode == 0, r.stderr
+            printed.append(r.stdout.split())
+        assert printed[0] == printed[1]  # pruning state, kept edges, searched CSR: as saved
+        assert printed[0][0] == str(min(steps, last)) and printed[0][1] == str(steps >= last)  # counts to the end
+        a, b = torch.load(path + ".save.out"), torch.load(path + ".load.out")
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
 def test_checkpoint_of_another_shape_rebuilds_or_errors():
     torch.manual_seed(0)
-    a = ProdigeEmbedding(30, 4, budget=6.0)
-    b = ProdigeEmbedding(30, 4, budget=10.0)  # other candidate graph, other number of edges
-    assert a.graph.num_edges != b.graph.num_edges
+    a = ProdigeEmbedding(30, 4, budget=3.5)  # no room for hub vertices: 34 vertices
+    b = ProdigeEmbedding(30, 4, budget=10.0)  # other candidate graph: 12 hub vertices, more edges
+    assert a.graph.num_edges != b.graph.num_edges and b.graph.num_nodes == 47
     b.load_state_dict(a.state_dict())
-    assert b.graph.num_edges == a.graph.num_edges
+    assert b.graph.num_edges == a.graph.num_edges and b.graph.num_nodes == 34
     a.eval(), b.eval()
     x = torch.arange(30)
     torch.testing.assert_close(a(x), b(x))
+    # a pruned hub graph (its CSR scans a subset of the candidates) into a module without hubs
+    c = ProdigeEmbedding(30, 4, budget=10.0)
+    c.prune_to_budget()
+    d = ProdigeEmbedding(30, 4, budget=3.5)
+    d.load_state_dict(c.state_dict())
+    assert d.graph.num_nodes == 47 and d.pruning_done() and torch.equal(d.graph.indices, c.graph.indices)
+    c.eval(), d.eval()
+    torch.testing.assert_close(c(x), d(x))
+    d.train()
+    d(x).sum().backward()  # the tree cache follows the new number of vertices
     with pytest.raises(ValueError, match="num_embeddings=30"):
         ProdigeEmbedding(31, 4).load_state_dict(a.state_dict())
     with pytest.raises(ValueError, match="embedding_dim=4"):
@@ -200,6 +269,56 @@ def test_compile_fullgraph_train_and_eval_no_recompiles():
     loss = f(torch.randint(0, 40, (4, 3))).sum()
     (loss + emb.reinforce(loss)).backward()
     assert g.presence_logit.grad.abs().sum() > 0
+
+
+def test_deepcopy_and_pickle_keep_their_own_pruning_count():
+    import copy
+    import io
+
+    torch.manual_seed(0)
+    emb = ProdigeEmbedding(60, 4, budget=5.0)
+    buf = io.BytesIO()
+    torch.save(emb, buf)  # the whole module (the hook is re-made on load)
+    buf.seek(0)
+    copies = [copy.deepcopy(emb), torch.load(buf, weights_only=False)]
+    x = torch.randint(0, 60, (8, 3))
+    for i, c in enumerate(copies, 1):
+        c(x).sum().backward()  # training mode: a step of the copy, not of the original
+        assert c._steps == 1 and emb._steps == 0
+        c.prune_to_budget()
+        assert c.num_stored_parameters() <= 5.0 * 60 and not emb.pruning_done()
+
+
+def test_compiled_training_prunes_without_recompiles():
+    # the pruning rounds run in a hook on the length logits (outside the compiled graph); the
+    # CSR keeps its size (pruned slots are parked) until the last round drops them: two graphs
+    from tgrep.nn.prodige_embedding import PRUNE_EVERY, PRUNE_ROUNDS, PRUNE_START
+
+    torch.manual_seed(0)
+    emb = ProdigeEmbedding(60, 4, budget=5.0)
+    model = torch.nn.Sequential(emb, torch.nn.Flatten(), torch.nn.Linear(12, 2))
+    opt = torch.optim.Adam(model.parameters(), lr=0.01)
+    n = [0]
+
+    def backend(gm, example):
+        n[0] += 1
+        return gm.forward
+
+    torch._dynamo.reset()
+    f = torch.compile(model, backend=backend, fullgraph=True, dynamic=True)
+    assert not emb.pruning_done()
+    for step in range(PRUNE_START + (PRUNE_ROUNDS - 1) * PRUNE_EVERY):
+        b = 16 + step % 3
+        loss = torch.nn.functional.cross_entropy(f(torch.randint(0, 60, (b, 3))), torch.randint(0, 2, (b,)))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert emb.pruning_done() and emb.num_stored_parameters() <= 5.0 * 60
+    assert n[0] == 1, f"{n[0]} graphs before the last round"
+    b = 17
+    loss = torch.nn.functional.cross_entropy(f(torch.randint(0, 60, (b, 3))), torch.randint(0, 2, (b,)))
+    loss.backward()
+    assert n[0] == 2, f"{n[0]} graphs"
 
 
 @pytest.mark.slow

@@ -261,15 +261,43 @@ class ProdigeGraph(nn.Module):
         """(Re)build the buffers and edge parameters for ``edge_index`` (canonical: coalesced,
         ``u < v`` when undirected)."""
         M, dev = edge_index.size(1), edge_index.device
-        indptr, indices, _, perm = to_csr(edge_index, self.num_nodes, None, undirected=not self.directed,
-                                          return_perm=True)
-        for name, t in (("edge_index", edge_index), ("init_weight", w0), ("indptr", indptr), ("indices", indices),
-                        ("perm", perm)):  # perm: CSR edge -> parameter
-            self.register_buffer(name, t)
+        self.register_buffer("edge_index", edge_index)
+        self.register_buffer("init_weight", w0)
+        self._set_csr(None)
         self._edge_weight = EdgeParameter(M, self.sparse, dev)    # .weight_logit
         self._edge_presence = EdgeParameter(M, self.sparse, dev)  # .presence_logit
         self._last = None  # the samples of the last training forward, for reinforce()
         self._ema = None
+
+    def _set_csr(self, keep: torch.Tensor | None, park: bool = True) -> None:
+        """The CSR arrays the searches scan: every candidate edge (``keep=None``) or only the
+        candidate edges ``keep`` (``[M]`` bool). With ``park``, the slots of the others are parked
+        as self-loops of the last vertex, which must have no candidate edge: it is never reached,
+        so they are never scanned, and the arrays keep their size (``torch.compile`` treats module
+        buffers as static: a shrinking CSR recompiles); else they are dropped (the value checks
+        and per-slot work of every search then shrink too). The edge parameters stay ``[M]``
+        (``perm`` maps each CSR slot to its parameter), so an optimizer holding them is
+        unaffected. Left-out edges should have low presence logits, as :meth:`kept` and the
+        stored numbers count by them (``ProdigeEmbedding``'s pruning sets both)."""
+        if keep is None:
+            indptr, indices, _, perm = to_csr(self.edge_index, self.num_nodes, None, undirected=not self.directed,
+                                              return_perm=True)
+        else:
+            last = self.num_nodes - 1
+            ids = torch.nonzero(keep).squeeze(1)
+            indptr, indices, _, perm = to_csr(self.edge_index[:, ids], self.num_nodes, None,
+                                              undirected=not self.directed, return_perm=True)
+            out = torch.nonzero(~keep).squeeze(1).repeat_interleave(1 if self.directed else 2)
+            if not park:
+                out = out[:0]
+            elif out.numel() and bool(((self.edge_index == last).any(0) & keep).any()):
+                raise ValueError("the last vertex parks the left-out edges: it must not have a kept edge")
+            indptr = indptr.clone()
+            indptr[-1] += out.numel()
+            indices = torch.cat([indices, torch.full_like(out, last)])
+            perm = torch.cat([ids[perm], out])
+        for name, t in (("indptr", indptr), ("indices", indices), ("perm", perm)):  # perm: CSR edge -> parameter
+            self.register_buffer(name, t)
 
     # ------------------------------------------------------------------ checkpoints
     def get_extra_state(self) -> dict:
@@ -291,11 +319,16 @@ class ProdigeGraph(nn.Module):
             dev = self.edge_index.device
             self.num_nodes, self.directed = int(extra["num_nodes"]), bool(extra["directed"])
             self._set_structure(ei.to(dev).long(), state_dict[prefix + "init_weight"].to(dev).float())
+        for name in ("indices", "perm"):  # the checkpoint's CSR may scan only some of the candidates
+            t = state_dict.get(prefix + name)
+            if isinstance(t, torch.Tensor) and t.shape != getattr(self, name).shape:
+                self.register_buffer(name, torch.empty(t.shape, dtype=t.dtype, device=self.edge_index.device))
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                                       error_msgs)
 
     # ------------------------------------------------------------------ parameters
     def reset_parameters(self):
+        self._set_csr(None)  # every candidate edge searched again (after ProdigeEmbedding's pruning)
         with torch.no_grad():
             self.weight_logit.copy_(inverse_softplus(self.init_weight))
             self.presence_logit.fill_(math.log(self.init_prob / (1 - self.init_prob)))
