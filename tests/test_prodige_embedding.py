@@ -420,3 +420,13 @@ def test_center_subtracts_the_item_mean_without_gradient(seed):
     with pytest.raises(TypeError, match="center"):
         ProdigeEmbedding(10, 2, center=1, budget=4.0)
     assert not ProdigeEmbedding(10, 2, direction="items", budget=4.0).center
+
+
+def test_smallest_budget_is_met_or_refused():
+    """A budget below one edge per item (``3 + K / n`` numbers per item) is refused; at that
+    bound the candidate graph fits it (nothing to prune)."""
+    n, K = 300, 4
+    with pytest.raises(ValueError, match="'budget'"):
+        ProdigeEmbedding(n, K, budget=3.0)
+    emb = ProdigeEmbedding(n, K, budget=3.0 + K / n)
+    assert emb.num_stored_parameters() <= (3.0 + K / n) * n + 1e-9

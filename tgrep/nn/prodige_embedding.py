@@ -143,8 +143,8 @@ class ProdigeEmbedding(nn.Module):
         embedding_dim (int): embedding size ``K`` = number of anchor vertices.
         padding_idx (int, optional): as in ``nn.Embedding``: this item's output is all zeros
             and gets no gradient (its vertex has no edges) (default: ``None``).
-        budget (float, optional): stored numbers per item, ``> 2 + (K + 1) / n`` (default:
-            ``None``: ``embedding_dim``).
+        budget (float, optional): stored numbers per item, ``>= 3 + K / n`` (one edge per item) (default:
+            ``None``: ``embedding_dim``, or that bound if it is larger).
         sparse (bool, optional): sparse gradients for the edge parameters, as in
             ``nn.Embedding``: every parameter is then sparse, so
             ``SparseAdam(emb.parameters())`` works as it does for ``nn.Embedding``; the default
@@ -192,9 +192,9 @@ class ProdigeEmbedding(nn.Module):
         if direction is not None:
             check.one_of("direction", direction, ("anchors", "items"))
         if graph is None:
-            budget = float(K) if budget is None else budget
-            lo = 2.0 + (K + 1) / n
-            check.in_range("budget", budget, lo, math.inf, lo_open=True, hi_open=True)
+            lo = 3.0 + K / n   # N + 2|E| with one edge per item: the smallest graph that reaches every item
+            budget = max(float(K), lo) if budget is None else budget
+            check.in_range("budget", budget, lo, math.inf, hi_open=True)
             ei, w0, num_nodes, target = self._candidates(n, K, budget, padding_idx, generator)
             graph = ProdigeGraph(ei, num_nodes, init_weight=w0, learn_default_distance=not sparse, sparse=sparse)
         else:
