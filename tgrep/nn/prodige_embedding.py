@@ -62,7 +62,7 @@ class ProdigeEmbedding(nn.Module):
     **Storage budget.** ``budget`` is the number of stored numbers per item, counted as the
     paper does (``N + 2|E|`` for the graph, every vertex included, divided by
     ``num_embeddings``); by default it equals ``embedding_dim``, the numbers per item of an
-    ``nn.Embedding``.
+    ``nn.Embedding`` (at least ``3 + K / n``: one edge per item).
 
     **Hub vertices, pruned to the budget in training.** When the budget leaves room for one edge
     per item and per hub, the graph gets :math:`H = 3K` hidden *hub* vertices (ids
