@@ -446,14 +446,17 @@ def learn_graph(x: torch.Tensor, k: int = 10, *, r: float = 3, theta: float | No
         src = torch.arange(n, device=dev).repeat_interleave(m)
         dst = idx.reshape(-1)
         keep = dst >= 0
-        src, dst = src[keep], dst[keep]
+        full = bool(keep.all())   # the usual case: no empty slot, no copies to make
+        if not full:
+            src, dst = src[keep], dst[keep]
         if w0 is not None:  # the prior graph's edges join the support
             a, b = w0[0][0].long(), w0[0][1].long()
             ok = (a != b) & (bvec[a] == bvec[b])
             src, dst = torch.cat([src, a[ok]]), torch.cat([dst, b[ok]])
         row, col, key, inv = _pairs_unique(src, dst, n)
         if w0 is None:   # the candidates' exact distances are symmetric in (i, j): reuse them
-            z = torch.empty(row.numel(), dtype=dist.dtype, device=dev).scatter_(0, inv, dist.reshape(-1)[keep])
+            z = torch.empty(row.numel(), dtype=dist.dtype, device=dev).scatter_(
+                0, inv, dist.reshape(-1) if full else dist.reshape(-1)[keep])
         else:
             z = _pair_dist(x, row, col)
         del src, dst, keep, inv
