@@ -13,8 +13,9 @@ from tgrep.nn import ProdigeEmbedding, ProdigeGraph
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _count_compiles(fn, inputs):
-    """Compile ``fn`` (fullgraph, dynamic) and count the graphs Dynamo builds over ``inputs``."""
+def _counting_compile(fn):
+    """``(compiled fn, counter)``: ``fn`` compiled (fullgraph, dynamic) by a backend that counts
+    the graphs Dynamo builds (``counter[0]``)."""
     n = [0]
 
     def backend(gm, example):
@@ -22,7 +23,12 @@ def _count_compiles(fn, inputs):
         return gm.forward
 
     torch._dynamo.reset()
-    f = torch.compile(fn, backend=backend, fullgraph=True, dynamic=True)
+    return torch.compile(fn, backend=backend, fullgraph=True, dynamic=True), n
+
+
+def _count_compiles(fn, inputs):
+    """Compile ``fn`` (fullgraph, dynamic) and count the graphs Dynamo builds over ``inputs``."""
+    f, n = _counting_compile(fn)
     outs = [f(*a) for a in inputs]
     return n[0], outs
 
@@ -298,14 +304,7 @@ def test_compiled_training_prunes_without_recompiles():
     emb = ProdigeEmbedding(60, 4, budget=5.0)
     model = torch.nn.Sequential(emb, torch.nn.Flatten(), torch.nn.Linear(12, 2))
     opt = torch.optim.Adam(model.parameters(), lr=0.01)
-    n = [0]
-
-    def backend(gm, example):
-        n[0] += 1
-        return gm.forward
-
-    torch._dynamo.reset()
-    f = torch.compile(model, backend=backend, fullgraph=True, dynamic=True)
+    f, n = _counting_compile(model)
     assert not emb.pruning_done()
     for step in range(PRUNE_START + (PRUNE_ROUNDS - 1) * PRUNE_EVERY):
         b = 16 + step % 3
