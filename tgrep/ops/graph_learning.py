@@ -70,7 +70,10 @@ def graph_learning_theta(z: torch.Tensor, k: int, *, batch: torch.Tensor | None 
         raise ValueError("'z' must be non-negative (squared distances)")
     if z.shape[1] < k:
         raise ValueError(f"'z' has {z.shape[1]} candidates per node, fewer than k={k}")
-    zs, _ = torch.sort(z.double(), dim=1)
+    # sorted in the input's dtype, then widened (the same values: the conversion is exact and
+    # monotone); candidate lists usually arrive sorted already
+    zs = z if z.shape[1] < 2 or bool((z[:, 1:] >= z[:, :-1]).all()) else torch.sort(z, dim=1).values
+    zs = zs.double()
     if bool(torch.isinf(zs[:, k - 1]).any()):
         raise ValueError(f"every node needs at least k={k} finite distances in 'z'")
     lower, upper = _ref.theta_bounds(zs, k)
@@ -220,7 +223,7 @@ def _tie_fraction(dist, k):
     """Fraction of nodes whose k-th and (k+1)-th candidate distances are equal (ties at the cut)."""
     if dist.shape[1] <= k or dist.shape[0] == 0:
         return 0.0
-    zs, _ = torch.sort(dist, dim=1)
+    zs = dist if bool((dist[:, 1:] >= dist[:, :-1]).all()) else torch.sort(dist, dim=1).values
     return float((zs[:, k] == zs[:, k - 1]).double().mean())
 
 
