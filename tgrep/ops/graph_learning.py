@@ -70,10 +70,7 @@ def graph_learning_theta(z: torch.Tensor, k: int, *, batch: torch.Tensor | None 
         raise ValueError("'z' must be non-negative (squared distances)")
     if z.shape[1] < k:
         raise ValueError(f"'z' has {z.shape[1]} candidates per node, fewer than k={k}")
-    # sorted in the input's dtype, then widened (the same values: the conversion is exact and
-    # monotone); candidate lists usually arrive sorted already
-    zs = z if z.shape[1] < 2 or bool((z[:, 1:] >= z[:, :-1]).all()) else torch.sort(z, dim=1).values
-    zs = zs.double()
+    zs = _sorted_rows(z).double()   # sorted, then widened: the same values (the conversion is exact, monotone)
     if bool(torch.isinf(zs[:, k - 1]).any()):
         raise ValueError(f"every node needs at least k={k} finite distances in 'z'")
     lower, upper = _ref.theta_bounds(zs, k)
@@ -219,11 +216,19 @@ def _pow2_scale(x):
     return 0
 
 
+def _sorted_rows(z):
+    """``z`` with every row sorted ascending; candidate lists usually arrive sorted, and are then
+    returned as they are (a check costs a fraction of a sort)."""
+    if z.shape[1] < 2 or bool((z[:, 1:] >= z[:, :-1]).all()):
+        return z
+    return torch.sort(z, dim=1).values
+
+
 def _tie_fraction(dist, k):
     """Fraction of nodes whose k-th and (k+1)-th candidate distances are equal (ties at the cut)."""
     if dist.shape[1] <= k or dist.shape[0] == 0:
         return 0.0
-    zs = dist if bool((dist[:, 1:] >= dist[:, :-1]).all()) else torch.sort(dist, dim=1).values
+    zs = _sorted_rows(dist)
     return float((zs[:, k] == zs[:, k - 1]).double().mean())
 
 

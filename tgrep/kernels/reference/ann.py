@@ -24,6 +24,8 @@ import math
 import numpy as np
 import torch
 
+from .kmeans import assign_clusters
+
 HNSW_M = 16            # graph degree of the HNSW layers
 HNSW_EF_CONSTRUCTION = 80  # 40 leaves ~0.5% of the queries of a clustered set stuck in the wrong cluster
 HNSW_EF_SEARCH = 64    # at least 2 (k + 1)
@@ -91,6 +93,19 @@ def hnsw(x: torch.Tensor, k: int, loop: bool, *, num_threads: int = 1, bar=None,
     return _finish(D, I, n, k, loop)
 
 
+def stuck_rows(D: torch.Tensor, I: torch.Tensor) -> torch.Tensor:
+    """``[n]`` bool: rows some other row found ``1 / STUCK`` times nearer than their own nearest
+    (twin of the C++ ``stuck_rows``). ``D``, ``I`` ``[n, k]`` ascending, ``-1`` for empty slots."""
+    n, kk = D.shape
+    src = I.reshape(-1)
+    rows = torch.arange(n).repeat_interleave(kk)
+    ok = (src >= 0) & (src != rows)          # a row finding itself says nothing about its search
+    rev = torch.full((n,), float("inf"))
+    rev.scatter_reduce_(0, src[ok], D.reshape(-1)[ok], "amin")
+    nearest = torch.where(I[:, 0] == torch.arange(n), D[:, min(1, kk - 1)], D[:, 0])
+    return rev < STUCK * nearest
+
+
 def _repair(x: torch.Tensor, D: np.ndarray, I: np.ndarray, kk: int, block: int = 1024, self_excluded: bool = False,
             also: torch.Tensor | None = None, mod=None):
     """Re-query exactly the rows whose HNSW search got stuck: a row is stuck when some point that
@@ -101,17 +116,7 @@ def _repair(x: torch.Tensor, D: np.ndarray, I: np.ndarray, kk: int, block: int =
     n = D.shape[0]
     Dt = torch.from_numpy(D)
     It = torch.from_numpy(I)
-    if mod is not None:
-        bad = mod.stuck_rows(Dt, It, STUCK)
-    else:
-        src = It.reshape(-1)
-        rows = torch.arange(n).repeat_interleave(kk)
-        ok = (src >= 0) & (src != rows)          # a row finding itself says nothing about its search
-        rev = torch.full((n,), float("inf"))
-        rev.scatter_reduce_(0, src[ok], Dt.reshape(-1)[ok], "amin")
-        nearest = torch.where(It[:, 0] == torch.arange(n), Dt[:, min(1, kk - 1)], Dt[:, 0])
-        bad = rev < STUCK * nearest
-        del rows, ok, src
+    bad = mod.stuck_rows(Dt, It, STUCK) if mod is not None else stuck_rows(Dt, It)
     if also is not None:   # rows that must be re-searched anyway (e.g. fewer than kk found)
         bad |= also
     stuck = torch.nonzero(bad).reshape(-1)
@@ -172,7 +177,7 @@ def _two_level(xc: torch.Tensor, nlist: int, seed: int, faiss):
     c1 = max(1, min(nlist, math.ceil(math.sqrt(nlist))))
     coarse = torch.from_numpy(_kmeans(faiss, xs.numpy(), c1, seed, 256))
     c1 = coarse.shape[0]
-    s_of = torch.cat([_sq_dist(xs[a:a + 65536], coarse).argmin(1) for a in range(0, xs.shape[0], 65536)])
+    s_of = assign_clusters(xs, coarse)
     size = torch.bincount(s_of, minlength=c1)
     want = (size.double() * nlist / max(1, xs.shape[0])).round().long().clamp_min(1).minimum(size.clamp_min(1))
     fine, owner = [], []
@@ -183,7 +188,7 @@ def _two_level(xc: torch.Tensor, nlist: int, seed: int, faiss):
         owner += [j] * fine[-1].shape[0]
     cent = torch.from_numpy(np.ascontiguousarray(np.concatenate(fine), dtype=np.float32))
     owner = torch.tensor(owner, dtype=torch.long)
-    top = torch.cat([_sq_dist(xc[a:a + 65536], coarse).argmin(1) for a in range(0, n, 65536)])
+    top = assign_clusters(xc, coarse)
     cn = torch.topk(_sq_dist(coarse, coarse), min(c1, COARSE_PROBES), dim=1, largest=False).indices  # itself first
     by_owner = torch.argsort(owner, stable=True)
     optr = torch.zeros(c1 + 1, dtype=torch.long)
