@@ -12,12 +12,13 @@ Methods:
   blocked torch); on CUDA: a Triton kernel (distance tiles by ``tl.dot``, running top-k in
   registers; ``k <= 128``, else the blocked torch path).
 * ``'ivf'``       -- approximate: an inverted file of k-means lists (faiss' k-means on a sample,
-  ``n / 512`` lists); every row probes the ``P`` lists whose centroids are nearest to it
+  ``n / 512`` lists, in two levels: ``√nlist`` coarse cells, then a k-means inside each, so no
+  step costs ``n · nlist``); every row probes the ``P`` lists whose centroids are nearest to it
   (its own first), and each list's members are compared, by BLAS blocks and the C++ heap
   selection, with all the rows probing it; ``P`` is the smallest that finds 99% of the true
   neighbours of 500 sampled queries (checked against their exact lists); rows left with
   fewer than ``k`` neighbours or whose search looks stuck are re-searched exactly.
-  O(n·P·512·d) + k-means. CPU only (on CUDA the exact Triton kernel runs).
+  O(n·P·512·d + n·√nlist·d). CPU only (on CUDA the exact Triton kernel runs).
 * ``'hnsw'``      -- approximate: faiss' HNSW graph (``M = 16``, ``efConstruction = 80``,
   ``efSearch = max(64, 2(k+1))``), O(n log n · d). CPU only (on CUDA tensors the exact
   Triton kernel runs: brute force on a GPU beats a CPU graph index).
