@@ -115,3 +115,29 @@ def test_cli_demo_lists_sections():
 
     names = {m.name for m in pkgutil.iter_modules(demos.__path__)}
     assert {"shortest_paths", "edrep", "learned_graph", "ot_coarsening"} <= names
+
+
+def test_cpp_checks_values_skips_the_python_check_only_before_the_cpp_kernel():
+    from tgrep.library._register import kernel_op
+
+    calls = []
+
+    def check(x):
+        calls.append("check")
+
+    def cpp(x):
+        calls.append("cpp")
+        return x.clone()
+
+    @kernel_op("tgrep_test::cpp_checks_values", cpp=lambda: cpp, check=check, cpp_checks_values=True)
+    def op(x: torch.Tensor) -> torch.Tensor:
+        calls.append("reference")
+        return x.clone()
+
+    x = torch.ones(3)
+    op(x)
+    assert calls == ["cpp"]  # the C++ kernel validates itself: no second O(input) pass
+    calls.clear()
+    with tgrep.use_backend("reference"):
+        op(x)
+    assert calls == ["check", "reference"]

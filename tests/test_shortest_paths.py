@@ -342,11 +342,16 @@ def test_sample_is_bit_exact_edge_presence(backend, seed, prob_dtype):
     if prob_dtype != torch.float16:
         prob[::2] = u0[::2].to(prob_dtype)
         prob[1::4] = (u0[1::4] + 2.0**-24).clamp(max=1).to(prob_dtype)
+    if prob_dtype == torch.float64:  # between two 2^-24 steps: the C++ threshold ceil(p * 2^24)
+        prob[2::8] = u0[2::8] + 2.0**-30
+        prob[6::8] = (u0[6::8] - 2.0**-30).clamp(min=0)
     dist = shortest_paths(indptr, indices, weight, torch.zeros(B, dtype=torch.long), edge_prob=prob, seed=seed)
     keep = edge_presence(seed, torch.arange(B)[:, None], torch.arange(E)[None, :], prob[None, :])
     assert torch.equal(torch.isfinite(dist[:, 1:]), keep)
     if prob_dtype != torch.float16:
-        assert not keep[0, ::2].any()
+        assert not keep[0, ::4].any()
+    if prob_dtype == torch.float64:
+        assert keep[0, 2::8].all() and not keep[0, 6::8][u0[6::8] > 0].any()
 
 
 # ----------------------------------------------------------------------------------------

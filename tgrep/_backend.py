@@ -109,20 +109,26 @@ def resolve(op: str, device_type: str, default: str, loaders: dict) -> Callable:
     falls back to the reference when a C++ extension cannot be built. ``loaders`` maps the
     op's backends to zero-argument loaders of their kernels.
     """
+    return resolve_named(op, device_type, default, loaders)[1]
+
+
+def resolve_named(op: str, device_type: str, default: str, loaders: dict) -> tuple[str, Callable]:
+    """``(backend name, kernel)`` of :func:`resolve`: the name says whether the C++ kernel runs
+    (a C++ kernel that cannot be built falls back to ``"reference"``)."""
     forced = forced_backend()
     if forced is not None and forced != default:
         if forced not in loaders:
             # an op without that kernel family runs its reference: forcing 'cpp' on an op
             # that is vectorised torch on CPU is not an error
-            return loaders["reference"]()
+            return "reference", loaders["reference"]()
         ok, why = _usable(forced, device_type, loaders[forced])
         if not ok:
             raise RuntimeError(f"backend {forced!r} was forced for {op} but cannot run: {why}")
-        return loaders[forced]()
+        return forced, loaders[forced]()
     if default == "cpp":
         fn = loaders["cpp"]()
-        return fn if fn is not None else loaders["reference"]()
-    return loaders[default]()
+        return ("cpp", fn) if fn is not None else ("reference", loaders["reference"]())
+    return default, loaders[default]()
 
 
 def default_backend(device_type: str, kernels: Iterable[str]) -> str:

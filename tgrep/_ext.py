@@ -83,6 +83,13 @@ def _build_lock(build: Path):
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
+# -fno-trapping-math: no kernel reads floating-point exception flags, and without it GCC keeps
+# every branch on a float comparison (it might trap), so loops such as the sampling thresholds
+# of shortest_path.cpp do not vectorise; it changes no result (unlike -ffast-math, no
+# reassociation, no NaN or signed-zero assumptions)
+_CFLAGS = ["-O3", "-fopenmp", "-fno-trapping-math"]
+
+
 def load_cpp(name: str) -> ModuleType | None:
     """Compile (once, cached on disk) and import ``csrc/cpu/<name>.cpp``; ``None`` on failure."""
     with _lock:
@@ -95,9 +102,11 @@ def load_cpp(name: str) -> ModuleType | None:
         if not src.exists():
             _fail(name, f"source {src} not found (installed without csrc/?)", warn=True)
             return None
-        # the key covers the source, the shared headers beside it (csrc/cpu/*.h) and torch
+        # the key covers the source, the shared headers beside it (csrc/cpu/*.h), the flags and torch
         headers = b"".join(h.read_bytes() for h in sorted(CSRC.glob("*.h")))
-        digest = hashlib.sha1(src.read_bytes() + headers + torch.__version__.encode()).hexdigest()[:12]
+        flags = _CFLAGS + (["-march=x86-64-v2"] if os.uname().machine == "x86_64" else [])
+        digest = hashlib.sha1(src.read_bytes() + headers + " ".join(flags).encode()
+                              + torch.__version__.encode()).hexdigest()[:12]
         build = cache_dir() / "ext" / f"{name}-{digest}"
         build.mkdir(parents=True, exist_ok=True)
         # compile a copy kept in the build folder: the build then does not depend on where this
@@ -107,8 +116,6 @@ def load_cpp(name: str) -> ModuleType | None:
         try:
             from torch.utils.cpp_extension import load
 
-            flags = ["-O3", "-fopenmp", "-march=x86-64-v2"] if os.uname().machine == "x86_64" \
-                else ["-O3", "-fopenmp"]
             with _build_lock(build):
                 mod = load(name=f"tgrep_{name}_{digest}", sources=[str(copy)], build_directory=str(build),
                            extra_cflags=flags, extra_ldflags=["-fopenmp"], verbose=False)

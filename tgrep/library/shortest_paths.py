@@ -66,7 +66,7 @@ def _cpp_search():
 
 
 @kernel_op("tgrep::shortest_paths", cpp=_cpp_search, triton=lambda: _search(_triton().shortest_paths),
-           check=_check_search)
+           check=_check_search, cpp_checks_values=True)
 def shortest_paths(indptr: Tensor, indices: Tensor, weight: Tensor, sources: Tensor, targets: Optional[Tensor],
                    edge_prob: Optional[Tensor], seed: Tensor, need_pred: bool) -> tuple[Tensor, Tensor]:
     """``(dist [B, T] or [B, N], pred [B, N] int64, or [0] when not need_pred)``; see
