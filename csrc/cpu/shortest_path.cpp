@@ -448,9 +448,10 @@ std::tuple<at::Tensor, c10::optional<at::Tensor>> shortest_paths(
     thr = at::empty({E}, p.options().dtype(at::kInt));
     int32_t* t = thr.data_ptr<int32_t>();
     std::atomic<bool> bad_p{false};
-    // Branch-free so the loop vectorises (std::ceil is a libm call without SSE4.1): in p's own
+    // Branch-free so the loop vectorises (with -fno-trapping-math, tgrep/_ext.py): in p's own
     // type, c = p * 2^24 is exact (a power-of-two scaling of p in [0, 1]); ceil(c) = k + (k < c)
-    // with k = trunc(c). NaN and out-of-range p are flagged, their threshold clamped to [0, 2^24].
+    // with k = trunc(c). NaN and out-of-range p are flagged (the call fails) and converted as 0,
+    // so no float-to-int conversion ever sees a value out of range.
     AT_DISPATCH_FLOATING_TYPES(p.scalar_type(), "edge_thresholds", [&] {
       const scalar_t* pp = p.data_ptr<scalar_t>();
       at::parallel_for(0, E, kSerialEdges, [&](int64_t a, int64_t z) {
@@ -459,7 +460,7 @@ std::tuple<at::Tensor, c10::optional<at::Tensor>> shortest_paths(
           const scalar_t q = pp[e];
           const int ok = (q >= scalar_t(0)) & (q <= scalar_t(1));  // false for NaN
           bad |= ok ^ 1;
-          const scalar_t c = (ok ? q : (q > scalar_t(1) ? scalar_t(1) : scalar_t(0))) * scalar_t(16777216);
+          const scalar_t c = (ok ? q : scalar_t(0)) * scalar_t(16777216);
           const int32_t k = static_cast<int32_t>(c);
           t[e] = k + static_cast<int32_t>(static_cast<scalar_t>(k) < c);
         }
