@@ -100,9 +100,9 @@ def cpu_section(args, report: Report) -> None:
     report.meta["memory"] = (
         f"dist {B * n * 4 / mb:.1f} MiB (B*N float32; with targets only B*T), pred {B * n * 8 / mb:.1f} MiB "
         f"(B*N int64, only when asked or for autograd), per call a packed copy of the edges "
-        f"({indices.numel() * 8 / mb:.1f} MiB, plus 4 B/edge of sampling thresholds when stochastic) and per "
-        f"thread O(N) buffers "
-        f"({n * 24 / 1024:.0f} KiB); nothing O(N^2)")
+        f"({indices.numel() * 8 / mb:.1f} MiB; the edge probabilities are read in place when stochastic) and per "
+        f"thread O(N) buffers ({n * 24 / 1024:.0f} KiB) plus radix-heap buckets (8 B per queued entry, at most "
+        f"one per improving relaxation); nothing O(N^2)")
     report.meta["settled_fraction_with_16_targets"] = settled
 
 

@@ -382,3 +382,29 @@ def test_soft_mode_compiles_fullgraph_without_recompiles():
     assert graphs == 1
     for (s, d, seed), out in zip(calls, outs):
         torch.testing.assert_close(out, g(s, d, seed=seed))
+
+
+def test_csr_probabilities_follow_every_change_of_presence_or_structure(seed):
+    """The eager cache of sigmoid(presence_logit)[perm] (what a training search samples from) is
+    never stale: an optimizer step, an in-place edit, a dtype change, a new CSR."""
+    g = torch.Generator().manual_seed(seed)
+    ei = torch.randint(0, 12, (2, 40), generator=g)
+    graph = ProdigeGraph(ei, 12)
+
+    def fresh():
+        return torch.sigmoid(graph.presence_logit.detach()).index_select(0, graph.perm)
+
+    p = graph._csr_prob()
+    assert graph._csr_prob() is p and torch.equal(p, fresh())  # unchanged: kept
+    opt = torch.optim.SGD(graph.parameters(), lr=1.0)
+    graph.presence_logit.grad = torch.randn(graph.presence_logit.shape, generator=g)
+    opt.step()
+    assert torch.equal(graph._csr_prob(), fresh()) and not torch.equal(graph._csr_prob(), p)
+    with torch.no_grad():
+        graph.presence_logit[:3] = -5.0
+    assert torch.equal(graph._csr_prob(), fresh())
+    graph.double()
+    assert graph._csr_prob().dtype == torch.float64 and torch.equal(graph._csr_prob(), fresh())
+    keep = torch.rand(graph.num_edges, generator=g) < 0.5
+    graph._set_csr(keep, park=False)
+    assert graph._csr_prob().shape == graph.perm.shape and torch.equal(graph._csr_prob(), fresh())

@@ -282,6 +282,42 @@ def test_cpp_duplicates_self_loops_zero_weights_equal_reference(seed):
 
 
 @cpp_only
+@pytest.mark.parametrize("simd", [True, False])
+def test_cpp_high_degree_ties_equal_reference(seed, simd):
+    """Vertices of degree 16 to 700 (the AVX2 relaxation pre-scan, in chunks of 256 edges, where
+    the CPU has it; the portable loop with simd=False), float32 weights in {0, 1, 2} (ties,
+    zero-length edges from higher to lower vertex ids: the radix heap's keys below its last
+    minimum), duplicate edges: dist and pred equal the reference's exactly, with and without
+    targets and sampling."""
+    g = torch.Generator().manual_seed(seed)
+    n = 60
+    deg = torch.randint(0, 40, (n,), generator=g)
+    deg[:3] = torch.tensor([700, 300, 16])  # a chunked scan, a long one, the shortest pre-scanned
+    src = torch.repeat_interleave(torch.arange(n), deg)
+    dst = torch.randint(0, n, (src.numel(),), generator=g)
+    ei = torch.stack([src, dst])
+    ei = torch.cat([ei, ei[:, :200]], 1)  # duplicate edges (another weight)
+    w = torch.randint(0, 3, (ei.size(1),), generator=g).float()
+    indptr, indices, weight = to_csr(ei, n, w)
+    sources = torch.randint(0, n, (6,), generator=g)
+    sources[0] = 0
+    targets = torch.randint(0, n, (6, 3), generator=g)
+    prob = torch.rand(weight.numel(), generator=g)
+    ext = tgrep._ext.load_cpp("shortest_path")
+    try:
+        on = ext.set_simd(simd)
+        assert on == (simd and ext.set_simd(True)) and ext.set_simd(simd) == on
+        for tg, pr in [(None, None), (targets, None), (None, prob), (targets, prob)]:
+            with tgrep.use_backend("cpp"):
+                got = shortest_paths(indptr, indices, weight, sources, tg, edge_prob=pr, seed=seed,
+                                     return_predecessors=True)
+            exp = ref.shortest_paths(indptr, indices, weight, sources, tg, pr, seed, True)
+            assert torch.equal(got.dist, exp[0]) and torch.equal(got.pred, exp[1])
+    finally:
+        ext.set_simd(True)
+
+
+@cpp_only
 def test_cpp_rows_in_parallel_equal_one_by_one(seed):
     n = 300
     indptr, indices, weight = random_graph(n, 3000, dtype=torch.float32)

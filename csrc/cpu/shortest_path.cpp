@@ -3,15 +3,20 @@
 // reproduces it exactly (same float sums, same settled set, same predecessor edges: the heap
 // orders by (distance, vertex) like the reference's heapq of tuples).
 //
-// * Heap: indexed 4-ary min-heap with decrease-key (at most N entries, no stale entries).
-// * Per-worker buffers are allocated once and never re-initialised in O(N) per row: the heap
-//   positions return to -1 as vertices are popped, tentative distances are reset through a
-//   touched list, target marks use generation stamps.
+// * Queue, float32: a radix heap (Ahuja et al. 1990) on the packed (distance bits, vertex)
+//   uint64 keys: a push is O(1) and a decrease is a push (the old entry goes stale: it no
+//   longer equals the vertex's tentative distance, and is skipped when popped); pops move
+//   entries to lower buckets, O(64) moves per entry at worst. It pops the exact minimum, so
+//   the settle order is the reference's. float64: an indexed 4-ary min-heap with decrease-key.
+// * Per-worker buffers are allocated once and never re-initialised in O(N) per row: heap
+//   positions return to -1 as vertices are popped, buckets empty as they are drained,
+//   tentative distances are reset through a touched list, target marks use generation stamps.
 // * Without targets the output row itself is the distance array (it starts at inf).
-// * Sampling: edge e is present in row r iff (mix(e ^ mix(r ^ mix(seed ^ GOLDEN))) >> 8) <
-//   ceil(p_e * 2^24), which equals the reference's u < p_e (u a multiple of 2^-24). The
-//   hash is only evaluated for edges that would improve a distance: a sample that cannot
-//   change the result need not be drawn (the result is the same function of the samples).
+// * Sampling: edge e is present in row r iff h * 2^-24 < p_e in p's own dtype, with
+//   h = mix(e ^ mix(r ^ mix(seed ^ GOLDEN))) >> 8: the reference's u < p_e (u = h * 2^-24, a
+//   multiple of 2^-24, exact in float32 and float64). The hash is only evaluated for edges
+//   that would improve a distance: a sample that cannot change the result need not be drawn
+//   (the result is the same function of the samples), so p is read only there.
 // * Rows are handed out dynamically (an atomic counter) to the workers at::parallel_for
 //   starts, so rows that exit early do not unbalance the threads; the result of a row does
 //   not depend on which worker runs it.
@@ -25,12 +30,17 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <memory>
+#include <type_traits>
 #include <vector>
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+#endif
 
 namespace {
 
-// Per-call O(E) passes (packing, thresholds) run on one thread below this many edges: they
-// take ~1 ms per million edges, less than waking a thread team on a busy machine.
+// The per-call O(E) pass (packing and checks) runs on one thread below this many edges: it
+// takes ~1 ms per million edges, less than waking a thread team on a busy machine.
 constexpr int64_t kSerialEdges = int64_t(1) << 22;
 
 using tgrep::mix32;
@@ -73,7 +83,7 @@ bool all_in_range(const at::Tensor& idx, int64_t n) {  // idx: contiguous int64
 }
 
 // Edges are repacked once per call into one array of {target, weight} so a relaxation streams
-// a single record (8 bytes for float32). The sampling thresholds stay in their own array:
+// a single record (8 bytes for float32). The edge probabilities stay in their own array:
 // they are only read for the few edges that would improve a distance.
 template <typename D>
 struct EdgeW {
@@ -165,6 +175,12 @@ struct Heap {
   }
   inline void push(D key, int32_t v) { sift_up(size++, Node<D>::make(key, v)); }
   inline void decrease(D key, int32_t v) { sift_up(st[v].pos, Node<D>::make(key, v)); }
+  inline void insert(D key, int32_t v) {  // v's distance became 'key' (smaller than before)
+    if (st[v].pos < 0) push(key, v);
+    else decrease(key, v);
+  }
+  inline bool empty() const { return size == 0; }
+  inline Node<D> top() { return h[0]; }  // the next vertex to settle (not empty)
   inline Node<D> pop() {
     Node<D> top = h[0];
     st[top.v()].pos = -1;
@@ -172,19 +188,165 @@ struct Heap {
     if (size > 0) sift_down(0, h[size]);
     return top;
   }
+  template <typename F>
+  inline void drain(F&& unsettled) {  // the vertices left (reached, not settled); empties it
+    for (int32_t i = 0; i < size; ++i) {
+      st[h[i].v()].pos = -1;
+      unsettled(h[i].v());
+    }
+    size = 0;
+  }
 };
+
+// Radix heap over the packed float keys (Node<float>::k), lazy: 'st[v].d' is the vertex's
+// current distance, an entry whose key differs from it is stale and skipped. Bucket 0 holds
+// keys equal to 'last' (the last minimum), bucket i >= 1 keys whose highest bit differing
+// from 'last' is bit i - 1. Dijkstra's keys never fall below the distance of the vertex being
+// settled, but a zero-length edge can give (d, v) with v below the settled vertex: such keys
+// (below 'last', equal distance) wait in 'low', which pops first.
+struct RadixHeap {
+  std::vector<uint64_t>* b = nullptr;  // [65] buckets (a worker's, empty between rows)
+  std::vector<uint64_t>* low = nullptr;
+  const VState<float>* st = nullptr;
+  uint64_t last = 0, mask = 0;  // mask bit i - 1: bucket i is non-empty
+  int64_t size = 0;
+
+  static inline int bucket_of(uint64_t k, uint64_t last) { return k == last ? 0 : 64 - __builtin_clzll(k ^ last); }
+  inline bool stale(uint64_t k) const {
+    const Node<float> x{k};
+    return x.key() != st[x.v()].d;
+  }
+  inline void insert(float key, int32_t v) {
+    const uint64_t k = Node<float>::make(key, v).k;
+    ++size;
+    if (k < last) {
+      low->push_back(k);
+      return;
+    }
+    const int i = bucket_of(k, last);
+    b[i].push_back(k);
+    if (i) mask |= uint64_t(1) << (i - 1);
+  }
+  // Brings the minimum entry to the back of 'low' or into bucket 0; false when empty.
+  inline bool settle_min() {
+    for (;;) {
+      if (!low->empty()) {
+        auto& L = *low;
+        size_t m = 0;
+        for (size_t j = 1; j < L.size(); ++j)
+          if (L[j] < L[m]) m = j;
+        std::swap(L[m], L.back());
+        if (!stale(L.back())) return true;
+        L.pop_back();
+        --size;
+        continue;
+      }
+      if (!b[0].empty()) {
+        if (!stale(b[0].back())) return true;
+        b[0].pop_back();
+        --size;
+        continue;
+      }
+      if (mask == 0) return false;
+      const int i = __builtin_ctzll(mask) + 1;
+      auto& B = b[i];
+      uint64_t m = ~uint64_t(0);
+      for (uint64_t k : B) m = k < m ? k : m;  // the new minimum (entries here are >= last)
+      last = m;
+      for (uint64_t k : B) {
+        if (stale(k)) {  // never live again: dropped now rather than moved
+          --size;
+          continue;
+        }
+        const int j = bucket_of(k, m);  // < i: k and m agree above bit i - 1
+        b[j].push_back(k);
+        if (j) mask |= uint64_t(1) << (j - 1);
+      }
+      B.clear();
+      mask &= ~(uint64_t(1) << (i - 1));
+    }
+  }
+  inline bool empty() { return !settle_min(); }
+  inline Node<float> top() { return Node<float>{low->empty() ? b[0].back() : low->back()}; }  // after empty()
+  inline Node<float> pop() {  // after empty() returned false
+    std::vector<uint64_t>& q = low->empty() ? b[0] : *low;
+    const Node<float> x{q.back()};
+    q.pop_back();
+    --size;
+    return x;
+  }
+  template <typename F>
+  inline void drain(F&& unsettled) {  // calls 'unsettled' once per reached vertex not settled
+    auto live = [&](uint64_t k) {
+      if (!stale(k)) unsettled(Node<float>{k}.v());
+    };
+    for (uint64_t k : *low) live(k);
+    low->clear();
+    for (int i = 0; i <= 64; ++i) {
+      for (uint64_t k : b[i]) live(k);
+      b[i].clear();
+    }
+    last = mask = 0;
+    size = 0;
+  }
+};
+
+// Relaxation pre-scan (float32, AVX2 where the CPU has it, chosen at run time): the offsets in
+// [0, cnt) of the edges ed[i] whose du + w is below their target's current distance, in edge
+// order, 8 edges per step (a gather of the targets' distances). Most scanned edges improve
+// nothing; the few flagged ones are then relaxed one by one exactly as in the scalar loop. The
+// flags are a superset of the improving edges (distances only fall while one vertex's edges are
+// relaxed) and the same float sum and compare decide both, so the result is unchanged.
+#if defined(__x86_64__) && defined(__GNUC__)
+__attribute__((target("avx2"))) int64_t scan_avx2(const EdgeW<float>* ed, int64_t cnt,
+                                                  const VState<float>* st, float du, int32_t* out) {
+  static_assert(sizeof(EdgeW<float>) == 8 && sizeof(VState<float>) == 8, "packed records");
+  int64_t m = 0, i = 0;
+  const __m256 vdu = _mm256_set1_ps(du);
+  const float* d0 = &st[0].d;
+  for (; i + 8 <= cnt; i += 8) {
+    const __m256 a = _mm256_loadu_ps(reinterpret_cast<const float*>(ed + i));      // v0 w0 .. v3 w3
+    const __m256 b = _mm256_loadu_ps(reinterpret_cast<const float*>(ed + i + 4));  // v4 w4 .. v7 w7
+    // (v0 v1 v4 v5 | v2 v3 v6 v7) -> edge order v0 .. v7, likewise w
+    const __m256 vs = _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(_mm256_shuffle_ps(a, b, 0x88)), 0xD8));
+    const __m256 ws = _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(_mm256_shuffle_ps(a, b, 0xDD)), 0xD8));
+    const __m256 dv = _mm256_i32gather_ps(d0, _mm256_castps_si256(vs), 8);  // st[v].d (8-byte records)
+    unsigned mask = static_cast<unsigned>(_mm256_movemask_ps(_mm256_cmp_ps(_mm256_add_ps(vdu, ws), dv, _CMP_LT_OQ)));
+    while (mask) {
+      out[m++] = static_cast<int32_t>(i + __builtin_ctz(mask));
+      mask &= mask - 1;
+    }
+  }
+  for (; i < cnt; ++i)
+    if (du + ed[i].w < st[ed[i].v].d) out[m++] = static_cast<int32_t>(i);
+  return m;
+}
+bool simd_default() {
+  static const bool yes = __builtin_cpu_supports("avx2");
+  return yes;
+}
+#else
+int64_t scan_avx2(const EdgeW<float>*, int64_t, const VState<float>*, float, int32_t*) { return 0; }
+bool simd_default() { return false; }
+#endif
+std::atomic<int> g_simd{-1};  // -1: the CPU decides; 0 / 1: set by set_simd (tests of both paths)
+bool use_simd() {
+  const int s = g_simd.load(std::memory_order_relaxed);
+  return s < 0 ? simd_default() : (s == 1 && simd_default());
+}
 
 template <typename D, typename IP, typename Edge>
 struct Problem {
   int64_t n, B, T;  // T < 0: no targets
   const IP* indptr;
   const Edge* edges;
-  const int32_t* thr;  // keep edge e iff (hash >> 8) < thr[e]; nullptr: every edge present
+  const void* prob;  // PT[E]: keep edge e iff (hash >> 8) * 2^-24 < prob[e]; PT = void: every edge
   const int64_t* sources;
   const int64_t* targets;
   uint32_t seed_mix;
   D* out_dist;       // [B, N] or [B, T]
   int64_t* out_pred; // [B, N] (starts at -1) or nullptr
+  bool simd;         // float32 relaxations pre-scanned with AVX2 (scan_avx2)
 };
 
 template <typename D>
@@ -193,6 +355,7 @@ struct Worker {
   std::vector<VState<D>> st;     // {inf, -1} everywhere between rows
   std::vector<uint32_t> tmark;   // generation stamps of the current row's targets
   std::vector<int32_t> touched;  // vertices whose distance left inf in the current row
+  std::vector<uint64_t> buckets[65], low;  // the radix heap's (float32)
   uint32_t gen = 0;
 
   Worker(int64_t n, bool with_targets)
@@ -202,7 +365,7 @@ struct Worker {
   }
 };
 
-template <typename D, typename IP, typename Edge, bool kProb>
+template <typename D, typename IP, typename Edge, typename PT>
 void run_row(const Problem<D, IP, Edge>& P, Worker<D>& W, int64_t b) {
   const D inf = std::numeric_limits<D>::infinity();
   const int64_t n = P.n;
@@ -213,8 +376,13 @@ void run_row(const Problem<D, IP, Edge>& P, Worker<D>& W, int64_t b) {
   D* out_full = with_targets ? nullptr : P.out_dist + b * n;  // starts at inf
   int64_t* pr = P.out_pred ? P.out_pred + b * n : nullptr;   // starts at -1
   VState<D>* __restrict__ st = W.st.data();
-  Heap<D> heap;
-  heap.h = W.heap_store.data();
+  std::conditional_t<std::is_same_v<D, float>, RadixHeap, Heap<D>> heap;
+  if constexpr (std::is_same_v<D, float>) {
+    heap.b = W.buckets;
+    heap.low = &W.low;
+  } else {
+    heap.h = W.heap_store.data();
+  }
   heap.st = st;
 
   int64_t remaining = 0;
@@ -235,18 +403,21 @@ void run_row(const Problem<D, IP, Edge>& P, Worker<D>& W, int64_t b) {
   }
   W.touched.clear();
   const uint32_t rh = mix32(static_cast<uint32_t>(b) ^ P.seed_mix);
+  const bool simd = P.simd;
   const IP* __restrict__ ip = P.indptr;
   const Edge* __restrict__ edges = P.edges;
-  const int32_t* __restrict__ thr = P.thr;
+  constexpr bool kSampled = !std::is_void_v<PT>;
+  using PR = std::conditional_t<kSampled, PT, float>;
+  const PR* __restrict__ prob = static_cast<const PR*>(P.prob);
 
   const int32_t s = static_cast<int32_t>(P.sources[b]);
   st[s].d = D(0);
-  heap.push(D(0), s);
+  heap.insert(D(0), s);
   W.touched.push_back(s);
   D bound = inf;  // D_b once every target is settled
 
-  while (heap.size > 0) {
-    if (heap.h[0].key() > bound) break;  // early exit: everything with d <= D_b is settled
+  while (!heap.empty()) {
+    if (heap.top().key() > bound) break;  // early exit: everything with d <= D_b is settled
     Node<D> top = heap.pop();
     const int32_t u = top.v();
     const D du = top.key();
@@ -258,44 +429,49 @@ void run_row(const Problem<D, IP, Edge>& P, Worker<D>& W, int64_t b) {
     } else {
       out_full[u] = du;
     }
-    if (heap.size > 0) {  // the next vertex to settle is probably the new top: fetch its edges now
-      const int32_t nx = heap.h[0].v();
+    if (!heap.empty()) {  // the next vertex to settle is probably the new top: fetch its edges now
+      const int32_t nx = heap.top().v();
       const char* a = reinterpret_cast<const char*>(edges + ip[nx]);
       const char* z = reinterpret_cast<const char*>(edges + ip[nx + 1]);
       for (; a < z; a += 64) __builtin_prefetch(a);
-      if constexpr (kProb) {
-        const char* ta = reinterpret_cast<const char*>(thr + ip[nx]);
-        const char* tz = reinterpret_cast<const char*>(thr + ip[nx + 1]);
+      if constexpr (kSampled) {
+        const char* ta = reinterpret_cast<const char*>(prob + ip[nx]);
+        const char* tz = reinterpret_cast<const char*>(prob + ip[nx + 1]);
         for (; ta < tz; ta += 64) __builtin_prefetch(ta);
       }
     }
-    const int64_t e1 = static_cast<int64_t>(ip[u + 1]);
-    for (int64_t e = static_cast<int64_t>(ip[u]); e < e1; ++e) {
+    auto relax = [&](int64_t e) {
       const Edge ed = edges[e];
       const int32_t v = ed.v;
       const D nd = du + ed.w;
       VState<D>& sv = st[v];
-      if (!(nd < sv.d)) continue;
-      if constexpr (kProb) {
-        if ((mix32(static_cast<uint32_t>(e) ^ rh) >> 8) >= static_cast<uint32_t>(thr[e])) continue;
+      if (!(nd < sv.d)) return;
+      if constexpr (kSampled) {
+        const uint32_t h = mix32(static_cast<uint32_t>(e) ^ rh) >> 8;
+        if (!(static_cast<PR>(h) * PR(1.0 / 16777216.0) < prob[e])) return;  // exact: h < 2^24
       }
+      if (sv.d == inf) W.touched.push_back(v);  // nd < sv.d: a settled vertex never gets here
       sv.d = nd;
-      if (sv.pos < 0) {
-        W.touched.push_back(v);
-        heap.push(nd, v);
-      } else {
-        heap.decrease(nd, v);
-      }
+      heap.insert(nd, v);
       if (pr) pr[v] = e;
+    };
+    const int64_t e0 = static_cast<int64_t>(ip[u]), e1 = static_cast<int64_t>(ip[u + 1]);
+    if constexpr (std::is_same_v<Edge, EdgeW<float>>) {
+      if (simd && e1 - e0 >= 16) {
+        int32_t flagged[256];
+        for (int64_t a = e0; a < e1; a += 256) {
+          const int64_t m = scan_avx2(edges + a, std::min<int64_t>(256, e1 - a), st, du, flagged);
+          for (int64_t j = 0; j < m; ++j) relax(a + flagged[j]);
+        }
+        continue;
+      }
     }
+    for (int64_t e = e0; e < e1; ++e) relax(e);
   }
   // vertices left in the heap were reached but not settled: no distance, no predecessor
-  for (int32_t i = 0; i < heap.size; ++i) {
-    const int32_t v = heap.h[i].v();
-    st[v].pos = -1;
+  heap.drain([&](int32_t v) {
     if (pr) pr[v] = -1;
-  }
-  heap.size = 0;
+  });
   if (with_targets) {
     D* out = P.out_dist + b * P.T;
     for (int64_t t = 0; t < P.T; ++t) out[t] = st[tg[t]].d;  // targets are settled or unreachable
@@ -303,34 +479,37 @@ void run_row(const Problem<D, IP, Edge>& P, Worker<D>& W, int64_t b) {
   for (int32_t v : W.touched) st[v].d = inf;
 }
 
-template <typename D, typename IP, typename Edge, bool kProb>
+template <typename D, typename IP, typename Edge, typename PT>
 void run_all(const Problem<D, IP, Edge>& P) {
   const int64_t workers = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), P.B));
   std::atomic<int64_t> next{0};
   at::parallel_for(0, workers, 1, [&](int64_t begin, int64_t end) {
     for (int64_t w = begin; w < end; ++w) {
       Worker<D> W(P.n, P.T >= 0);
-      for (int64_t b = next.fetch_add(1); b < P.B; b = next.fetch_add(1)) run_row<D, IP, Edge, kProb>(P, W, b);
+      for (int64_t b = next.fetch_add(1); b < P.B; b = next.fetch_add(1)) run_row<D, IP, Edge, PT>(P, W, b);
     }
   });
 }
 
-template <typename D, typename IP, typename IX, bool kProb>
+template <typename D, typename IP, typename IX, typename PT>
 int launch_packed(const at::Tensor& indptr, const at::Tensor& indices, const at::Tensor& weight,
-                   const at::Tensor& thr, const at::Tensor& sources, const at::Tensor& targets, uint32_t seed_mix,
+                   const at::Tensor& prob, const at::Tensor& sources, const at::Tensor& targets, uint32_t seed_mix,
                    at::Tensor& dist, at::Tensor& pred, int64_t n, int64_t T) {
+  constexpr bool kSampled = !std::is_void_v<PT>;
+  using PR = std::conditional_t<kSampled, PT, float>;
   const int64_t E = indices.numel();
   using Edge = EdgeW<D>;
-  std::vector<Edge> packed(E);
+  std::unique_ptr<Edge[]> packed(new Edge[std::max<int64_t>(E, 1)]);  // not zero-filled: written below
   const IX* ix = indices.data_ptr<IX>();
   const D* wt = weight.data_ptr<D>();
-  Edge* pk = packed.data();
-  // the packing pass doubles as the bounds check of 'indices' (and the sign check of
-  // 'weight'): one flag per chunk, raised by the caller after the parallel region
+  const PR* pp = kSampled ? prob.data_ptr<PR>() : nullptr;
+  Edge* pk = packed.get();
+  // the packing pass doubles as the bounds check of 'indices', the sign check of 'weight' and
+  // the range check of 'edge_prob': one flag per chunk, raised after the parallel region
   std::atomic<int> bad{kOk};
   const uint64_t un = static_cast<uint64_t>(n);
   at::parallel_for(0, E, kSerialEdges, [&](int64_t a, int64_t z) {
-    bool bad_ix = false, bad_w = false;
+    bool bad_ix = false, bad_w = false, bad_p = false;
     for (int64_t e = a; e < z; ++e) {
       const IX v = ix[e];
       const D w = wt[e];
@@ -339,8 +518,14 @@ int launch_packed(const at::Tensor& indptr, const at::Tensor& indices, const at:
       pk[e].v = static_cast<int32_t>(v);
       pk[e].w = w;
     }
+    if constexpr (kSampled) {  // a loop of its own: it vectorises
+      int out = 0;
+      for (int64_t e = a; e < z; ++e) out |= !((pp[e] >= PR(0)) & (pp[e] <= PR(1)));  // NaN too
+      bad_p = out;
+    }
     if (bad_ix) bad.store(kIndices, std::memory_order_relaxed);
     else if (bad_w) bad.store(kWeight, std::memory_order_relaxed);
+    else if (bad_p) bad.store(kProb, std::memory_order_relaxed);
   });
   if (bad.load() != kOk) return bad.load();
   Problem<D, IP, Edge> P;
@@ -349,41 +534,44 @@ int launch_packed(const at::Tensor& indptr, const at::Tensor& indices, const at:
   P.T = T;
   P.indptr = indptr.data_ptr<IP>();
   P.edges = pk;
-  P.thr = kProb ? thr.data_ptr<int32_t>() : nullptr;
+  P.prob = pp;
+  P.simd = use_simd();
   P.sources = sources.data_ptr<int64_t>();
   P.targets = targets.defined() ? targets.data_ptr<int64_t>() : nullptr;
   P.seed_mix = seed_mix;
   P.out_dist = dist.data_ptr<D>();
   P.out_pred = pred.defined() ? pred.data_ptr<int64_t>() : nullptr;
-  run_all<D, IP, Edge, kProb>(P);
+  run_all<D, IP, Edge, PT>(P);
   return kOk;
 }
 
 template <typename D, typename IP, typename IX>
 int launch(const at::Tensor& indptr, const at::Tensor& indices, const at::Tensor& weight,
-            const at::Tensor& thr, const at::Tensor& sources, const at::Tensor& targets, uint32_t seed_mix,
+            const at::Tensor& prob, const at::Tensor& sources, const at::Tensor& targets, uint32_t seed_mix,
             at::Tensor& dist, at::Tensor& pred, int64_t n, int64_t T) {
-  if (thr.defined())
-    return launch_packed<D, IP, IX, true>(indptr, indices, weight, thr, sources, targets, seed_mix, dist, pred, n, T);
-  return launch_packed<D, IP, IX, false>(indptr, indices, weight, thr, sources, targets, seed_mix, dist, pred, n, T);
+  if (!prob.defined())
+    return launch_packed<D, IP, IX, void>(indptr, indices, weight, prob, sources, targets, seed_mix, dist, pred, n, T);
+  if (prob.scalar_type() == at::kDouble)
+    return launch_packed<D, IP, IX, double>(indptr, indices, weight, prob, sources, targets, seed_mix, dist, pred, n, T);
+  return launch_packed<D, IP, IX, float>(indptr, indices, weight, prob, sources, targets, seed_mix, dist, pred, n, T);
 }
 
 template <typename D, typename IP>
 int dispatch_ix(const at::Tensor& indptr, const at::Tensor& indices, const at::Tensor& weight,
-                 const at::Tensor& thr, const at::Tensor& sources, const at::Tensor& targets, uint32_t seed_mix,
+                 const at::Tensor& prob, const at::Tensor& sources, const at::Tensor& targets, uint32_t seed_mix,
                  at::Tensor& dist, at::Tensor& pred, int64_t n, int64_t T) {
   if (indices.scalar_type() == at::kInt)
-    return launch<D, IP, int32_t>(indptr, indices, weight, thr, sources, targets, seed_mix, dist, pred, n, T);
-  return launch<D, IP, int64_t>(indptr, indices, weight, thr, sources, targets, seed_mix, dist, pred, n, T);
+    return launch<D, IP, int32_t>(indptr, indices, weight, prob, sources, targets, seed_mix, dist, pred, n, T);
+  return launch<D, IP, int64_t>(indptr, indices, weight, prob, sources, targets, seed_mix, dist, pred, n, T);
 }
 
 template <typename D>
 int dispatch_ip(const at::Tensor& indptr, const at::Tensor& indices, const at::Tensor& weight,
-                 const at::Tensor& thr, const at::Tensor& sources, const at::Tensor& targets, uint32_t seed_mix,
+                 const at::Tensor& prob, const at::Tensor& sources, const at::Tensor& targets, uint32_t seed_mix,
                  at::Tensor& dist, at::Tensor& pred, int64_t n, int64_t T) {
   if (indptr.scalar_type() == at::kInt)
-    return dispatch_ix<D, int32_t>(indptr, indices, weight, thr, sources, targets, seed_mix, dist, pred, n, T);
-  return dispatch_ix<D, int64_t>(indptr, indices, weight, thr, sources, targets, seed_mix, dist, pred, n, T);
+    return dispatch_ix<D, int32_t>(indptr, indices, weight, prob, sources, targets, seed_mix, dist, pred, n, T);
+  return dispatch_ix<D, int64_t>(indptr, indices, weight, prob, sources, targets, seed_mix, dist, pred, n, T);
 }
 
 }  // namespace
@@ -437,37 +625,15 @@ std::tuple<at::Tensor, c10::optional<at::Tensor>> shortest_paths(
     T = tg.size(1);
     TORCH_CHECK_VALUE(all_in_range(tg, n), err_message(kTargets));
   }
-  at::Tensor thr;
+  at::Tensor prob;  // edge_prob, float32 or float64
   if (has_prob) {
     TORCH_CHECK_VALUE(edge_prob->numel() == E, "shortest_paths (C++): 'edge_prob' must have len(indices) = ", E,
                       " entries, got ", edge_prob->numel());
-    // u < p  <=>  k < ceil(p * 2^24) for u = k * 2^-24 (exact in float64)
-    at::Tensor p = edge_prob->detach();
-    if (p.scalar_type() != at::kFloat && p.scalar_type() != at::kDouble) p = p.to(at::kFloat);  // exact
-    p = p.contiguous();
-    thr = at::empty({E}, p.options().dtype(at::kInt));
-    int32_t* t = thr.data_ptr<int32_t>();
-    std::atomic<bool> bad_p{false};
-    // Branch-free so the loop vectorises (with -fno-trapping-math, tgrep/_ext.py): in p's own
-    // type, c = p * 2^24 is exact (a power-of-two scaling of p in [0, 1]); ceil(c) = k + (k < c)
-    // with k = trunc(c). NaN and out-of-range p are flagged (the call fails) and converted as 0,
-    // so no float-to-int conversion ever sees a value out of range.
-    AT_DISPATCH_FLOATING_TYPES(p.scalar_type(), "edge_thresholds", [&] {
-      const scalar_t* pp = p.data_ptr<scalar_t>();
-      at::parallel_for(0, E, kSerialEdges, [&](int64_t a, int64_t z) {
-        int bad = 0;
-        for (int64_t e = a; e < z; ++e) {
-          const scalar_t q = pp[e];
-          const int ok = (q >= scalar_t(0)) & (q <= scalar_t(1));  // false for NaN
-          bad |= ok ^ 1;
-          const scalar_t c = (ok ? q : scalar_t(0)) * scalar_t(16777216);
-          const int32_t k = static_cast<int32_t>(c);
-          t[e] = k + static_cast<int32_t>(static_cast<scalar_t>(k) < c);
-        }
-        if (bad) bad_p.store(true, std::memory_order_relaxed);
-      });
-    });
-    TORCH_CHECK_VALUE(!bad_p.load(), err_message(kProb));
+    // sampled in p's own dtype (other dtypes convert exactly to float32); the range check
+    // runs in the packing pass
+    prob = edge_prob->detach();
+    if (prob.scalar_type() != at::kFloat && prob.scalar_type() != at::kDouble) prob = prob.to(at::kFloat);
+    prob = prob.contiguous();
   }
   const auto fopts = weight.options();
   const double inf = std::numeric_limits<double>::infinity();
@@ -476,12 +642,20 @@ std::tuple<at::Tensor, c10::optional<at::Tensor>> shortest_paths(
   if (need_pred) pred = at::full({B, n}, -1, weight.options().dtype(at::kLong));
   const uint32_t seed_mix = tgrep::seed_key(seed);
   int err = kOk;
+  if (has_prob && (B == 0 || n == 0)) {  // no search, so no packing pass: check the range here
+    AT_DISPATCH_FLOATING_TYPES(prob.scalar_type(), "edge_prob_range", [&] {
+      const scalar_t* pp = prob.data_ptr<scalar_t>();
+      bool bad = false;
+      for (int64_t e = 0; e < E; ++e) bad |= !((pp[e] >= scalar_t(0)) & (pp[e] <= scalar_t(1)));
+      if (bad) err = kProb;
+    });
+  }
   if (B > 0 && n > 0) {
     pybind11::gil_scoped_release no_gil;
     if (weight.scalar_type() == at::kFloat)
-      err = dispatch_ip<float>(indptr, indices, weight, thr, sources, tg, seed_mix, dist, pred, n, T);
+      err = dispatch_ip<float>(indptr, indices, weight, prob, sources, tg, seed_mix, dist, pred, n, T);
     else
-      err = dispatch_ip<double>(indptr, indices, weight, thr, sources, tg, seed_mix, dist, pred, n, T);
+      err = dispatch_ip<double>(indptr, indices, weight, prob, sources, tg, seed_mix, dist, pred, n, T);
   }
   TORCH_CHECK_VALUE(err == kOk, err_message(err));
   c10::optional<at::Tensor> pred_out;
@@ -489,7 +663,15 @@ std::tuple<at::Tensor, c10::optional<at::Tensor>> shortest_paths(
   return std::make_tuple(dist, pred_out);
 }
 
+// Tests: run the portable relaxation loop (false) or the AVX2 pre-scan where the CPU has it
+// (true, the default); returns whether the pre-scan is now in use.
+bool set_simd(bool on) {
+  g_simd.store(on ? 1 : 0);
+  return use_simd();
+}
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("set_simd", &set_simd, "Use the AVX2 relaxation pre-scan where the CPU has it (tests)", pybind11::arg("on"));
   m.def("shortest_paths", &shortest_paths,
         "Batched (stochastic) Dijkstra, one row per source, rows in parallel (see tgrep.ops.shortest_paths)",
         pybind11::arg("indptr"), pybind11::arg("indices"), pybind11::arg("weight"), pybind11::arg("sources"),

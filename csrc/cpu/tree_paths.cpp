@@ -30,6 +30,7 @@
 #include <cstdint>
 #include <limits>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 namespace {
@@ -317,13 +318,22 @@ at::Tensor tree_path_gradient(at::Tensor grad, at::Tensor edge, at::Tensor paren
     const int32_t* ep = ed.data_ptr<int32_t>();
     const int32_t* pp = pa.data_ptr<int32_t>();
     const int32_t* qp = od.data_ptr<int32_t>();
-    std::vector<std::vector<acc_t>> part(chunks);
+    // one chunk accumulating in the output's own type: straight into 'out' (same sums, same
+    // order); else one [E] accumulator per chunk, summed below in chunk order
+    constexpr bool kSameType = std::is_same_v<acc_t, scalar_t>;
+    const bool direct = kSameType && chunks == 1;
+    std::vector<std::vector<acc_t>> part(direct ? 0 : chunks);
     {
       pybind11::gil_scoped_release no_gil;
       at::parallel_for(0, chunks, 1, [&](int64_t c0, int64_t c1) {
         for (int64_t ch = c0; ch < c1; ++ch) {
-          std::vector<acc_t>& o = part[ch];
-          o.assign(E, acc_t(0));
+          acc_t* o;
+          if (direct) {
+            o = reinterpret_cast<acc_t*>(out.data_ptr<scalar_t>());  // zeros; acc_t is scalar_t here
+          } else {
+            part[ch].assign(E, acc_t(0));
+            o = part[ch].data();
+          }
           std::vector<acc_t> acc(n);
           Scratch S(n);
           for (int64_t b = ch * B / chunks, z = (ch + 1) * B / chunks; b < z; ++b) {
@@ -350,11 +360,13 @@ at::Tensor tree_path_gradient(at::Tensor grad, at::Tensor edge, at::Tensor paren
         }
       });
     }
-    scalar_t* op = out.data_ptr<scalar_t>();
-    for (int64_t e = 0; e < E; ++e) {
-      acc_t s = acc_t(0);
-      for (const auto& q : part) s += q[e];
-      op[e] = static_cast<scalar_t>(s);
+    if (!direct) {
+      scalar_t* op = out.data_ptr<scalar_t>();
+      for (int64_t e = 0; e < E; ++e) {
+        acc_t s = acc_t(0);
+        for (const auto& q : part) s += q[e];
+        op[e] = static_cast<scalar_t>(s);
+      }
     }
   });
   for (int err : errs) TORCH_CHECK_VALUE(err == kOk, err_message("tree_path_gradient", err));

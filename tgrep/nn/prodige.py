@@ -268,6 +268,7 @@ class ProdigeGraph(nn.Module):
         self._edge_presence = EdgeParameter(M, self.sparse, dev)  # .presence_logit
         self._last = None  # the samples of the last training forward, for reinforce()
         self._ema = None
+        self._prob_cache = None  # see _csr_prob
 
     def _set_csr(self, keep: torch.Tensor | None, park: bool = True) -> None:
         """The CSR arrays the searches scan: every candidate edge (``keep=None``) or only the
@@ -392,6 +393,24 @@ class ProdigeGraph(nn.Module):
             w = torch.where(keep, w, torch.full_like(w, float("inf")))
         return w
 
+    def _csr_prob(self) -> torch.Tensor:
+        """``sigmoid(presence_logit)[perm]`` (detached), the CSR slots' presence probabilities.
+        In eager mode it is kept until ``presence_logit`` or ``perm`` changes (a new tensor or an
+        in-place write, which bumps the tensor's version): without REINFORCE the presence logits
+        do not train, and the training forward would recompute the same ``2M`` numbers each step."""
+        logit, perm = self.presence_logit, self.perm
+        if torch.compiler.is_compiling():
+            return torch.sigmoid(logit.detach()).index_select(0, perm)
+        # the tensors themselves (an id could be reused) with their versions and data pointers
+        # (`.to()` may swap a parameter's data without a version bump)
+        key = (logit._version, logit.data_ptr(), perm._version, perm.data_ptr())
+        c = self._prob_cache  # (logit, perm, key, probabilities)
+        if c is not None and c[0] is logit and c[1] is perm and c[2] == key:
+            return c[3]
+        p = torch.sigmoid(logit.detach()).index_select(0, perm)
+        self._prob_cache = (logit, perm, key, p)
+        return p
+
     def forward(self, src: torch.Tensor, dst: torch.Tensor | None = None, *, seed: int | None = None) -> torch.Tensor:
         r"""Distances from ``src`` ``[B]`` to ``dst``: ``[B]`` (one target per row), ``[B, T]``
         (``T`` targets per row) or ``None`` (all vertices, ``[B, N]``).
@@ -413,7 +432,7 @@ class ProdigeGraph(nn.Module):
         seed_t = _seed(seed, device)
         if self.training and self.presence_logit.requires_grad:  # frozen presence: the deterministic graph
             w = self._csr_weight(False)
-            p = torch.sigmoid(self.presence_logit.detach())[self.perm]
+            p = self._csr_prob()
             dist, pred = torch.ops.tgrep.shortest_paths(self.indptr, self.indices, w, src, targets, p, seed_t, True)
             self._last = (seed_t, src, pred, p)  # one slot (a list would recompile per length)
             if self.soft:  # unreachable in the sample: the all-candidates graph's distance

@@ -484,7 +484,7 @@ class ProdigeEmbedding(nn.Module):
         src = rows + self.num_embeddings  # = self.anchors[rows]
         seed = _seed(None, dev)
         if g.presence_logit.requires_grad:  # as ProdigeGraph.forward: a sampled graph per row
-            p = torch.sigmoid(g.presence_logit.detach()).index_select(0, g.perm)
+            p = g._csr_prob()
             _, pred = torch.ops.tgrep.shortest_paths(g.indptr, g.indices, w_csr, src, None, p, seed, True)
             g._last = (seed, src, pred, p)
         else:  # frozen presence: the deterministic graph
