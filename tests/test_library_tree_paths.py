@@ -154,7 +154,8 @@ def test_compile_fullgraph_no_recompiles(seed):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_predecessor_trees_of_searches(seed, backend):
+@pytest.mark.parametrize("map_dtype", [torch.int64, torch.int32])
+def test_predecessor_trees_of_searches(seed, backend, map_dtype):
     gen = torch.Generator().manual_seed(seed)
     n = 30
     ei = torch.randint(0, n - 3, (2, 60), generator=gen)  # the last 3 vertices are unreachable
@@ -165,9 +166,13 @@ def test_predecessor_trees_of_searches(seed, backend):
     esrc = torch.repeat_interleave(torch.arange(n), indptr.diff())
     emap = torch.randperm(E, generator=gen) // 2  # CSR edge -> weight index (both directions share one)
     M = int(emap.max()) + 1
+    esrc, emap = esrc.to(map_dtype), emap.to(map_dtype)
     w = torch.rand(M, dtype=torch.float64, generator=gen) + 0.1
     with tgrep.use_backend(backend):
         trees = torch.ops.tgrep.predecessor_trees(pred, src, esrc, emap, M)
+        assert torch.equal(trees, torch.ops.tgrep.predecessor_trees(pred, src, esrc.long(), emap.long(), M))
+        with pytest.raises(TypeError, match="edge_src"):  # mixed index dtypes
+            torch.ops.tgrep.predecessor_trees(pred, src, esrc.long(), emap.int(), M)
         torch.library.opcheck(torch.ops.tgrep.predecessor_trees.default, (pred, src, esrc, emap, M))
     edge, parent, order = trees
     assert trees.shape == (3, 4, n)
@@ -191,8 +196,8 @@ def test_predecessor_trees_of_searches(seed, backend):
         with pytest.raises(ValueError, match="edge_src"):
             torch.ops.tgrep.predecessor_trees(pred, src, esrc + n, emap, M)
         with pytest.raises(ValueError, match="cycle"):  # a 2-cycle: 1 -> 2 -> 1
-            torch.ops.tgrep.predecessor_trees(torch.tensor([[-1, 0, 1]]), torch.tensor([0]), torch.tensor([2, 1]),
-                                              torch.tensor([0, 0]), 1)
+            torch.ops.tgrep.predecessor_trees(torch.tensor([[-1, 0, 1]]), torch.tensor([0]),
+                                              torch.tensor([2, 1], dtype=map_dtype), torch.tensor([0, 0], dtype=map_dtype), 1)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -283,7 +283,8 @@ def test_cpp_duplicates_self_loops_zero_weights_equal_reference(seed):
 
 @cpp_only
 @pytest.mark.parametrize("simd", [True, False])
-def test_cpp_high_degree_ties_equal_reference(seed, simd):
+@pytest.mark.parametrize("ix_dtype", [torch.int64, torch.int32])  # packed records / read in place
+def test_cpp_high_degree_ties_equal_reference(seed, simd, ix_dtype):
     """Vertices of degree 16 to 700 (the AVX2 relaxation pre-scan, in chunks of 256 edges, where
     the CPU has it; the portable loop with simd=False), float32 weights in {0, 1, 2} (ties,
     zero-length edges from higher to lower vertex ids: the radix heap's keys below its last
@@ -299,6 +300,7 @@ def test_cpp_high_degree_ties_equal_reference(seed, simd):
     ei = torch.cat([ei, ei[:, :200]], 1)  # duplicate edges (another weight)
     w = torch.randint(0, 3, (ei.size(1),), generator=g).float()
     indptr, indices, weight = to_csr(ei, n, w)
+    indices = indices.to(ix_dtype)
     sources = torch.randint(0, n, (6,), generator=g)
     sources[0] = 0
     targets = torch.randint(0, n, (6, 3), generator=g)

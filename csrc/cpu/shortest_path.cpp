@@ -82,13 +82,40 @@ bool all_in_range(const at::Tensor& idx, int64_t n) {  // idx: contiguous int64
   return ok;
 }
 
-// Edges are repacked once per call into one array of {target, weight} so a relaxation streams
-// a single record (8 bytes for float32). The edge probabilities stay in their own array:
-// they are only read for the few edges that would improve a distance.
+// Where a relaxation reads edge e's target and length. int64 'indices' are repacked once per
+// call into one array of {target (int32), weight} records, so a relaxation streams a single
+// record (8 bytes for float32) instead of 12; int32 'indices' are read in place with the
+// weights (the same 8 bytes per edge, no copy to write). The edge probabilities stay in their
+// own array: they are only read for the few edges that would improve a distance.
 template <typename D>
 struct EdgeW {
   int32_t v;
   D w;
+};
+
+template <typename D>
+struct PackedEdges {
+  const EdgeW<D>* p;
+  inline int32_t v(int64_t e) const { return p[e].v; }
+  inline D w(int64_t e) const { return p[e].w; }
+  inline void prefetch(int64_t a, int64_t z) const {
+    for (const char *x = reinterpret_cast<const char*>(p + a), *y = reinterpret_cast<const char*>(p + z); x < y; x += 64)
+      __builtin_prefetch(x);
+  }
+};
+
+template <typename D>
+struct SplitEdges {
+  const int32_t* ix;
+  const D* wt;
+  inline int32_t v(int64_t e) const { return ix[e]; }
+  inline D w(int64_t e) const { return wt[e]; }
+  inline void prefetch(int64_t a, int64_t z) const {
+    for (const char *x = reinterpret_cast<const char*>(ix + a), *y = reinterpret_cast<const char*>(ix + z); x < y; x += 64)
+      __builtin_prefetch(x);
+    for (const char *x = reinterpret_cast<const char*>(wt + a), *y = reinterpret_cast<const char*>(wt + z); x < y; x += 64)
+      __builtin_prefetch(x);
+  }
 };
 
 // Heap entries ordered by (distance, vertex), like the reference's heapq of tuples. For
@@ -298,27 +325,43 @@ struct RadixHeap {
 // flags are a superset of the improving edges (distances only fall while one vertex's edges are
 // relaxed) and the same float sum and compare decide both, so the result is unchanged.
 #if defined(__x86_64__) && defined(__GNUC__)
-__attribute__((target("avx2"))) int64_t scan_avx2(const EdgeW<float>* ed, int64_t cnt,
+// 8 edges: flags (bit i: edge i) of du + w[i] < st[v[i]].d
+__attribute__((target("avx2"))) inline unsigned flags8(__m256i vs, __m256 ws, __m256 vdu, const float* d0) {
+  const __m256 dv = _mm256_i32gather_ps(d0, vs, 8);  // st[v].d (8-byte records)
+  return static_cast<unsigned>(_mm256_movemask_ps(_mm256_cmp_ps(_mm256_add_ps(vdu, ws), dv, _CMP_LT_OQ)));
+}
+__attribute__((target("avx2"))) int64_t scan_avx2(const PackedEdges<float>& E, int64_t a, int64_t cnt,
                                                   const VState<float>* st, float du, int32_t* out) {
   static_assert(sizeof(EdgeW<float>) == 8 && sizeof(VState<float>) == 8, "packed records");
+  const EdgeW<float>* ed = E.p + a;
   int64_t m = 0, i = 0;
   const __m256 vdu = _mm256_set1_ps(du);
-  const float* d0 = &st[0].d;
   for (; i + 8 <= cnt; i += 8) {
-    const __m256 a = _mm256_loadu_ps(reinterpret_cast<const float*>(ed + i));      // v0 w0 .. v3 w3
-    const __m256 b = _mm256_loadu_ps(reinterpret_cast<const float*>(ed + i + 4));  // v4 w4 .. v7 w7
+    const __m256 x = _mm256_loadu_ps(reinterpret_cast<const float*>(ed + i));      // v0 w0 .. v3 w3
+    const __m256 y = _mm256_loadu_ps(reinterpret_cast<const float*>(ed + i + 4));  // v4 w4 .. v7 w7
     // (v0 v1 v4 v5 | v2 v3 v6 v7) -> edge order v0 .. v7, likewise w
-    const __m256 vs = _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(_mm256_shuffle_ps(a, b, 0x88)), 0xD8));
-    const __m256 ws = _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(_mm256_shuffle_ps(a, b, 0xDD)), 0xD8));
-    const __m256 dv = _mm256_i32gather_ps(d0, _mm256_castps_si256(vs), 8);  // st[v].d (8-byte records)
-    unsigned mask = static_cast<unsigned>(_mm256_movemask_ps(_mm256_cmp_ps(_mm256_add_ps(vdu, ws), dv, _CMP_LT_OQ)));
-    while (mask) {
-      out[m++] = static_cast<int32_t>(i + __builtin_ctz(mask));
-      mask &= mask - 1;
-    }
+    const __m256 vs = _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(_mm256_shuffle_ps(x, y, 0x88)), 0xD8));
+    const __m256 ws = _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(_mm256_shuffle_ps(x, y, 0xDD)), 0xD8));
+    for (unsigned f = flags8(_mm256_castps_si256(vs), ws, vdu, &st[0].d); f; f &= f - 1)
+      out[m++] = static_cast<int32_t>(i + __builtin_ctz(f));
   }
   for (; i < cnt; ++i)
     if (du + ed[i].w < st[ed[i].v].d) out[m++] = static_cast<int32_t>(i);
+  return m;
+}
+__attribute__((target("avx2"))) int64_t scan_avx2(const SplitEdges<float>& E, int64_t a, int64_t cnt,
+                                                  const VState<float>* st, float du, int32_t* out) {
+  const int32_t* ix = E.ix + a;
+  const float* wt = E.wt + a;
+  int64_t m = 0, i = 0;
+  const __m256 vdu = _mm256_set1_ps(du);
+  for (; i + 8 <= cnt; i += 8) {
+    const __m256i vs = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(ix + i));
+    for (unsigned f = flags8(vs, _mm256_loadu_ps(wt + i), vdu, &st[0].d); f; f &= f - 1)
+      out[m++] = static_cast<int32_t>(i + __builtin_ctz(f));
+  }
+  for (; i < cnt; ++i)
+    if (du + wt[i] < st[ix[i]].d) out[m++] = static_cast<int32_t>(i);
   return m;
 }
 bool simd_default() {
@@ -326,7 +369,8 @@ bool simd_default() {
   return yes;
 }
 #else
-int64_t scan_avx2(const EdgeW<float>*, int64_t, const VState<float>*, float, int32_t*) { return 0; }
+template <typename Edges>
+int64_t scan_avx2(const Edges&, int64_t, int64_t, const VState<float>*, float, int32_t*) { return 0; }
 bool simd_default() { return false; }
 #endif
 std::atomic<int> g_simd{-1};  // -1: the CPU decides; 0 / 1: set by set_simd (tests of both paths)
@@ -339,7 +383,7 @@ template <typename D, typename IP, typename Edge>
 struct Problem {
   int64_t n, B, T;  // T < 0: no targets
   const IP* indptr;
-  const Edge* edges;
+  Edge edges;        // PackedEdges<D> or SplitEdges<D>
   const void* prob;  // PT[E]: keep edge e iff (hash >> 8) * 2^-24 < prob[e]; PT = void: every edge
   const int64_t* sources;
   const int64_t* targets;
@@ -405,7 +449,7 @@ void run_row(const Problem<D, IP, Edge>& P, Worker<D>& W, int64_t b) {
   const uint32_t rh = mix32(static_cast<uint32_t>(b) ^ P.seed_mix);
   const bool simd = P.simd;
   const IP* __restrict__ ip = P.indptr;
-  const Edge* __restrict__ edges = P.edges;
+  const Edge edges = P.edges;
   constexpr bool kSampled = !std::is_void_v<PT>;
   using PR = std::conditional_t<kSampled, PT, float>;
   const PR* __restrict__ prob = static_cast<const PR*>(P.prob);
@@ -431,9 +475,7 @@ void run_row(const Problem<D, IP, Edge>& P, Worker<D>& W, int64_t b) {
     }
     if (!heap.empty()) {  // the next vertex to settle is probably the new top: fetch its edges now
       const int32_t nx = heap.top().v();
-      const char* a = reinterpret_cast<const char*>(edges + ip[nx]);
-      const char* z = reinterpret_cast<const char*>(edges + ip[nx + 1]);
-      for (; a < z; a += 64) __builtin_prefetch(a);
+      edges.prefetch(ip[nx], ip[nx + 1]);
       if constexpr (kSampled) {
         const char* ta = reinterpret_cast<const char*>(prob + ip[nx]);
         const char* tz = reinterpret_cast<const char*>(prob + ip[nx + 1]);
@@ -441,9 +483,8 @@ void run_row(const Problem<D, IP, Edge>& P, Worker<D>& W, int64_t b) {
       }
     }
     auto relax = [&](int64_t e) {
-      const Edge ed = edges[e];
-      const int32_t v = ed.v;
-      const D nd = du + ed.w;
+      const int32_t v = edges.v(e);
+      const D nd = du + edges.w(e);
       VState<D>& sv = st[v];
       if (!(nd < sv.d)) return;
       if constexpr (kSampled) {
@@ -456,11 +497,11 @@ void run_row(const Problem<D, IP, Edge>& P, Worker<D>& W, int64_t b) {
       if (pr) pr[v] = e;
     };
     const int64_t e0 = static_cast<int64_t>(ip[u]), e1 = static_cast<int64_t>(ip[u + 1]);
-    if constexpr (std::is_same_v<Edge, EdgeW<float>>) {
+    if constexpr (std::is_same_v<D, float>) {
       if (simd && e1 - e0 >= 16) {
         int32_t flagged[256];
         for (int64_t a = e0; a < e1; a += 256) {
-          const int64_t m = scan_avx2(edges + a, std::min<int64_t>(256, e1 - a), st, du, flagged);
+          const int64_t m = scan_avx2(edges, a, std::min<int64_t>(256, e1 - a), st, du, flagged);
           for (int64_t j = 0; j < m; ++j) relax(a + flagged[j]);
         }
         continue;
@@ -492,37 +533,41 @@ void run_all(const Problem<D, IP, Edge>& P) {
 }
 
 template <typename D, typename IP, typename IX, typename PT>
-int launch_packed(const at::Tensor& indptr, const at::Tensor& indices, const at::Tensor& weight,
-                   const at::Tensor& prob, const at::Tensor& sources, const at::Tensor& targets, uint32_t seed_mix,
-                   at::Tensor& dist, at::Tensor& pred, int64_t n, int64_t T) {
+int launch_edges(const at::Tensor& indptr, const at::Tensor& indices, const at::Tensor& weight,
+                 const at::Tensor& prob, const at::Tensor& sources, const at::Tensor& targets, uint32_t seed_mix,
+                 at::Tensor& dist, at::Tensor& pred, int64_t n, int64_t T) {
   constexpr bool kSampled = !std::is_void_v<PT>;
+  constexpr bool kSplit = std::is_same_v<IX, int32_t>;  // read in place; int64: packed
   using PR = std::conditional_t<kSampled, PT, float>;
+  using Edge = std::conditional_t<kSplit, SplitEdges<D>, PackedEdges<D>>;
   const int64_t E = indices.numel();
-  using Edge = EdgeW<D>;
-  std::unique_ptr<Edge[]> packed(new Edge[std::max<int64_t>(E, 1)]);  // not zero-filled: written below
+  std::unique_ptr<EdgeW<D>[]> packed(kSplit ? nullptr : new EdgeW<D>[std::max<int64_t>(E, 1)]);  // not zero-filled
   const IX* ix = indices.data_ptr<IX>();
   const D* wt = weight.data_ptr<D>();
   const PR* pp = kSampled ? prob.data_ptr<PR>() : nullptr;
-  Edge* pk = packed.get();
-  // the packing pass doubles as the bounds check of 'indices', the sign check of 'weight' and
-  // the range check of 'edge_prob': one flag per chunk, raised after the parallel region
+  EdgeW<D>* pk = packed.get();
+  // one pass: the bounds check of 'indices', the sign check of 'weight' (and the packing of
+  // int64 indices), then the range check of 'edge_prob'; one flag per chunk, raised after the
+  // parallel region. Each loop of its own vectorises.
   std::atomic<int> bad{kOk};
   const uint64_t un = static_cast<uint64_t>(n);
   at::parallel_for(0, E, kSerialEdges, [&](int64_t a, int64_t z) {
-    bool bad_ix = false, bad_w = false, bad_p = false;
-    for (int64_t e = a; e < z; ++e) {
-      const IX v = ix[e];
-      const D w = wt[e];
-      bad_ix |= static_cast<uint64_t>(static_cast<int64_t>(v)) >= un;
-      bad_w |= !(w >= D(0));  // negative or NaN (+inf is allowed: an absent edge)
-      pk[e].v = static_cast<int32_t>(v);
-      pk[e].w = w;
+    int bad_ix = 0, bad_w = 0, bad_p = 0;
+    if constexpr (kSplit) {
+      for (int64_t e = a; e < z; ++e) bad_ix |= static_cast<uint32_t>(ix[e]) >= un;  // negative: huge
+      for (int64_t e = a; e < z; ++e) bad_w |= !(wt[e] >= D(0));  // negative or NaN (+inf: an absent edge)
+    } else {
+      for (int64_t e = a; e < z; ++e) {
+        const IX v = ix[e];
+        const D w = wt[e];
+        bad_ix |= static_cast<uint64_t>(static_cast<int64_t>(v)) >= un;
+        bad_w |= !(w >= D(0));
+        pk[e].v = static_cast<int32_t>(v);
+        pk[e].w = w;
+      }
     }
-    if constexpr (kSampled) {  // a loop of its own: it vectorises
-      int out = 0;
-      for (int64_t e = a; e < z; ++e) out |= !((pp[e] >= PR(0)) & (pp[e] <= PR(1)));  // NaN too
-      bad_p = out;
-    }
+    if constexpr (kSampled)
+      for (int64_t e = a; e < z; ++e) bad_p |= !((pp[e] >= PR(0)) & (pp[e] <= PR(1)));  // NaN too
     if (bad_ix) bad.store(kIndices, std::memory_order_relaxed);
     else if (bad_w) bad.store(kWeight, std::memory_order_relaxed);
     else if (bad_p) bad.store(kProb, std::memory_order_relaxed);
@@ -533,7 +578,8 @@ int launch_packed(const at::Tensor& indptr, const at::Tensor& indices, const at:
   P.B = sources.numel();
   P.T = T;
   P.indptr = indptr.data_ptr<IP>();
-  P.edges = pk;
+  if constexpr (kSplit) P.edges = Edge{ix, wt};
+  else P.edges = Edge{pk};
   P.prob = pp;
   P.simd = use_simd();
   P.sources = sources.data_ptr<int64_t>();
@@ -550,10 +596,10 @@ int launch(const at::Tensor& indptr, const at::Tensor& indices, const at::Tensor
             const at::Tensor& prob, const at::Tensor& sources, const at::Tensor& targets, uint32_t seed_mix,
             at::Tensor& dist, at::Tensor& pred, int64_t n, int64_t T) {
   if (!prob.defined())
-    return launch_packed<D, IP, IX, void>(indptr, indices, weight, prob, sources, targets, seed_mix, dist, pred, n, T);
+    return launch_edges<D, IP, IX, void>(indptr, indices, weight, prob, sources, targets, seed_mix, dist, pred, n, T);
   if (prob.scalar_type() == at::kDouble)
-    return launch_packed<D, IP, IX, double>(indptr, indices, weight, prob, sources, targets, seed_mix, dist, pred, n, T);
-  return launch_packed<D, IP, IX, float>(indptr, indices, weight, prob, sources, targets, seed_mix, dist, pred, n, T);
+    return launch_edges<D, IP, IX, double>(indptr, indices, weight, prob, sources, targets, seed_mix, dist, pred, n, T);
+  return launch_edges<D, IP, IX, float>(indptr, indices, weight, prob, sources, targets, seed_mix, dist, pred, n, T);
 }
 
 template <typename D, typename IP>

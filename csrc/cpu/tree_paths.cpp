@@ -160,8 +160,11 @@ at::Tensor predecessor_trees(at::Tensor pred, at::Tensor sources, at::Tensor edg
   for (const at::Tensor* t : {&pred, &sources, &edge_src, &edge_map}) {
     TORCH_CHECK_VALUE(t->device().is_cpu() && t->layout() == at::kStrided,
                       "predecessor_trees (C++): tensors must be dense and on the CPU");
-    TORCH_CHECK_TYPE(t->scalar_type() == at::kLong, "predecessor_trees (C++): index tensors must be int64");
+    TORCH_CHECK_TYPE(t->scalar_type() == at::kLong || ((t == &edge_src || t == &edge_map) && t->scalar_type() == at::kInt),
+                     "predecessor_trees (C++): 'pred' and 'sources' must be int64, 'edge_src' and 'edge_map' int32 or int64");
   }
+  TORCH_CHECK_TYPE(edge_src.scalar_type() == edge_map.scalar_type(),
+                   "predecessor_trees (C++): 'edge_src' and 'edge_map' must have the same dtype");
   TORCH_CHECK_VALUE(pred.dim() == 2 && sources.dim() == 1 && sources.numel() == pred.size(0),
                     "predecessor_trees (C++): 'pred' must be [B, N] and 'sources' [B]");
   TORCH_CHECK_VALUE(edge_src.dim() == 1 && edge_map.dim() == 1 && edge_src.numel() == edge_map.numel(),
@@ -186,10 +189,10 @@ at::Tensor predecessor_trees(at::Tensor pred, at::Tensor sources, at::Tensor edg
   if (B == 0 || n == 0) return out;
   const int64_t chunks = num_chunks(B, n);
   std::vector<int> errs(chunks, kOk);
-  const int64_t *pp = pr.data_ptr<int64_t>(), *sp = so.data_ptr<int64_t>(), *esp = es.data_ptr<int64_t>(),
-                *emp = em.data_ptr<int64_t>();
+  const int64_t *pp = pr.data_ptr<int64_t>(), *sp = so.data_ptr<int64_t>();
   int32_t* op = out.data_ptr<int32_t>();
-  {
+  // int32 'edge_src' / 'edge_map' (half the bytes of the random lookups) or int64
+  auto run = [&](auto* esp, auto* emp) {
     pybind11::gil_scoped_release no_gil;
     at::parallel_for(0, chunks, 1, [&](int64_t c0, int64_t c1) {
       for (int64_t ch = c0; ch < c1; ++ch) {
@@ -226,7 +229,9 @@ at::Tensor predecessor_trees(at::Tensor pred, at::Tensor sources, at::Tensor edg
         }
       }
     });
-  }
+  };
+  if (es.scalar_type() == at::kInt) run(es.data_ptr<int32_t>(), em.data_ptr<int32_t>());
+  else run(es.data_ptr<int64_t>(), em.data_ptr<int64_t>());
   for (int err : errs) TORCH_CHECK_VALUE(err == kOk, err_message("predecessor_trees", err));
   return out;
 }

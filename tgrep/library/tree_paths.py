@@ -61,9 +61,13 @@ def _check_predecessors(pred, sources, edge_src, edge_map, num_weights, fallback
     if fallback is not None and (fallback.dtype != torch.int32 or fallback.shape != (2, *pred.shape)):
         raise ValueError(f"'fallback' must be int32 [2, B, N] = [2, {pred.shape[0]}, {pred.shape[1]}], got "
                          f"{fallback.dtype} of shape {tuple(fallback.shape)}")
-    for name, t in (("pred", pred), ("sources", sources), ("edge_src", edge_src), ("edge_map", edge_map)):
+    for name, t in (("pred", pred), ("sources", sources)):
         if t.dtype != torch.int64:
             raise TypeError(f"'{name}' must be int64, got {t.dtype}")
+    for name, t in (("edge_src", edge_src), ("edge_map", edge_map)):
+        if t.dtype not in (torch.int32, torch.int64) or t.dtype != edge_src.dtype:
+            raise TypeError(f"'edge_src' and 'edge_map' must both be int32 or both int64, got {edge_src.dtype} "
+                            f"and {edge_map.dtype}")
     if pred.dim() != 2 or sources.shape != (pred.shape[0],):
         raise ValueError(f"'pred' must be [B, N] and 'sources' [B], got {tuple(pred.shape)} and {tuple(sources.shape)}")
     if edge_src.dim() != 1 or edge_map.shape != edge_src.shape:

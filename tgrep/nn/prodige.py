@@ -207,6 +207,8 @@ class ProdigeGraph(nn.Module):
                  learn_default_distance: bool = False, sparse: bool = False, soft: bool = False):
         super().__init__()
         check.positive_int("num_nodes", num_nodes)
+        if num_nodes >= 2**31 - 1:  # vertex ids are int32 in the CSR and in every search kernel
+            raise ValueError(f"'num_nodes' must be below 2^31 - 1, got {num_nodes}")
         check.edge_index("edge_index", edge_index, num_nodes)
         if edge_index.size(1) == 0:
             raise ValueError("'edge_index' is empty: a ProdigeGraph needs at least one candidate edge")
@@ -297,6 +299,9 @@ class ProdigeGraph(nn.Module):
             indptr[-1] += out.numel()
             indices = torch.cat([indices, torch.full_like(out, last)])
             perm = torch.cat([ids[perm], out])
+        # int32 targets (N < 2^31 - 1, checked at construction): the C++ search reads them in
+        # place with the lengths, 8 bytes per edge, instead of repacking them
+        indices = indices.to(torch.int32)
         for name, t in (("indptr", indptr), ("indices", indices), ("perm", perm)):  # perm: CSR edge -> parameter
             self.register_buffer(name, t)
 

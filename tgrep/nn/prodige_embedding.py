@@ -221,7 +221,10 @@ class ProdigeEmbedding(nn.Module):
         # [3, K, N]: per anchor the edge into each vertex, its parent, the vertices parents first
         self.register_buffer("_tree_cache", torch.zeros(3, K, N, dtype=torch.int32, device=dev), persistent=False)
         self.register_buffer("_tree_step", torch.zeros((), dtype=torch.long, device=dev), persistent=False)
-        self.register_buffer("_edge_src", torch.zeros(0, dtype=torch.long, device=dev), persistent=False)
+        # per CSR slot, int32 (half the bytes of predecessor_trees' random lookups): its source
+        # vertex and its parameter edge (graph.perm); rebuilt with the trees
+        self.register_buffer("_edge_src", torch.zeros(0, dtype=torch.int32, device=dev), persistent=False)
+        self.register_buffer("_edge_map", torch.zeros(0, dtype=torch.int32, device=dev), persistent=False)
         # pruning to the budget: [training steps seen, edges to keep (0: no pruning)]; saved
         self.register_buffer("prune_state", torch.tensor([0, target], dtype=torch.long, device=dev))
         self._steps, self._target, self._hook, self._hooked = 0, target, None, None
@@ -439,7 +442,9 @@ class ProdigeEmbedding(nn.Module):
         shape = (3, self.embedding_dim, g.num_nodes)
         if self._tree_cache.shape != shape:  # a loaded checkpoint with another number of vertices
             self._tree_cache = torch.zeros(shape, dtype=torch.int32, device=dev)
-        self._edge_src = torch.repeat_interleave(torch.arange(g.num_nodes, device=dev), g.indptr.diff())
+        self._edge_src = torch.repeat_interleave(torch.arange(g.num_nodes, device=dev, dtype=torch.int32),
+                                                 g.indptr.diff())
+        self._edge_map = g.perm.to(torch.int32)
         w = g._csr_weight(True).detach()
         _, pred = torch.ops.tgrep.shortest_paths(g.indptr, g.indices, w, self.anchors, None, None,
                                                  seed_tensor(0, dev), True)
@@ -453,7 +458,7 @@ class ProdigeEmbedding(nn.Module):
         search did not reach hangs from the source by the virtual edge ``M`` (whose length is
         the default distance)."""
         g = self.graph
-        return torch.ops.tgrep.predecessor_trees(pred, src, self._edge_src, g.perm, g.num_edges, fallback)
+        return torch.ops.tgrep.predecessor_trees(pred, src, self._edge_src, self._edge_map, g.num_edges, fallback)
 
     @property
     def _tree_edge(self) -> torch.Tensor:
