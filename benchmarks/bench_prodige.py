@@ -426,7 +426,7 @@ def _cpu_time(fn, repeat, warmup=2):
 def embedding_step(report, quick, verbose):
     """Training step (forward + backward + Adam) of a bag-of-words model, batch 64 x 50 tokens,
     ProdigeEmbedding(2000, 16) (defaults: the stored numbers of nn.Embedding(2000, 16), cached
-    search trees refreshed every 4 steps) against nn.Embedding(2000, 16); without and with
+    search trees, 3 of the 16 anchors searched afresh per step (refresh_every=6)) against nn.Embedding(2000, 16); without and with
     REINFORCE; the ablation refresh_every=1 (every anchor searched at every step); eager and
     torch.compile. Wall-clock medians (the harness) and CPU-time medians of the calling thread,
     the arms interleaved step by step; both arms run with the same torch.get_num_threads()
