@@ -320,6 +320,32 @@ def test_cpp_high_degree_ties_equal_reference(seed, simd, ix_dtype):
 
 
 @cpp_only
+def test_cpp_zero_length_star_equals_reference(seed):
+    """Every edge of length 0, from the highest vertex to all lower ones and on from them:
+    every key the radix heap receives is below its last minimum (same distance, lower
+    vertex), so they all wait in its 'low' heap. Same dist and pred as the reference; the
+    all-zero star of 200k vertices takes milliseconds (a linear scan of 'low' per pop took
+    2 s at 80k, quadratic)."""
+    g = torch.Generator().manual_seed(seed)
+    n = 3000
+    hub = torch.full((n - 1,), n - 1)
+    ei = torch.cat([torch.stack([hub, torch.arange(n - 1)]),
+                    torch.randint(0, n, (2, 2 * n), generator=g)], 1)
+    w = torch.cat([torch.zeros(n - 1), torch.randint(0, 2, (2 * n,), generator=g).float()])
+    indptr, indices, weight = to_csr(ei, n, w)
+    sources = torch.tensor([n - 1, 0, n // 2])
+    with tgrep.use_backend("cpp"):
+        got = shortest_paths(indptr, indices, weight, sources, return_predecessors=True)
+    exp = ref.shortest_paths(indptr, indices, weight, sources, None, None, 0, True)
+    assert torch.equal(got.dist, exp[0]) and torch.equal(got.pred, exp[1])
+    big = 200_000
+    ip = torch.tensor([0] * big + [big - 1])
+    with tgrep.use_backend("cpp"):
+        d = shortest_paths(ip, torch.arange(big - 1), torch.zeros(big - 1), torch.tensor([big - 1]))
+    assert bool((d == 0).all())
+
+
+@cpp_only
 def test_cpp_rows_in_parallel_equal_one_by_one(seed):
     n = 300
     indptr, indices, weight = random_graph(n, 3000, dtype=torch.float32)

@@ -25,6 +25,7 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <functional>
 #include <atomic>
 #include <cstdint>
 #include <cmath>
@@ -230,7 +231,8 @@ struct Heap {
 // keys equal to 'last' (the last minimum), bucket i >= 1 keys whose highest bit differing
 // from 'last' is bit i - 1. Dijkstra's keys never fall below the distance of the vertex being
 // settled, but a zero-length edge can give (d, v) with v below the settled vertex: such keys
-// (below 'last', equal distance) wait in 'low', which pops first.
+// (below 'last', equal distance) wait in 'low', a binary min-heap (O(log) per entry even when
+// every edge has length 0), which pops first.
 struct RadixHeap {
   std::vector<uint64_t>* b = nullptr;  // [65] buckets (a worker's, empty between rows)
   std::vector<uint64_t>* low = nullptr;
@@ -248,6 +250,7 @@ struct RadixHeap {
     ++size;
     if (k < last) {
       low->push_back(k);
+      std::push_heap(low->begin(), low->end(), std::greater<uint64_t>());
       return;
     }
     const int i = bucket_of(k, last);
@@ -258,13 +261,8 @@ struct RadixHeap {
   inline bool settle_min() {
     for (;;) {
       if (!low->empty()) {
-        auto& L = *low;
-        size_t m = 0;
-        for (size_t j = 1; j < L.size(); ++j)
-          if (L[j] < L[m]) m = j;
-        std::swap(L[m], L.back());
-        if (!stale(L.back())) return true;
-        L.pop_back();
+        if (!stale(low->front())) return true;
+        pop_low();
         --size;
         continue;
       }
@@ -293,12 +291,21 @@ struct RadixHeap {
       mask &= ~(uint64_t(1) << (i - 1));
     }
   }
+  inline void pop_low() {
+    std::pop_heap(low->begin(), low->end(), std::greater<uint64_t>());
+    low->pop_back();
+  }
   inline bool empty() { return !settle_min(); }
-  inline Node<float> top() { return Node<float>{low->empty() ? b[0].back() : low->back()}; }  // after empty()
+  inline Node<float> top() { return Node<float>{low->empty() ? b[0].back() : low->front()}; }  // after empty()
   inline Node<float> pop() {  // after empty() returned false
-    std::vector<uint64_t>& q = low->empty() ? b[0] : *low;
-    const Node<float> x{q.back()};
-    q.pop_back();
+    Node<float> x;
+    if (low->empty()) {
+      x.k = b[0].back();
+      b[0].pop_back();
+    } else {
+      x.k = low->front();
+      pop_low();
+    }
     --size;
     return x;
   }
