@@ -231,3 +231,42 @@ def test_predecessor_trees_fallback_keeps_the_previous_tree_where_unreached(seed
         bad = fallback.clone()
         bad[1, 0, 20], bad[1, 0, 21] = 21, 20
         torch.ops.tgrep.predecessor_trees(pred, src, esrc, emap, E, bad)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_update_trees_equals_gather_trees_and_copy(seed, backend):
+    """update_trees(cache, rows, ...) == cache.index_copy(1, rows, predecessor_trees(..., fallback =
+    the rows' own cached edge and parent)), on sampled searches (unreached vertices keep their
+    cached paths); the cache itself is never written."""
+    gen = torch.Generator().manual_seed(seed)
+    n, K = 24, 6
+    ei = torch.randint(0, n - 4, (2, 50), generator=gen)  # vertices 20..23 unreachable
+    indptr, indices, wc = to_csr(ei, n, torch.rand(50, dtype=torch.float64, generator=gen) + 0.1, undirected=True)
+    E = wc.numel()
+    rows = torch.randperm(K, generator=gen)[:3]
+    src = torch.randint(0, n, (3,), generator=gen)
+    p = torch.full((E,), 0.6, dtype=torch.float64)
+    dist, pred = torch.ops.tgrep.shortest_paths(indptr, indices, wc, src, None, p, seed_tensor(seed, "cpu"), True)
+    esrc = torch.repeat_interleave(torch.arange(n), indptr.diff()).int()
+    emap = torch.randperm(E, generator=gen).int()
+    fb_edge, fb_parent = _forest(K, n, E + 1, gen, unreached=0.0)
+    cache = torch.stack([fb_edge, fb_parent, torch.ops.tgrep.tree_order(fb_parent)])
+    before = cache.clone()
+    with tgrep.use_backend(backend):
+        got = torch.ops.tgrep.update_trees(cache, rows, pred, src, esrc, emap, E)
+        torch.library.opcheck(torch.ops.tgrep.update_trees.default, (cache, rows, pred, src, esrc, emap, E))
+        new = torch.ops.tgrep.predecessor_trees(pred, src, esrc, emap, E, cache[:2].index_select(1, rows))
+    assert torch.equal(cache, before)
+    assert torch.equal(got, cache.index_copy(1, rows, new))
+    keep = torch.ones(K, dtype=torch.bool)
+    keep[rows] = False
+    assert torch.equal(got[:, keep], cache[:, keep]) and not torch.equal(got, cache)
+    with tgrep.use_backend(backend):
+        with pytest.raises(ValueError, match="rows"):  # a row twice
+            torch.ops.tgrep.update_trees(cache, rows[[0, 0, 1]], pred, src, esrc, emap, E)
+        with pytest.raises(ValueError, match="rows"):
+            torch.ops.tgrep.update_trees(cache, torch.tensor([0, 1, K]), pred, src, esrc, emap, E)
+        with pytest.raises(ValueError, match="pred"):
+            torch.ops.tgrep.update_trees(cache, rows, torch.where(pred == pred.max(), E, pred), src, esrc, emap, E)
+        with pytest.raises(ValueError, match="trees"):
+            torch.ops.tgrep.update_trees(cache[:, :, :-1], rows, pred, src, esrc, emap, E)

@@ -27,6 +27,7 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <array>
 #include <cstdint>
 #include <limits>
 #include <string>
@@ -155,42 +156,42 @@ at::Tensor tree_order(at::Tensor parent) {
 // out[1] = parent (edge_src[pred]; the source for itself and for unreached vertices),
 // out[2] = the parents-first order. With 'fallback' ([2, B, N] int32 edge and parent, e.g. the
 // row's previous tree), an unreached vertex keeps its fallback edge and parent instead.
-at::Tensor predecessor_trees(at::Tensor pred, at::Tensor sources, at::Tensor edge_src, at::Tensor edge_map,
-                             int64_t num_weights, c10::optional<at::Tensor> fallback) {
+namespace {
+
+// Checks shared by predecessor_trees and update_trees; returns contiguous (pred, sources,
+// edge_src, edge_map).
+std::array<at::Tensor, 4> check_predecessors(const char* fn, const at::Tensor& pred, const at::Tensor& sources,
+                                             const at::Tensor& edge_src, const at::Tensor& edge_map,
+                                             int64_t num_weights) {
   for (const at::Tensor* t : {&pred, &sources, &edge_src, &edge_map}) {
-    TORCH_CHECK_VALUE(t->device().is_cpu() && t->layout() == at::kStrided,
-                      "predecessor_trees (C++): tensors must be dense and on the CPU");
+    TORCH_CHECK_VALUE(t->device().is_cpu() && t->layout() == at::kStrided, fn,
+                      " (C++): tensors must be dense and on the CPU");
     TORCH_CHECK_TYPE(t->scalar_type() == at::kLong || ((t == &edge_src || t == &edge_map) && t->scalar_type() == at::kInt),
-                     "predecessor_trees (C++): 'pred' and 'sources' must be int64, 'edge_src' and 'edge_map' int32 or int64");
+                     fn, " (C++): 'pred' and 'sources' must be int64, 'edge_src' and 'edge_map' int32 or int64");
   }
-  TORCH_CHECK_TYPE(edge_src.scalar_type() == edge_map.scalar_type(),
-                   "predecessor_trees (C++): 'edge_src' and 'edge_map' must have the same dtype");
-  TORCH_CHECK_VALUE(pred.dim() == 2 && sources.dim() == 1 && sources.numel() == pred.size(0),
-                    "predecessor_trees (C++): 'pred' must be [B, N] and 'sources' [B]");
-  TORCH_CHECK_VALUE(edge_src.dim() == 1 && edge_map.dim() == 1 && edge_src.numel() == edge_map.numel(),
-                    "predecessor_trees (C++): 'edge_src' and 'edge_map' must both be [E]");
-  TORCH_CHECK_VALUE(num_weights >= 0 && num_weights < std::numeric_limits<int32_t>::max(),
-                    "predecessor_trees (C++): 'num_weights' must lie in [0, 2^31 - 1)");
-  const int64_t B = pred.size(0), n = pred.size(1), E = edge_src.numel();
-  TORCH_CHECK_VALUE(n < std::numeric_limits<int32_t>::max(), "predecessor_trees (C++): N must be < 2^31 - 1");
-  at::Tensor pr = pred.contiguous(), so = sources.contiguous(), es = edge_src.contiguous(), em = edge_map.contiguous();
-  const bool has_fb = fallback.has_value() && fallback->defined();
-  at::Tensor fb;
-  if (has_fb) {
-    TORCH_CHECK_VALUE(fallback->device().is_cpu() && fallback->layout() == at::kStrided,
-                      "predecessor_trees (C++): 'fallback' must be dense and on the CPU");
-    TORCH_CHECK_TYPE(fallback->scalar_type() == at::kInt, "predecessor_trees (C++): 'fallback' must be int32");
-    TORCH_CHECK_VALUE(fallback->dim() == 3 && fallback->size(0) == 2 && fallback->size(1) == B &&
-                      fallback->size(2) == n, "predecessor_trees (C++): 'fallback' must be [2, B, N]");
-    fb = fallback->contiguous();
-  }
-  const int32_t* fbp = has_fb ? fb.data_ptr<int32_t>() : nullptr;
-  at::Tensor out = at::empty({3, B, n}, pr.options().dtype(at::kInt));
-  if (B == 0 || n == 0) return out;
+  TORCH_CHECK_TYPE(edge_src.scalar_type() == edge_map.scalar_type(), fn,
+                   " (C++): 'edge_src' and 'edge_map' must have the same dtype");
+  TORCH_CHECK_VALUE(pred.dim() == 2 && sources.dim() == 1 && sources.numel() == pred.size(0), fn,
+                    " (C++): 'pred' must be [B, N] and 'sources' [B]");
+  TORCH_CHECK_VALUE(edge_src.dim() == 1 && edge_map.dim() == 1 && edge_src.numel() == edge_map.numel(), fn,
+                    " (C++): 'edge_src' and 'edge_map' must both be [E]");
+  TORCH_CHECK_VALUE(num_weights >= 0 && num_weights < std::numeric_limits<int32_t>::max(), fn,
+                    " (C++): 'num_weights' must lie in [0, 2^31 - 1)");
+  TORCH_CHECK_VALUE(pred.size(1) < std::numeric_limits<int32_t>::max(), fn, " (C++): N must be < 2^31 - 1");
+  return {pred.contiguous(), sources.contiguous(), edge_src.contiguous(), edge_map.contiguous()};
+}
+
+// The trees of the B searches into 'out' ([3, R, N] int32: edge, parent, order), search b into
+// row row_of[b] (b without row_of); an unreached vertex keeps the fallback's edge and parent of
+// that row (fb: [2 or 3, RF, N], edge rows first, then parent rows) or, without fb, hangs from
+// the source by the virtual edge num_weights. Errors: codes, raised by the caller.
+int trees_into(const at::Tensor& pr, const at::Tensor& so, const at::Tensor& es, const at::Tensor& em,
+               int64_t num_weights, const int32_t* fb, int64_t RF, int32_t* op, int64_t R, const int64_t* row_of) {
+  const int64_t B = pr.size(0), n = pr.size(1), E = es.numel();
+  if (B == 0 || n == 0) return kOk;
   const int64_t chunks = num_chunks(B, n);
   std::vector<int> errs(chunks, kOk);
   const int64_t *pp = pr.data_ptr<int64_t>(), *sp = so.data_ptr<int64_t>();
-  int32_t* op = out.data_ptr<int32_t>();
   // int32 'edge_src' / 'edge_map' (half the bytes of the random lookups) or int64
   auto run = [&](auto* esp, auto* emp) {
     pybind11::gil_scoped_release no_gil;
@@ -200,17 +201,20 @@ at::Tensor predecessor_trees(at::Tensor pred, at::Tensor sources, at::Tensor edg
         for (int64_t b = ch * B / chunks, z = (ch + 1) * B / chunks; b < z && errs[ch] == kOk; ++b) {
           const int64_t s = sp[b];
           if (s < 0 || s >= n) { errs[ch] = kSource; break; }
-          int32_t* edge = op + b * n;
-          int32_t* par = op + (B + b) * n;
-          int32_t* ord = op + (2 * B + b) * n;
+          const int64_t r = row_of ? row_of[b] : b;  // checked by the caller
+          int32_t* edge = op + r * n;
+          int32_t* par = op + (R + r) * n;
+          int32_t* ord = op + (2 * R + r) * n;
+          const int32_t* fb_edge = fb ? fb + r * n : nullptr;
+          const int32_t* fb_par = fb ? fb + (RF + r) * n : nullptr;
           const int64_t* prow = pp + b * n;
           for (int64_t v = 0; v < n && errs[ch] == kOk; ++v) {
             const int64_t e = prow[v];
             if (e < -1 || e >= E) { errs[ch] = kPred; break; }
             if (e < 0) {
-              if (fbp && v != s) {  // unreached: the fallback tree's edge and parent (checked where read)
-                edge[v] = fbp[b * n + v];
-                par[v] = fbp[(B + b) * n + v];
+              if (fb && v != s) {  // unreached: the fallback tree's edge and parent (checked where read)
+                edge[v] = fb_edge[v];
+                par[v] = fb_par[v];
               } else {
                 par[v] = static_cast<int32_t>(s);
                 edge[v] = static_cast<int32_t>(num_weights);
@@ -232,7 +236,61 @@ at::Tensor predecessor_trees(at::Tensor pred, at::Tensor sources, at::Tensor edg
   };
   if (es.scalar_type() == at::kInt) run(es.data_ptr<int32_t>(), em.data_ptr<int32_t>());
   else run(es.data_ptr<int64_t>(), em.data_ptr<int64_t>());
-  for (int err : errs) TORCH_CHECK_VALUE(err == kOk, err_message("predecessor_trees", err));
+  for (int err : errs)
+    if (err != kOk) return err;
+  return kOk;
+}
+
+}  // namespace
+
+at::Tensor predecessor_trees(at::Tensor pred, at::Tensor sources, at::Tensor edge_src, at::Tensor edge_map,
+                             int64_t num_weights, c10::optional<at::Tensor> fallback) {
+  auto [pr, so, es, em] = check_predecessors("predecessor_trees", pred, sources, edge_src, edge_map, num_weights);
+  const int64_t B = pr.size(0), n = pr.size(1);
+  const bool has_fb = fallback.has_value() && fallback->defined();
+  at::Tensor fb;
+  if (has_fb) {
+    TORCH_CHECK_VALUE(fallback->device().is_cpu() && fallback->layout() == at::kStrided,
+                      "predecessor_trees (C++): 'fallback' must be dense and on the CPU");
+    TORCH_CHECK_TYPE(fallback->scalar_type() == at::kInt, "predecessor_trees (C++): 'fallback' must be int32");
+    TORCH_CHECK_VALUE(fallback->dim() == 3 && fallback->size(0) == 2 && fallback->size(1) == B &&
+                      fallback->size(2) == n, "predecessor_trees (C++): 'fallback' must be [2, B, N]");
+    fb = fallback->contiguous();
+  }
+  at::Tensor out = at::empty({3, B, n}, pr.options().dtype(at::kInt));
+  const int err = trees_into(pr, so, es, em, num_weights, has_fb ? fb.data_ptr<int32_t>() : nullptr, B,
+                             out.data_ptr<int32_t>(), B, nullptr);
+  TORCH_CHECK_VALUE(err == kOk, err_message("predecessor_trees", err));
+  return out;
+}
+
+// A copy of the cached trees 'trees' ([3, K, N] int32) whose rows 'rows' ([B], distinct) are the
+// trees of the searches (predecessor_trees with each row's own cached edge and parent as the
+// fallback): one pass instead of a gather of the fallback, the trees and a copy of the cache.
+at::Tensor update_trees(at::Tensor trees, at::Tensor rows, at::Tensor pred, at::Tensor sources, at::Tensor edge_src,
+                        at::Tensor edge_map, int64_t num_weights) {
+  auto [pr, so, es, em] = check_predecessors("update_trees", pred, sources, edge_src, edge_map, num_weights);
+  TORCH_CHECK_VALUE(trees.device().is_cpu() && trees.layout() == at::kStrided && rows.device().is_cpu() &&
+                    rows.layout() == at::kStrided, "update_trees (C++): tensors must be dense and on the CPU");
+  TORCH_CHECK_TYPE(trees.scalar_type() == at::kInt, "update_trees (C++): 'trees' must be int32");
+  TORCH_CHECK_TYPE(rows.scalar_type() == at::kLong, "update_trees (C++): 'rows' must be int64");
+  const int64_t B = pr.size(0), n = pr.size(1);
+  TORCH_CHECK_VALUE(trees.dim() == 3 && trees.size(0) == 3 && trees.size(2) == n,
+                    "update_trees (C++): 'trees' must be [3, K, N] with N = pred.size(1) = ", n);
+  TORCH_CHECK_VALUE(rows.dim() == 1 && rows.numel() == B, "update_trees (C++): 'rows' must be [B] with B = ", B);
+  const int64_t K = trees.size(1);
+  at::Tensor rw = rows.contiguous();
+  const int64_t* rp = rw.data_ptr<int64_t>();
+  std::vector<char> seen(K, 0);
+  for (int64_t b = 0; b < B; ++b) {
+    TORCH_CHECK_VALUE(rp[b] >= 0 && rp[b] < K && !seen[rp[b]],
+                      "update_trees (C++): 'rows' must be distinct rows of 'trees' (in [0, K))");
+    seen[rp[b]] = 1;
+  }
+  at::Tensor src = trees.contiguous();
+  at::Tensor out = src.clone();
+  const int err = trees_into(pr, so, es, em, num_weights, src.data_ptr<int32_t>(), K, out.data_ptr<int32_t>(), K, rp);
+  TORCH_CHECK_VALUE(err == kOk, err_message("update_trees", err));
   return out;
 }
 
@@ -383,6 +441,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "Trees (edge, parent, order) of searches from their predecessors (see tgrep::predecessor_trees)",
         pybind11::arg("pred"), pybind11::arg("sources"), pybind11::arg("edge_src"), pybind11::arg("edge_map"),
         pybind11::arg("num_weights"), pybind11::arg("fallback") = pybind11::none());
+  m.def("update_trees", &update_trees,
+        "The cached trees with some rows replaced by the trees of new searches (see tgrep::update_trees)",
+        pybind11::arg("trees"), pybind11::arg("rows"), pybind11::arg("pred"), pybind11::arg("sources"),
+        pybind11::arg("edge_src"), pybind11::arg("edge_map"), pybind11::arg("num_weights"));
   m.def("tree_order", &tree_order, "Parents-first vertex order of each row's forest (see tgrep::tree_order)",
         pybind11::arg("parent"));
   m.def("tree_path_sum", &tree_path_sum, "Sums of edge weights along given trees (see tgrep::tree_path_sum)",

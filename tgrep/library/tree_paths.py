@@ -1,4 +1,4 @@
-"""Custom ops over given shortest-path trees: ``tgrep::predecessor_trees``, ``tgrep::tree_order``,
+"""Custom ops over given shortest-path trees: ``tgrep::predecessor_trees``, ``tgrep::update_trees``, ``tgrep::tree_order``,
 ``tgrep::tree_path_sum`` and its transpose ``tgrep::tree_path_gradient`` (PRODIGE family; what :class:`tgrep.nn.ProdigeEmbedding` trains
 through between two refreshes of its cached search trees).
 
@@ -93,6 +93,30 @@ def predecessor_trees(pred: Tensor, sources: Tensor, edge_src: Tensor, edge_map:
 @predecessor_trees.register_fake
 def _(pred, sources, edge_src, edge_map, num_weights, fallback=None):
     return pred.new_empty((3, pred.shape[0], pred.shape[1]), dtype=torch.int32)
+
+
+def _check_update(trees, rows, pred, sources, edge_src, edge_map, num_weights):
+    if trees.dtype != torch.int32 or trees.dim() != 3 or trees.size(0) != 3 or trees.size(2) != pred.size(-1):
+        raise ValueError(f"'trees' must be int32 [3, K, N] with N = pred.size(1), got {trees.dtype} of shape "
+                         f"{tuple(trees.shape)}")
+    if rows.dtype != torch.int64 or rows.shape != (pred.size(0),):
+        raise ValueError(f"'rows' must be int64 [B] = [{pred.size(0)}], got {rows.dtype} of shape {tuple(rows.shape)}")
+    _check_predecessors(pred, sources, edge_src, edge_map, num_weights)
+
+
+@kernel_op("tgrep::update_trees", cpp=cpp_kernel("tree_paths", "update_trees"), check=_check_update)
+def update_trees(trees: Tensor, rows: Tensor, pred: Tensor, sources: Tensor, edge_src: Tensor, edge_map: Tensor,
+                 num_weights: int) -> Tensor:
+    """A copy of the cached trees ``trees`` ``[3, K, N]`` int32 whose rows ``rows`` ``[B]``
+    (distinct) are the trees of the searches ``pred`` from ``sources``: ``predecessor_trees``
+    with each row's own cached edge and parent as the fallback (one pass: no separate gather of
+    the fallback, no separate copy of the cache)."""
+    return ref.update_trees(trees, rows, pred, sources, edge_src, edge_map, num_weights)
+
+
+@update_trees.register_fake
+def _(trees, rows, pred, sources, edge_src, edge_map, num_weights):
+    return torch.empty_like(trees)
 
 
 @kernel_op("tgrep::tree_order", cpp=cpp_kernel("tree_paths", "tree_order"), check=_check_parent)

@@ -499,8 +499,8 @@ class ProdigeEmbedding(nn.Module):
         # (a path of the candidate graph), not the default distance; the updated cache is a new
         # tensor, saved for backward as it is (never written in place: two forwards before one
         # backward stay correct)
-        old = self._tree_cache[:2].index_select(1, rows)
-        trees = self._tree_cache.index_copy(1, rows, self._trees(src, pred, old))
+        trees = torch.ops.tgrep.update_trees(self._tree_cache, rows, pred, src, self._edge_src, self._edge_map,
+                                             g.num_edges)
         self._tree_cache = trees
         with torch.no_grad():
             self._tree_step.add_(1)

@@ -117,3 +117,17 @@ def predecessor_trees(pred: torch.Tensor, sources: torch.Tensor, edge_src: torch
         edge = torch.where(keep, fallback[0], edge)
         parent = torch.where(keep, fallback[1], parent)
     return torch.stack([edge, parent, tree_order(parent)])
+
+
+def update_trees(trees: torch.Tensor, rows: torch.Tensor, pred: torch.Tensor, sources: torch.Tensor,
+                 edge_src: torch.Tensor, edge_map: torch.Tensor, num_weights: int) -> torch.Tensor:
+    """A copy of the cached trees ``trees`` ``[3, K, N]`` int32 whose rows ``rows`` ``[B]``
+    (distinct) are the trees of the searches ``pred`` from ``sources``: :func:`predecessor_trees`
+    with each row's own cached edge and parent as the fallback of its unreached vertices."""
+    K = trees.size(1)
+    check.values(check.index_flags("rows", rows, K))
+    if rows.unique().numel() != rows.numel():
+        raise ValueError("'rows' must be distinct rows of 'trees'")
+    new = predecessor_trees(pred, sources, edge_src, edge_map, num_weights, trees[:2].index_select(1, rows))
+    return trees.index_copy(1, rows, new)
+
