@@ -25,6 +25,7 @@ from ..kernels.reference import graph_learning as _ref
 from ..utils import check
 from ..utils.progress import log, progress
 from .knn import METHODS as KNN_METHODS
+from .knn import _knn_local
 from .knn import knn as _knn
 from .knn import resolve_method as resolve_knn
 
@@ -430,26 +431,39 @@ def learn_graph(x: torch.Tensor, k: int = 10, *, r: float = 3, theta: float | No
         row, col, key, _ = _pairs_unique(src, dst, n)
         z = _pair_dist(x, row, col)
         info.update(knn_method="edge_index", tie_fraction=0.0)
-        dist = None
+        dist = perm = None
     else:
         m = min(max(math.ceil(r * k), k + 1), largest - 1)
         if m < math.ceil(r * k):
             log(f"learn_graph: graphs have at most {largest} nodes <= r*k = {math.ceil(r * k)}: "
                 f"the support is all pairs (exact model)", verbose)
         method = resolve_knn(knn, n, dev, batch is not None)
-        _, idx = _knn(x, m, batch=bvec if batch is not None else None, method=method,
-                      num_threads=num_threads, verbose=verbose)
+        # the IVF search leaves its lists in their own order (members of a list, and the lists
+        # of a coarse cell, adjacent): every later stage then works on nodes renumbered in that
+        # order (perm[new] = old), whose neighbours are nearby rows in memory, and the edges are
+        # numbered back at the end
+        local = method == "ivf" and batch is None and w0 is None and dev.type == "cpu"
+        x_in = x
+
+        def search(xs):
+            if local:
+                _, ids, order = _knn_local(xs, m, method, num_threads, verbose)
+                return xs[order], ids, order
+            _, ids = _knn(xs, m, batch=bvec if batch is not None else None, method=method,
+                          num_threads=num_threads, verbose=verbose)
+            return xs, ids, None
+
+        x, idx, perm = search(x_in)
         dist = _exact_dist(x, idx)
         tf = _tie_fraction(dist, k)
         info.update(knn_method=method, knn_candidates=m, tie_fraction=tf)
         if ties == "jitter" and tf > TIE_JITTER and bool(((dist > 0) & torch.isfinite(dist)).any()):
             log(f"learn_graph: {100 * tf:.0f}% of the nodes have tied distances at their k-th candidate "
                 "(duplicates / categorical features): breaking ties with a tiny seeded jitter", verbose)
-            x = _jitter(x, dist)
-            _, idx = _knn(x, m, batch=bvec if batch is not None else None, method=method,
-                          num_threads=num_threads, verbose=verbose)
+            x, idx, perm = search(_jitter(x_in, dist))   # the noise drawn in the caller's row order
             dist = _exact_dist(x, idx)
             info["jittered"] = True
+        del x_in
         # support: symmetrised kNN pairs, each undirected edge once (row < col)
         src = torch.arange(n, device=dev).repeat_interleave(m)
         dst = idx.reshape(-1)
@@ -511,6 +525,8 @@ def learn_graph(x: torch.Tensor, k: int = 10, *, r: float = 3, theta: float | No
     wmax = float(w.max()) if w.numel() else 0.0
     pos = w > 1e-9 * wmax
     row, col, w = row[pos], col[pos], w[pos]
+    if perm is not None:   # back to the caller's node numbering
+        row, col = perm[row], perm[col]
     w = _rescale(w, scale, n)
     out_ei = torch.stack([torch.cat([row, col]), torch.cat([col, row])])
     edge_weight = torch.cat([w, w]).to(x.dtype if not e else (torch.float64 if x.dtype == torch.float64

@@ -107,12 +107,13 @@ def stuck_rows(D: torch.Tensor, I: torch.Tensor) -> torch.Tensor:
 
 
 def _repair(x: torch.Tensor, D: np.ndarray, I: np.ndarray, kk: int, block: int = 1024, self_excluded: bool = False,
-            also: torch.Tensor | None = None, mod=None):
+            also: torch.Tensor | None = None, mod=None, rows_of: torch.Tensor | None = None):
     """Re-query exactly the rows whose HNSW search got stuck: a row is stuck when some point that
     found it is nearer to it than the nearest point it found itself (a search that ended in the
     wrong region of a clustered set; "nearer" meaning by a factor ``STUCK``), and the rows flagged
     in ``also``. Cost O(stuck · n · d); in place on ``D``, ``I``. ``mod``: the C++ extension
-    (``stuck_rows``: the same test in one pass), else torch."""
+    (``stuck_rows``: the same test in one pass), else torch. ``rows_of``: row ``h`` of ``D``, ``I``
+    is row ``rows_of[h]`` of ``x`` (ids are positions in that order)."""
     n = D.shape[0]
     Dt = torch.from_numpy(D)
     It = torch.from_numpy(I)
@@ -124,14 +125,19 @@ def _repair(x: torch.Tensor, D: np.ndarray, I: np.ndarray, kk: int, block: int =
         return 0
     xf = x.detach().float()
     xn = (xf * xf).sum(1)
+    pos = None
+    if rows_of is not None:   # searched in x's own row order, the ids then mapped to positions
+        pos = torch.empty_like(rows_of)
+        pos[rows_of] = torch.arange(n)
     for a in range(0, stuck.numel(), block):
         q = stuck[a:a + block]
-        d = (xn[q, None] + xn[None, :] - 2 * xf[q] @ xf.t()).clamp_min_(0)
+        qx = q if rows_of is None else rows_of[q]
+        d = (xn[qx, None] + xn[None, :] - 2 * xf[qx] @ xf.t()).clamp_min_(0)
         if self_excluded:
-            d[torch.arange(q.numel()), q] = float("inf")
+            d[torch.arange(q.numel()), qx] = float("inf")
         dd, ii = torch.topk(d, kk, dim=1, largest=False)
         D[q.numpy()] = dd.numpy()
-        I[q.numpy()] = ii.numpy()
+        I[q.numpy()] = (ii if pos is None else pos[ii]).numpy()
     return int(stuck.numel())
 
 
@@ -217,7 +223,8 @@ def _nearest_fine(mod, xc, rows, top, cent, cands, p, num_threads):
 
 
 def ivf(x: torch.Tensor, k: int, loop: bool, *, mod, num_threads: int = 1, bar=None, recall: float | None = None,
-        list_size: int | None = None, probes: int | None = None, seed: int = 0, info: dict | None = None):
+        list_size: int | None = None, probes: int | None = None, seed: int = 0, info: dict | None = None,
+        local: bool = False):
     """Inverted-file kNN of every row among the rows, exact inside each row's candidate lists.
 
     Every row probes the ``P`` lists whose centroids are nearest to *it* (its own list first),
@@ -229,6 +236,9 @@ def ivf(x: torch.Tensor, k: int, loop: bool, *, mod, num_threads: int = 1, bar=N
     ``sample_recall`` (the recall estimate that chose ``probes``) and ``repaired`` rows.
     ``mod``: the C++ extension ``csrc/cpu/knn.cpp`` (its heap selection, the nearest-centroid
     selection ``smallest_k``, ``heaps_to_lists`` and ``stuck_rows``). Centroids: :func:`_two_level`.
+    ``local``: return ``(dist, index, order)`` with the rows left in the search's list order
+    (row ``h`` is row ``order[h]`` of ``x``, ids are positions in that order): the same lists,
+    without the scattered writes and id lookups of putting them back in row order.
     """
 
     recall = IVF_RECALL if recall is None else recall
@@ -338,17 +348,20 @@ def ivf(x: torch.Tensor, k: int, loop: bool, *, mod, num_threads: int = 1, bar=N
         run_workers(others, workers)
     elif bar is not None:
         bar.update(n)
-    # back to the original order (rows and neighbour ids), each row sorted
-    D, I = mod.heaps_to_lists(best_d, best_i, order, int(num_threads))
+    # back to the original order (rows and neighbour ids), each row sorted; or, local, each row
+    # sorted in place (the identity map)
+    D, I = mod.heaps_to_lists(best_d, best_i, torch.arange(n) if local else order, int(num_threads))
     del best_d, best_i
     D, I = D.numpy(), I.numpy()
-    fixed = _repair(x, D, I, max(kk, 1), self_excluded=not loop, also=torch.from_numpy(I[:, -1] < 0), mod=mod) \
-        if kk > 0 else 0
+    fixed = _repair(x, D, I, max(kk, 1), self_excluded=not loop, also=torch.from_numpy(I[:, -1] < 0), mod=mod,
+                    rows_of=order if local else None) if kk > 0 else 0
     if info is not None:
         info.update(lists=nlist, probes=probes, sample_recall=est, repaired=fixed)
     if kk == k and kk > 0:   # already in _finish's form: sorted, (inf, -1) for empty slots, no padding
-        return torch.from_numpy(D), torch.from_numpy(I)
-    return _finish(D, I, n, k, True)
+        D, I = torch.from_numpy(D), torch.from_numpy(I)
+    else:
+        D, I = _finish(D, I, n, k, True)
+    return (D, I, order) if local else (D, I)
 
 
 def flat(x: torch.Tensor, k: int, loop: bool, *, num_threads: int = 1, bar=None):
