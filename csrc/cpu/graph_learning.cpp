@@ -25,20 +25,20 @@
 #include <cmath>
 #include <algorithm>
 #include <cstdint>
+#include <memory>
 #include <vector>
 
 // CSR of the symmetric support, nodes renumbered in breadth-first order (neighbours get nearby
 // ids, so the per-slot gathers v[j], p[j] hit the cache; BFS never leaves a connected component
 // and starts from the smallest unvisited id, so the node ranges of a batch's graphs are kept):
-// ptr [n+1] and nbr [2E] int32 in the new numbering, eid [2E] (edge of each slot),
-// first [E] (a slot of every edge; both slots of an edge hold the same value).
-std::vector<torch::Tensor> build_csr(torch::Tensor row, torch::Tensor col, int64_t n) {
-  TORCH_CHECK(row.is_contiguous() && col.is_contiguous() && row.scalar_type() == torch::kInt64 &&
-              col.scalar_type() == torch::kInt64 && row.numel() == col.numel(), "build_csr: int64 row/col expected");
-  TORCH_CHECK(n >= 0 && n < (int64_t(1) << 31), "build_csr: num_nodes must be < 2^31");
-  const int64_t E = row.numel();
-  const int64_t* r = row.data_ptr<int64_t>();
-  const int64_t* c = col.data_ptr<int64_t>();
+// ptr [n+1] int64 and nbr [2E] int32 in the new numbering, eid [2E] (edge of each slot),
+// first [E] (a slot of every edge; both slots of an edge hold the same value); eid and first
+// are int32 when 2E < 2^31 (they are only gathered with), else int64. The scratch arrays are
+// left uninitialised where every entry is written before it is read (at 1M nodes they are
+// ~1 GB: fresh pages, each faulted in once).
+template <typename I>
+static std::vector<torch::Tensor> build_csr_impl(const int64_t* r, const int64_t* c, int64_t E, int64_t n,
+                                                 torch::ScalarType idt) {
   std::vector<int64_t> op(n + 1, 0);
   for (int64_t e = 0; e < E; ++e) {
     TORCH_CHECK(r[e] >= 0 && r[e] < n && c[e] >= 0 && c[e] < n, "build_csr: index out of range");
@@ -47,14 +47,14 @@ std::vector<torch::Tensor> build_csr(torch::Tensor row, torch::Tensor col, int64
   }
   for (int64_t i = 0; i < n; ++i) op[i + 1] += op[i];
   std::vector<int64_t> cur(op.begin(), op.end() - 1);
-  std::vector<int32_t> onb(2 * E);
-  std::vector<int64_t> oei(2 * E);
+  std::unique_ptr<int32_t[]> onb(new int32_t[2 * E]);   // every slot written by the loop below
+  std::unique_ptr<I[]> oei(new I[2 * E]);
   for (int64_t e = 0; e < E; ++e) {
     const int64_t a = cur[r[e]]++, b = cur[c[e]]++;
     onb[a] = int32_t(c[e]);
-    oei[a] = e;
+    oei[a] = I(e);
     onb[b] = int32_t(r[e]);
-    oei[b] = e;
+    oei[b] = I(e);
   }
   // breadth-first order: perm[new] = old, inv[old] = new
   std::vector<int32_t> perm;
@@ -76,15 +76,14 @@ std::vector<torch::Tensor> build_csr(torch::Tensor row, torch::Tensor col, int64
       }
     }
   }
-  auto opt = torch::TensorOptions().dtype(torch::kInt64);
-  torch::Tensor ptr = torch::empty({n + 1}, opt);
+  torch::Tensor ptr = torch::empty({n + 1}, torch::TensorOptions().dtype(torch::kInt64));
   torch::Tensor nbr = torch::empty({2 * E}, torch::TensorOptions().dtype(torch::kInt32));
-  torch::Tensor eid = torch::empty({2 * E}, opt);
-  torch::Tensor first = torch::empty({E}, opt);
+  torch::Tensor eid = torch::empty({2 * E}, torch::TensorOptions().dtype(idt));
+  torch::Tensor first = torch::empty({E}, torch::TensorOptions().dtype(idt));
   int64_t* pp = ptr.data_ptr<int64_t>();
   int32_t* nb = nbr.data_ptr<int32_t>();
-  int64_t* ei = eid.data_ptr<int64_t>();
-  int64_t* fs = first.data_ptr<int64_t>();
+  I* ei = eid.data_ptr<I>();
+  I* fs = first.data_ptr<I>();
   int64_t k = 0;
   pp[0] = 0;
   for (int64_t u = 0; u < n; ++u) {
@@ -92,11 +91,22 @@ std::vector<torch::Tensor> build_csr(torch::Tensor row, torch::Tensor col, int64
     for (int64_t a = op[i]; a < op[i + 1]; ++a, ++k) {
       nb[k] = inv[onb[a]];
       ei[k] = oei[a];
-      fs[oei[a]] = k;
+      fs[oei[a]] = I(k);
     }
     pp[u + 1] = k;
   }
   return {ptr, nbr, eid, first};
+}
+
+std::vector<torch::Tensor> build_csr(torch::Tensor row, torch::Tensor col, int64_t n) {
+  TORCH_CHECK(row.is_contiguous() && col.is_contiguous() && row.scalar_type() == torch::kInt64 &&
+              col.scalar_type() == torch::kInt64 && row.numel() == col.numel(), "build_csr: int64 row/col expected");
+  TORCH_CHECK(n >= 0 && n < (int64_t(1) << 31), "build_csr: num_nodes must be < 2^31");
+  const int64_t E = row.numel();
+  const int64_t* r = row.data_ptr<int64_t>();
+  const int64_t* c = col.data_ptr<int64_t>();
+  if (2 * E < (int64_t(1) << 31)) return build_csr_impl<int32_t>(r, c, E, n, torch::kInt32);
+  return build_csr_impl<int64_t>(r, c, E, n, torch::kInt64);
 }
 
 // Starting point of the solver on the CSR (twin: reference.graph_learning.warm_start): every
