@@ -261,3 +261,22 @@ def test_knn_local_op(seed, backend):
             bad = x.clone()
             bad[3, 1] = float("nan")
             torch.ops.tgrep.knn_local(bad, k, False, "ivf", 1, False)
+
+
+def test_exact_sample_blocks_equal_brute_force(seed):
+    """``_exact_sample``: the exact nearest of the sampled rows, self excluded, over row blocks
+    merged (blocks smaller than ``kk`` included)."""
+    from tgrep.kernels.reference import ann
+
+    g = torch.Generator().manual_seed(seed)
+    n, kk = 900, 7
+    x = torch.randn(n, 5, generator=g, dtype=torch.float64)
+    q = torch.randperm(n, generator=g)[:70]
+    full = torch.cdist(x[q], x).pow(2)
+    full[torch.arange(q.numel()), q] = float("inf")
+    ref_i = torch.topk(full, kk, dim=1, largest=False).indices
+    for chunk, block in ((64, 1 << 16), (16, 100), (7, 5), (70, 899)):
+        got = ann._exact_sample(x, q, kk, chunk=chunk, block=block)
+        assert got.shape == (q.numel(), kk)
+        assert torch.equal(torch.sort(got, 1).values, torch.sort(ref_i, 1).values)
+        assert not bool((got == q[:, None]).any())

@@ -141,15 +141,32 @@ def _repair(x: torch.Tensor, D: np.ndarray, I: np.ndarray, kk: int, block: int =
     return int(stuck.numel())
 
 
-def _exact_sample(xc, q, kk, chunk=64):
-    """Exact ``kk`` nearest (self excluded) of the rows ``q`` among all rows of ``xc``."""
+def _exact_sample(xc, q, kk, chunk=64, block=1 << 16):
+    """Exact ``kk`` nearest (self excluded) of the rows ``q`` among all rows of ``xc``, ascending.
+    Blocks of ``chunk`` queries x ``block`` rows in one reused buffer, the ``kk`` best of each
+    block merged (a ``[chunk, n]`` block per chunk would be fresh memory at every chunk once
+    ``n`` is large: page faults cost more than the product)."""
+    n = xc.shape[0]
     xn = (xc * xc).sum(1)
     out = []
+    buf = torch.empty(min(chunk, q.numel()) * min(n, block), dtype=xc.dtype)
     for a in range(0, q.numel(), chunk):
         qq = q[a:a + chunk]
-        d = torch.addmm(xn[None, :], xc[qq], xc.t(), alpha=-2.0).add_(xn[qq, None])
-        d[torch.arange(qq.numel()), qq] = float("inf")
-        out.append(torch.topk(d, kk, dim=1, largest=False).indices)
+        xq = xc[qq]
+        best_d = best_i = None
+        for c0 in range(0, n, block):
+            c1 = min(n, c0 + block)
+            d = buf[:qq.numel() * (c1 - c0)].view(qq.numel(), c1 - c0)
+            torch.addmm(xn[None, c0:c1], xq, xc[c0:c1].t(), alpha=-2.0, out=d).add_(xn[qq, None])
+            mine = torch.nonzero((qq >= c0) & (qq < c1)).reshape(-1)
+            d[mine, qq[mine] - c0] = float("inf")
+            bd, bi = torch.topk(d, min(kk, c1 - c0), dim=1, largest=False)
+            bi += c0
+            if best_d is not None:
+                bd, sel = torch.topk(torch.cat([best_d, bd], 1), kk, dim=1, largest=False)
+                bi = torch.gather(torch.cat([best_i, bi], 1), 1, sel)
+            best_d, best_i = bd, bi
+        out.append(best_i)
     return torch.cat(out)
 
 
