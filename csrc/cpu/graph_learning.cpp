@@ -373,7 +373,52 @@ std::vector<torch::Tensor> undirected_pairs(torch::Tensor src, torch::Tensor dst
   return {key, inv};
 }
 
+// Both directions of a list of edges (row_e, col_e), sorted by source then target (ties by
+// edge): a counting sort by source, then one small sort per source. Returns edge_index [2, 2E]
+// int64 and which [2E] int64 (the edge of every entry). Twin:
+// reference.graph_learning.both_directions. Indices are checked.
+std::vector<torch::Tensor> both_directions(torch::Tensor row, torch::Tensor col, int64_t n, int64_t nt) {
+  TORCH_CHECK(row.is_contiguous() && col.is_contiguous() && row.scalar_type() == torch::kInt64 &&
+              col.scalar_type() == torch::kInt64 && row.numel() == col.numel(), "both_directions: int64 row/col");
+  TORCH_CHECK(n >= 0 && n < (int64_t(1) << 31), "both_directions: num_nodes must be < 2^31");
+  TORCH_CHECK(nt >= 1, "num_threads must be >= 1");
+  const int64_t E = row.numel(), S = 2 * E;
+  TORCH_CHECK(E < (int64_t(1) << 31), "both_directions: fewer than 2^31 edges expected");
+  const int64_t* r = row.data_ptr<int64_t>();
+  const int64_t* c = col.data_ptr<int64_t>();
+  std::vector<int64_t> ptr(n + 1, 0);
+  for (int64_t e = 0; e < E; ++e) {
+    TORCH_CHECK(r[e] >= 0 && r[e] < n && c[e] >= 0 && c[e] < n, "both_directions: index out of range");
+    ++ptr[r[e] + 1];
+    ++ptr[c[e] + 1];
+  }
+  for (int64_t i = 0; i < n; ++i) ptr[i + 1] += ptr[i];
+  std::vector<int64_t> cur(ptr.begin(), ptr.end() - 1);
+  std::unique_ptr<std::pair<int32_t, int32_t>[]> slot(new std::pair<int32_t, int32_t>[S]);   // (target, edge)
+  for (int64_t e = 0; e < E; ++e) {
+    slot[cur[r[e]]++] = {int32_t(c[e]), int32_t(e)};
+    slot[cur[c[e]]++] = {int32_t(r[e]), int32_t(e)};
+  }
+  torch::Tensor ei = torch::empty({2, S}, torch::TensorOptions().dtype(torch::kInt64));
+  torch::Tensor which = torch::empty({S}, torch::TensorOptions().dtype(torch::kInt64));
+  int64_t* sp = ei.data_ptr<int64_t>();
+  int64_t* dp = sp + S;
+  int64_t* wp = which.data_ptr<int64_t>();
+#pragma omp parallel for schedule(dynamic, 1024) num_threads(nt) if (nt > 1)
+  for (int64_t i = 0; i < n; ++i) {
+    std::sort(slot.get() + ptr[i], slot.get() + ptr[i + 1]);
+    for (int64_t a = ptr[i]; a < ptr[i + 1]; ++a) {
+      sp[a] = i;
+      dp[a] = slot[a].first;
+      wp[a] = slot[a].second;
+    }
+  }
+  return {ei, which};
+}
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("both_directions", &both_directions, "both directions of an edge list, sorted by source then target",
+        py::call_guard<py::gil_scoped_release>());
   m.def("undirected_pairs", &undirected_pairs, "each undirected pair of an entry list once, sorted, and the inverse",
         py::call_guard<py::gil_scoped_release>());
   m.def("build_csr", &build_csr, "symmetric CSR of an undirected edge list (each edge once)",

@@ -498,7 +498,8 @@ def learn_graph(x: torch.Tensor, k: int = 10, *, r: float = 3, theta: float | No
                                  "(constant features?)")
         else:
             th = torch.full((max(nb, 1),), float(theta) * dscale, dtype=torch.float64, device=dev)
-        zt = (z * th[bvec[row]]).to(work)
+        # θ z in float64, then the working dtype (one graph: no per-edge gathers of θ)
+        zt = (z.double().mul_(th[0]) if th.numel() == 1 else z * th[bvec[row]]).to(work)
         if bool((zt == 0).all()) and row.numel():
             log("learn_graph: all support distances are 0 (constant features): uniform weights", verbose)
         prior = _prior_on_support(w0, key, n, dev).to(work) if w0 is not None else None
@@ -528,11 +529,8 @@ def learn_graph(x: torch.Tensor, k: int = 10, *, r: float = 3, theta: float | No
     if perm is not None:   # back to the caller's node numbering
         row, col = perm[row], perm[col]
     w = _rescale(w, scale, n)
-    out_ei = torch.stack([torch.cat([row, col]), torch.cat([col, row])])
-    edge_weight = torch.cat([w, w]).to(x.dtype if not e else (torch.float64 if x.dtype == torch.float64
-                                                               else torch.float32))
-    order = torch.argsort(out_ei[0] * n + out_ei[1])
-    out_ei, edge_weight = out_ei[:, order], edge_weight[order]
+    out_ei, which = torch.ops.tgrep.both_directions(row, col, n, 0)   # sorted by source, then target
+    edge_weight = w[which].to(x.dtype if not e else (torch.float64 if x.dtype == torch.float64 else torch.float32))
     deg = out_ei.shape[1] / max(n, 1)
     isolated = n - int(torch.count_nonzero(torch.bincount(out_ei[0], minlength=n)))
     info.update(mean_degree=deg, isolated_nodes=isolated, time_total=time.perf_counter() - t_start)
