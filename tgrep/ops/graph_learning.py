@@ -71,7 +71,9 @@ def graph_learning_theta(z: torch.Tensor, k: int, *, batch: torch.Tensor | None 
         raise ValueError("'z' must be non-negative (squared distances)")
     if z.shape[1] < k:
         raise ValueError(f"'z' has {z.shape[1]} candidates per node, fewer than k={k}")
-    zs = _sorted_rows(z).double()   # sorted, then widened: the same values (the conversion is exact, monotone)
+    # sorted, then the first k + 1 columns (all eq. 17 reads) widened: the same values (the
+    # conversion is exact, monotone), without a float64 copy of every candidate
+    zs = _sorted_rows(z)[:, :k + 1].double()
     if bool(torch.isinf(zs[:, k - 1]).any()):
         raise ValueError(f"every node needs at least k={k} finite distances in 'z'")
     lower, upper = _ref.theta_bounds(zs, k)
