@@ -280,3 +280,19 @@ def test_exact_sample_blocks_equal_brute_force(seed):
         assert got.shape == (q.numel(), kk)
         assert torch.equal(torch.sort(got, 1).values, torch.sort(ref_i, 1).values)
         assert not bool((got == q[:, None]).any())
+
+
+def test_counting_order_is_a_stable_argsort(seed):
+    """``counting_order``: ``torch.argsort(key, stable=True)`` and the offsets of every key;
+    keys out of range are refused."""
+    g = torch.Generator().manual_seed(seed)
+    for m, K in [(0, 3), (1, 1), (50, 4), (5000, 37), (20000, 1)]:
+        key = torch.randint(0, K, (m,), generator=g)
+        order, ptr = mod.counting_order(key, K)
+        assert torch.equal(order, torch.argsort(key, stable=True))
+        ref = torch.zeros(K + 1, dtype=torch.long)
+        ref[1:] = torch.cumsum(torch.bincount(key, minlength=K), 0)
+        assert torch.equal(ptr, ref)
+    for bad in ([0, 3], [-1, 0]):
+        with pytest.raises(RuntimeError, match="out of range"):
+            mod.counting_order(torch.tensor(bad), 3)

@@ -298,9 +298,7 @@ def ivf(x: torch.Tensor, k: int, loop: bool, *, mod, num_threads: int = 1, bar=N
         near = home[:, None]
         probes = 1
     # rows sorted by their own list; the lists' members are contiguous in that order
-    order = torch.argsort(home, stable=True)
-    lptr = torch.zeros(nlist + 1, dtype=torch.long)
-    lptr[1:] = torch.cumsum(torch.bincount(home, minlength=nlist), 0)
+    order, lptr = mod.counting_order(home, nlist)   # argsort(home, stable=True) and the lists' offsets
     xp = xc[order].contiguous()
     norms = (xp * xp).sum(1).contiguous()
     xpn = xp.numpy()
@@ -315,10 +313,8 @@ def ivf(x: torch.Tensor, k: int, loop: bool, *, mod, num_threads: int = 1, bar=N
     probe = near[order, 1:probes].reshape(-1)
     who = torch.arange(n).repeat_interleave(max(probes - 1, 0))
     key = probe * workers + who * workers // n
-    by_list = torch.argsort(key, stable=True)
-    who, key = who[by_list], key[by_list]
-    kptr = torch.zeros(nlist * workers + 1, dtype=torch.long)
-    kptr[1:] = torch.cumsum(torch.bincount(key, minlength=nlist * workers), 0)
+    by_list, kptr = mod.counting_order(key, nlist * workers)   # argsort(key, stable=True), offsets
+    who = who[by_list]
     kp = kptr.tolist()
     del near, probe, by_list, key
     chunk = 1024
