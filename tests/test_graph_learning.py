@@ -175,6 +175,14 @@ def test_ivf_support_in_list_order_is_the_same_graph(seed, monkeypatch):
     assert torch.equal(ei, ei0) and info["support_edges"] == info0["support_edges"]
     assert torch.allclose(ew, ew0, rtol=1e-3, atol=1e-6 * float(ew0.max()))
     assert float((ew - ew0).abs().sum() / ew0.abs().sum()) < 1e-4
+    # duplicates: the tie jitter (drawn in the caller's row order) and a second search
+    xd = x[torch.randint(0, 600, (3000,), generator=g)]
+    ei0, ew0, info0 = learn_graph(xd, 6, knn="ivf", return_info=True)
+    monkeypatch.setattr(gl, "_knn_local", real)
+    ei, ew, info = learn_graph(xd, 6, knn="ivf", return_info=True)
+    assert info["jittered"] and info0["jittered"]
+    assert torch.equal(ei, ei0)
+    assert float((ew - ew0).abs().sum() / ew0.abs().sum()) < 1e-4
 
 
 def test_small_graph_uses_all_pairs_and_matches_exact(seed):
