@@ -150,6 +150,41 @@ def test_learn_graph_properties_and_degree(seed):
     assert float(ew3.sum()) == pytest.approx(x.shape[0], rel=1e-4)
 
 
+def test_ivf_support_in_list_order_is_the_same_graph(seed, monkeypatch):
+    """With ``knn='ivf'`` the later stages run on the nodes renumbered in the IVF's list order
+    (``tgrep::knn_local``): the graph is the one learned in the caller's order, numbered back."""
+    import tgrep.ops.graph_learning as gl
+
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(3000, 6, generator=g) + 4 * torch.randint(0, 6, (3000, 1), generator=g).float()
+    calls = []
+    real = gl._knn_local
+
+    def spy(xs, m, method, nt, verbose):
+        out = real(xs, m, method, nt, verbose)
+        calls.append(out[2])
+        return out
+
+    monkeypatch.setattr(gl, "_knn_local", spy)
+    ei, ew, info = learn_graph(x, 6, knn="ivf", return_info=True)
+    assert len(calls) == 1 and not torch.equal(calls[0], torch.arange(3000))   # really reordered
+    monkeypatch.setattr(gl, "_knn_local", lambda xs, m, method, nt, verbose: (
+        *gl._knn(xs, m, method=method, num_threads=nt), torch.arange(xs.shape[0])))
+    ei0, ew0, info0 = learn_graph(x, 6, knn="ivf", return_info=True)
+    _check_graph(ei, ew, 3000)
+    assert torch.equal(ei, ei0) and info["support_edges"] == info0["support_edges"]
+    assert torch.allclose(ew, ew0, rtol=1e-3, atol=1e-6 * float(ew0.max()))
+    assert float((ew - ew0).abs().sum() / ew0.abs().sum()) < 1e-4
+    # duplicates: the tie jitter (drawn in the caller's row order) and a second search
+    xd = x[torch.randint(0, 600, (3000,), generator=g)]
+    ei0, ew0, info0 = learn_graph(xd, 6, knn="ivf", return_info=True)
+    monkeypatch.setattr(gl, "_knn_local", real)
+    ei, ew, info = learn_graph(xd, 6, knn="ivf", return_info=True)
+    assert info["jittered"] and info0["jittered"]
+    assert torch.equal(ei, ei0)
+    assert float((ew - ew0).abs().sum() / ew0.abs().sum()) < 1e-4
+
+
 def test_small_graph_uses_all_pairs_and_matches_exact(seed):
     n, k = 12, 3                                  # n - 1 < r*k: the support is all pairs
     x = torch.randn(n, 2, dtype=torch.float64)

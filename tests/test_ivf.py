@@ -196,3 +196,103 @@ def test_two_level_home_is_nearest_centroid(seed):
     exact = torch.cdist(x, cent).argmin(1)
     assert float((near[:, 0] == exact).float().mean()) >= 0.995
     assert not bool((torch.sort(near, 1).values[:, 1:] == torch.sort(near, 1).values[:, :-1]).any())
+
+
+@pytest.mark.parametrize("n, list_size", [(700, 16), (3000, 64)])
+def test_ivf_local_is_the_same_lists_in_list_order(seed, n, list_size):
+    """``ivf(local=True)``: the same neighbour lists as the row-order search, row ``h`` being
+    row ``order[h]`` of ``x`` and the ids positions in that order."""
+    from tgrep.kernels.reference import ann
+
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 6, generator=g) + 4 * torch.randint(0, 5, (n, 1), generator=g).float()
+    k = 8
+    d, i = ann.ivf(x, k, False, mod=mod, list_size=list_size, seed=seed % 1000)
+    dl, il, order = ann.ivf(x, k, False, mod=mod, list_size=list_size, seed=seed % 1000, local=True)
+    assert torch.equal(torch.sort(order).values, torch.arange(n))
+    assert not torch.equal(order, torch.arange(n))                  # a real reordering
+    back = torch.where(il >= 0, order[il.clamp_min(0)], il)
+    assert torch.equal(torch.sort(back, 1).values, torch.sort(i[order], 1).values)
+    assert torch.equal(dl, d[order])
+    assert bool((dl[:, 1:] >= dl[:, :-1]).all()) and not bool((il == torch.arange(n)[:, None]).any())
+
+
+def test_repair_through_rows_of_equals_repair_of_permuted_rows(seed):
+    """``_repair(rows_of=order)`` on lists in a permuted order gives what the repair of the
+    permuted points gives (the stuck rows searched exactly, ids as positions)."""
+    from tgrep.kernels.reference import ann
+
+    g = torch.Generator().manual_seed(seed)
+    n, kk = 300, 5
+    x = torch.randn(n, 4, generator=g)
+    order = torch.randperm(n, generator=g)
+    D = torch.rand(n, kk, generator=g).sort(1).values * 50 + 10       # far: many rows look stuck
+    I = torch.randint(0, n, (n, kk), generator=g)
+    also = torch.rand(n, generator=g) < 0.1
+    D1, I1, D2, I2 = D.numpy().copy(), I.numpy().copy(), D.numpy().copy(), I.numpy().copy()
+    f1 = ann._repair(x[order], D1, I1, kk, self_excluded=True, also=also, mod=mod)
+    f2 = ann._repair(x, D2, I2, kk, self_excluded=True, also=also, mod=mod, rows_of=order)
+    assert f1 == f2 > 0
+    assert torch.equal(torch.from_numpy(I1), torch.from_numpy(I2))
+    assert torch.allclose(torch.from_numpy(D1), torch.from_numpy(D2), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("backend", ["reference", "cpp"])
+def test_knn_local_op(seed, backend):
+    """``tgrep::knn_local``: a permutation ``order`` and the lists of ``tgrep::knn`` in it
+    (the IVF's list order on the C++ kernel; the identity for exact and on the reference)."""
+    import tgrep
+
+    g = torch.Generator().manual_seed(seed)
+    n, k = 2000, 6
+    x = torch.randn(n, 5, generator=g) + 4 * torch.randint(0, 4, (n, 1), generator=g).float()
+    with tgrep.use_backend(backend):
+        torch.library.opcheck(torch.ops.tgrep.knn_local.default, (x[:300], k, False, "ivf", 1, False))
+        for method in ("ivf", "exact"):
+            d, i, order = torch.ops.tgrep.knn_local(x, k, False, method, 1, False)
+            d0, i0 = torch.ops.tgrep.knn(x, k, None, False, method, 0, 1, False)
+            assert torch.equal(torch.sort(order).values, torch.arange(n))
+            if method == "exact" or backend == "reference":
+                assert torch.equal(order, torch.arange(n))
+            back = torch.where(i >= 0, order[i.clamp_min(0)], i)
+            assert torch.equal(torch.sort(back, 1).values, torch.sort(i0[order], 1).values)
+            assert torch.allclose(d, d0[order])
+        with pytest.raises(ValueError, match="NaN"):
+            bad = x.clone()
+            bad[3, 1] = float("nan")
+            torch.ops.tgrep.knn_local(bad, k, False, "ivf", 1, False)
+
+
+def test_exact_sample_blocks_equal_brute_force(seed):
+    """``_exact_sample``: the exact nearest of the sampled rows, self excluded, over row blocks
+    merged (blocks smaller than ``kk`` included)."""
+    from tgrep.kernels.reference import ann
+
+    g = torch.Generator().manual_seed(seed)
+    n, kk = 900, 7
+    x = torch.randn(n, 5, generator=g, dtype=torch.float64)
+    q = torch.randperm(n, generator=g)[:70]
+    full = torch.cdist(x[q], x).pow(2)
+    full[torch.arange(q.numel()), q] = float("inf")
+    ref_i = torch.topk(full, kk, dim=1, largest=False).indices
+    for chunk, block in ((64, 1 << 16), (16, 100), (7, 5), (70, 899)):
+        got = ann._exact_sample(x, q, kk, chunk=chunk, block=block)
+        assert got.shape == (q.numel(), kk)
+        assert torch.equal(torch.sort(got, 1).values, torch.sort(ref_i, 1).values)
+        assert not bool((got == q[:, None]).any())
+
+
+def test_counting_order_is_a_stable_argsort(seed):
+    """``counting_order``: ``torch.argsort(key, stable=True)`` and the offsets of every key;
+    keys out of range are refused."""
+    g = torch.Generator().manual_seed(seed)
+    for m, K in [(0, 3), (1, 1), (50, 4), (5000, 37), (20000, 1)]:
+        key = torch.randint(0, K, (m,), generator=g)
+        order, ptr = mod.counting_order(key, K)
+        assert torch.equal(order, torch.argsort(key, stable=True))
+        ref = torch.zeros(K + 1, dtype=torch.long)
+        ref[1:] = torch.cumsum(torch.bincount(key, minlength=K), 0)
+        assert torch.equal(ptr, ref)
+    for bad in ([0, 3], [-1, 0]):
+        with pytest.raises(RuntimeError, match="out of range"):
+            mod.counting_order(torch.tensor(bad), 3)

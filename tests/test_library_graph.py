@@ -399,3 +399,37 @@ def test_undirected_pairs_equal_reference(seed):
         torch.ops.tgrep.undirected_pairs(torch.tensor([-1, 1]), torch.tensor([1, 2]), 5, 1)
     with pytest.raises(ValueError):
         torch.ops.tgrep.undirected_pairs(torch.tensor([0, 1]), torch.tensor([1]), 5, 1)
+
+
+def test_both_directions_equal_reference(seed):
+    """``tgrep::both_directions`` (C++ counting sort by source) is the plain-torch sort of both
+    directions by (source, target), ties by edge: repeated edges both ways, empty input,
+    isolated nodes; out-of-range ids are refused by the op and by the kernel itself."""
+    from tgrep._ext import load_cpp
+    from tgrep.kernels.reference.graph_learning import both_directions as ref_both
+
+    g = torch.Generator().manual_seed(seed)
+    for n, E in [(1, 0), (5, 30), (50, 400), (3000, 20000)]:
+        row = torch.randint(0, n, (E,), generator=g)
+        col = torch.randint(0, n, (E,), generator=g)
+        if E:
+            row[: E // 5], col[: E // 5] = col[E // 5: 2 * (E // 5)], row[E // 5: 2 * (E // 5)]   # reversed repeats
+        ei, which = torch.ops.tgrep.both_directions(row, col, n, 2)
+        rei, rwhich = ref_both(row, col, n)
+        assert torch.equal(ei, rei) and torch.equal(which, rwhich)
+        if E:
+            assert torch.equal(torch.sort(ei[0] * n + ei[1]).values, ei[0] * n + ei[1])    # sorted
+            e = which
+            fwd = (ei[0] == row[e]) & (ei[1] == col[e])
+            bwd = (ei[0] == col[e]) & (ei[1] == row[e])
+            assert bool((fwd | bwd).all())                                               # which is right
+        torch.library.opcheck(torch.ops.tgrep.both_directions.default, (row, col, n, 1))
+    with pytest.raises(ValueError, match="'col'"):
+        torch.ops.tgrep.both_directions(torch.tensor([0, 1]), torch.tensor([1, 5]), 5, 1)
+    with pytest.raises(ValueError, match="'row'"):
+        torch.ops.tgrep.both_directions(torch.tensor([-1, 1]), torch.tensor([1, 2]), 5, 1)
+    mod = load_cpp("graph_learning")
+    if mod is not None:
+        for r, c in (([0, 5], [1, 2]), ([0, 1], [-1, 2])):
+            with pytest.raises(RuntimeError, match="out of range"):
+                mod.both_directions(torch.tensor(r), torch.tensor(c), 5, 1)

@@ -25,20 +25,20 @@
 #include <cmath>
 #include <algorithm>
 #include <cstdint>
+#include <memory>
 #include <vector>
 
 // CSR of the symmetric support, nodes renumbered in breadth-first order (neighbours get nearby
 // ids, so the per-slot gathers v[j], p[j] hit the cache; BFS never leaves a connected component
 // and starts from the smallest unvisited id, so the node ranges of a batch's graphs are kept):
-// ptr [n+1] and nbr [2E] int32 in the new numbering, eid [2E] (edge of each slot),
-// first [E] (a slot of every edge; both slots of an edge hold the same value).
-std::vector<torch::Tensor> build_csr(torch::Tensor row, torch::Tensor col, int64_t n) {
-  TORCH_CHECK(row.is_contiguous() && col.is_contiguous() && row.scalar_type() == torch::kInt64 &&
-              col.scalar_type() == torch::kInt64 && row.numel() == col.numel(), "build_csr: int64 row/col expected");
-  TORCH_CHECK(n >= 0 && n < (int64_t(1) << 31), "build_csr: num_nodes must be < 2^31");
-  const int64_t E = row.numel();
-  const int64_t* r = row.data_ptr<int64_t>();
-  const int64_t* c = col.data_ptr<int64_t>();
+// ptr [n+1] int64 and nbr [2E] int32 in the new numbering, eid [2E] (edge of each slot),
+// first [E] (a slot of every edge; both slots of an edge hold the same value); eid and first
+// are int32 when 2E < 2^31 (they are only gathered with), else int64. The scratch arrays are
+// left uninitialised where every entry is written before it is read (at 1M nodes they are
+// ~1 GB: fresh pages, each faulted in once).
+template <typename I>
+static std::vector<torch::Tensor> build_csr_impl(const int64_t* r, const int64_t* c, int64_t E, int64_t n,
+                                                 torch::ScalarType idt) {
   std::vector<int64_t> op(n + 1, 0);
   for (int64_t e = 0; e < E; ++e) {
     TORCH_CHECK(r[e] >= 0 && r[e] < n && c[e] >= 0 && c[e] < n, "build_csr: index out of range");
@@ -47,14 +47,14 @@ std::vector<torch::Tensor> build_csr(torch::Tensor row, torch::Tensor col, int64
   }
   for (int64_t i = 0; i < n; ++i) op[i + 1] += op[i];
   std::vector<int64_t> cur(op.begin(), op.end() - 1);
-  std::vector<int32_t> onb(2 * E);
-  std::vector<int64_t> oei(2 * E);
+  std::unique_ptr<int32_t[]> onb(new int32_t[2 * E]);   // every slot written by the loop below
+  std::unique_ptr<I[]> oei(new I[2 * E]);
   for (int64_t e = 0; e < E; ++e) {
     const int64_t a = cur[r[e]]++, b = cur[c[e]]++;
     onb[a] = int32_t(c[e]);
-    oei[a] = e;
+    oei[a] = I(e);
     onb[b] = int32_t(r[e]);
-    oei[b] = e;
+    oei[b] = I(e);
   }
   // breadth-first order: perm[new] = old, inv[old] = new
   std::vector<int32_t> perm;
@@ -76,15 +76,14 @@ std::vector<torch::Tensor> build_csr(torch::Tensor row, torch::Tensor col, int64
       }
     }
   }
-  auto opt = torch::TensorOptions().dtype(torch::kInt64);
-  torch::Tensor ptr = torch::empty({n + 1}, opt);
+  torch::Tensor ptr = torch::empty({n + 1}, torch::TensorOptions().dtype(torch::kInt64));
   torch::Tensor nbr = torch::empty({2 * E}, torch::TensorOptions().dtype(torch::kInt32));
-  torch::Tensor eid = torch::empty({2 * E}, opt);
-  torch::Tensor first = torch::empty({E}, opt);
+  torch::Tensor eid = torch::empty({2 * E}, torch::TensorOptions().dtype(idt));
+  torch::Tensor first = torch::empty({E}, torch::TensorOptions().dtype(idt));
   int64_t* pp = ptr.data_ptr<int64_t>();
   int32_t* nb = nbr.data_ptr<int32_t>();
-  int64_t* ei = eid.data_ptr<int64_t>();
-  int64_t* fs = first.data_ptr<int64_t>();
+  I* ei = eid.data_ptr<I>();
+  I* fs = first.data_ptr<I>();
   int64_t k = 0;
   pp[0] = 0;
   for (int64_t u = 0; u < n; ++u) {
@@ -92,11 +91,22 @@ std::vector<torch::Tensor> build_csr(torch::Tensor row, torch::Tensor col, int64
     for (int64_t a = op[i]; a < op[i + 1]; ++a, ++k) {
       nb[k] = inv[onb[a]];
       ei[k] = oei[a];
-      fs[oei[a]] = k;
+      fs[oei[a]] = I(k);
     }
     pp[u + 1] = k;
   }
   return {ptr, nbr, eid, first};
+}
+
+std::vector<torch::Tensor> build_csr(torch::Tensor row, torch::Tensor col, int64_t n) {
+  TORCH_CHECK(row.is_contiguous() && col.is_contiguous() && row.scalar_type() == torch::kInt64 &&
+              col.scalar_type() == torch::kInt64 && row.numel() == col.numel(), "build_csr: int64 row/col expected");
+  TORCH_CHECK(n >= 0 && n < (int64_t(1) << 31), "build_csr: num_nodes must be < 2^31");
+  const int64_t E = row.numel();
+  const int64_t* r = row.data_ptr<int64_t>();
+  const int64_t* c = col.data_ptr<int64_t>();
+  if (2 * E < (int64_t(1) << 31)) return build_csr_impl<int32_t>(r, c, E, n, torch::kInt32);
+  return build_csr_impl<int64_t>(r, c, E, n, torch::kInt64);
 }
 
 // Starting point of the solver on the CSR (twin: reference.graph_learning.warm_start): every
@@ -363,7 +373,52 @@ std::vector<torch::Tensor> undirected_pairs(torch::Tensor src, torch::Tensor dst
   return {key, inv};
 }
 
+// Both directions of a list of edges (row_e, col_e), sorted by source then target (ties by
+// edge): a counting sort by source, then one small sort per source. Returns edge_index [2, 2E]
+// int64 and which [2E] int64 (the edge of every entry). Twin:
+// reference.graph_learning.both_directions. Indices are checked.
+std::vector<torch::Tensor> both_directions(torch::Tensor row, torch::Tensor col, int64_t n, int64_t nt) {
+  TORCH_CHECK(row.is_contiguous() && col.is_contiguous() && row.scalar_type() == torch::kInt64 &&
+              col.scalar_type() == torch::kInt64 && row.numel() == col.numel(), "both_directions: int64 row/col");
+  TORCH_CHECK(n >= 0 && n < (int64_t(1) << 31), "both_directions: num_nodes must be < 2^31");
+  TORCH_CHECK(nt >= 1, "num_threads must be >= 1");
+  const int64_t E = row.numel(), S = 2 * E;
+  TORCH_CHECK(E < (int64_t(1) << 31), "both_directions: fewer than 2^31 edges expected");
+  const int64_t* r = row.data_ptr<int64_t>();
+  const int64_t* c = col.data_ptr<int64_t>();
+  std::vector<int64_t> ptr(n + 1, 0);
+  for (int64_t e = 0; e < E; ++e) {
+    TORCH_CHECK(r[e] >= 0 && r[e] < n && c[e] >= 0 && c[e] < n, "both_directions: index out of range");
+    ++ptr[r[e] + 1];
+    ++ptr[c[e] + 1];
+  }
+  for (int64_t i = 0; i < n; ++i) ptr[i + 1] += ptr[i];
+  std::vector<int64_t> cur(ptr.begin(), ptr.end() - 1);
+  std::unique_ptr<std::pair<int32_t, int32_t>[]> slot(new std::pair<int32_t, int32_t>[S]);   // (target, edge)
+  for (int64_t e = 0; e < E; ++e) {
+    slot[cur[r[e]]++] = {int32_t(c[e]), int32_t(e)};
+    slot[cur[c[e]]++] = {int32_t(r[e]), int32_t(e)};
+  }
+  torch::Tensor ei = torch::empty({2, S}, torch::TensorOptions().dtype(torch::kInt64));
+  torch::Tensor which = torch::empty({S}, torch::TensorOptions().dtype(torch::kInt64));
+  int64_t* sp = ei.data_ptr<int64_t>();
+  int64_t* dp = sp + S;
+  int64_t* wp = which.data_ptr<int64_t>();
+#pragma omp parallel for schedule(dynamic, 1024) num_threads(nt) if (nt > 1)
+  for (int64_t i = 0; i < n; ++i) {
+    std::sort(slot.get() + ptr[i], slot.get() + ptr[i + 1]);
+    for (int64_t a = ptr[i]; a < ptr[i + 1]; ++a) {
+      sp[a] = i;
+      dp[a] = slot[a].first;
+      wp[a] = slot[a].second;
+    }
+  }
+  return {ei, which};
+}
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("both_directions", &both_directions, "both directions of an edge list, sorted by source then target",
+        py::call_guard<py::gil_scoped_release>());
   m.def("undirected_pairs", &undirected_pairs, "each undirected pair of an entry list once, sorted, and the inverse",
         py::call_guard<py::gil_scoped_release>());
   m.def("build_csr", &build_csr, "symmetric CSR of an undirected edge list (each edge once)",

@@ -309,7 +309,31 @@ torch::Tensor smallest_k(torch::Tensor D, int64_t p, int64_t num_threads) {
   return out;
 }
 
+// Stable counting sort of small non-negative keys: order [m] int64 (the entries by key, ties in
+// input order: torch.argsort(key, stable=True)) and ptr [K+1] int64 (the offsets of every key).
+// key [m] int64 in [0, K). Every key is checked.
+std::vector<torch::Tensor> counting_order(torch::Tensor key, int64_t K) {
+  TORCH_CHECK(key.is_contiguous() && key.dim() == 1 && key.scalar_type() == torch::kInt64, "counting_order: bad key");
+  TORCH_CHECK(K >= 0, "counting_order: K must be >= 0");
+  const int64_t m = key.numel();
+  const int64_t* kp = key.data_ptr<int64_t>();
+  torch::Tensor ptr = torch::zeros({K + 1}, torch::TensorOptions().dtype(torch::kInt64));
+  int64_t* pp = ptr.data_ptr<int64_t>();
+  for (int64_t a = 0; a < m; ++a) {
+    TORCH_CHECK(kp[a] >= 0 && kp[a] < K, "counting_order: key out of range");
+    ++pp[kp[a] + 1];
+  }
+  for (int64_t c = 0; c < K; ++c) pp[c + 1] += pp[c];
+  std::vector<int64_t> cur(pp, pp + K);
+  torch::Tensor order = torch::empty({m}, torch::TensorOptions().dtype(torch::kInt64));
+  int64_t* op = order.data_ptr<int64_t>();
+  for (int64_t a = 0; a < m; ++a) op[cur[kp[a]]++] = a;
+  return {order, ptr};
+}
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("counting_order", &counting_order, "stable counting sort of small keys: order and offsets",
+        py::call_guard<py::gil_scoped_release>());
   m.def("neighbor_distances", &neighbor_distances, "squared distances to listed neighbours, from differences",
         py::call_guard<py::gil_scoped_release>());
   m.def("smallest_k", &smallest_k, "column ids of the p smallest entries of every row, ascending",

@@ -138,3 +138,38 @@ def undirected_pairs(src: Tensor, dst: Tensor, num_nodes: int, num_threads: int)
 def _(src, dst, num_nodes, num_threads):
     ctx = torch.library.get_ctx()
     return src.new_empty((ctx.new_dynamic_size(),), dtype=torch.int64), src.new_empty(src.shape, dtype=torch.int64)
+
+
+def _both_cpp():
+    mod = load_cpp("graph_learning")
+    if mod is None:
+        return None
+
+    def run(row, col, num_nodes, num_threads):
+        if num_nodes >= 2 ** 31 or row.numel() >= 2 ** 31:   # the kernel's ids and edges are int32
+            return ref.both_directions(row.long(), col.long(), num_nodes)
+        return tuple(mod.both_directions(row.long().contiguous(), col.long().contiguous(), int(num_nodes),
+                                         num_threads or max(1, torch.get_num_threads())))
+
+    return run
+
+
+def _check_both(row, col, num_nodes, num_threads):
+    if row.dim() != 1 or col.shape != row.shape:
+        raise ValueError(f"'row' and 'col' must be 1-D of the same length, got {tuple(row.shape)}, {tuple(col.shape)}")
+    if num_nodes < 0 or num_threads < 0:
+        raise ValueError("'num_nodes' and 'num_threads' (0: default) must be >= 0")
+    check.values(check.index_flags("row", row, num_nodes) + check.index_flags("col", col, num_nodes))
+
+
+@kernel_op("tgrep::both_directions", cpp=_both_cpp, check=_check_both)
+def both_directions(row: Tensor, col: Tensor, num_nodes: int, num_threads: int) -> tuple[Tensor, Tensor]:
+    """``(edge_index [2, 2E], which [2E])``: both directions of the edges ``(row_e, col_e)``
+    sorted by source then target (ties by edge), and the edge of every entry: a learned graph's
+    output in the PyG convention (the C++ kernel is a counting sort by source)."""
+    return ref.both_directions(row.long(), col.long(), num_nodes)
+
+
+@both_directions.register_fake
+def _(row, col, num_nodes, num_threads):
+    return row.new_empty((2, 2 * row.numel()), dtype=torch.int64), row.new_empty((2 * row.numel(),), dtype=torch.int64)

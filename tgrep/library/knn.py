@@ -100,6 +100,53 @@ def _cpu(x, k, batch, loop, method, chunk, num_threads, verbose):
         return fn(x, k, loop, num_threads=num_threads, bar=bar)
 
 
+def _local_cpu(x, k, loop, method, num_threads, verbose):
+    """``(dist, index, order)``: the IVF search's lists left in its list order (row ``h`` is
+    row ``order[h]`` of ``x``, neighbour ids are positions in that order); every other method
+    in the rows' own order (``order = arange``)."""
+    from ..kernels.reference import ann
+
+    n = x.shape[0]
+    mod = load_cpp("knn") if method == "ivf" else None
+    if mod is None:
+        d, i = _cpu(x, k, None, loop, method, 0, num_threads, verbose)
+        return d, i, torch.arange(n)
+    num_threads = num_threads or max(1, torch.get_num_threads())
+    with progress(total=n, verbose=verbose, desc="knn (ivf)") as bar:
+        info = {}
+        d, i, order = ann.ivf(x, k, loop, mod=mod, num_threads=num_threads, bar=bar, info=info, local=True)
+    est = info.get("sample_recall")
+    log(f"knn ivf: {info['lists']} lists, {info['probes']} probed per row (recall on a sample "
+        f"{'n/a' if est is None else f'{est:.3f}'}), {info['repaired']} rows re-searched exactly", verbose)
+    return d, i, order
+
+
+def _scaled_local(fn):
+    """:func:`_scaled` for the three outputs of ``tgrep::knn_local``."""
+    def run(x, k, loop, method, num_threads, verbose):
+        order = []
+
+        def inner(x, k, batch, loop, method, chunk, num_threads, verbose):
+            d, i, o = fn(x, k, loop, method, num_threads, verbose)
+            order.append(o)
+            return d, i
+
+        d, i = _scaled(inner)(x, k, None, loop, method, 0, num_threads, verbose)
+        return d, i, (order[0].contiguous() if order else torch.arange(x.shape[0], device=x.device))
+
+    return run
+
+
+def _local_reference(x, k, loop, method, num_threads, verbose):
+    d, i = _reference(x, k, None, loop, method, 0, num_threads, verbose)
+    return d, i, torch.arange(x.shape[0], device=x.device)
+
+
+def _local_triton(x, k, loop, method, num_threads, verbose):
+    d, i = _triton_kernel(x, k, None, loop, method, 0, num_threads, verbose)
+    return d, i, torch.arange(x.shape[0], device=x.device)
+
+
 def _triton_kernel(x, k, batch, loop, method, chunk, num_threads, verbose):
     if k > TRITON_MAX_K:
         return _reference(x, k, batch, loop, method, chunk, num_threads, verbose)
@@ -153,3 +200,27 @@ def neighbor_distances(x: Tensor, idx: Tensor) -> Tensor:
 @neighbor_distances.register_fake
 def _(x, idx):
     return x.new_empty(idx.shape, dtype=torch.float64 if x.dtype == torch.float64 else torch.float32)
+
+
+def _check_local(x, k, loop, method, num_threads, verbose):
+    _check(x, k, None, loop, method, 0, num_threads, verbose)
+
+
+@kernel_op("tgrep::knn_local", cpp=lambda: _scaled_local(_local_cpu), triton=lambda: _scaled_local(_local_triton),
+           check=_check_local)
+def knn_local(x: Tensor, k: int, loop: bool, method: str, num_threads: int,
+              verbose: bool) -> tuple[Tensor, Tensor, Tensor]:
+    """``(dist [n, k], index [n, k] int64, order [n] int64)``: the neighbour lists of
+    ``tgrep::knn`` (no ``batch``) in a locality order of the rows: row ``h`` of the output
+    belongs to row ``order[h]`` of ``x`` and neighbour ids are positions in that order (``-1``
+    padding), so the neighbours of nearby rows are nearby. The IVF search gives its lists'
+    order (members of a list contiguous, lists of one coarse cell adjacent); every other
+    method, and the reference, the identity (``order = arange(n)``). Used by
+    :func:`tgrep.learn_graph`, whose later stages then read rows near each other in memory."""
+    return _scaled_local(_local_reference)(x, k, loop, method, num_threads, verbose)
+
+
+@knn_local.register_fake
+def _(x, k, loop, method, num_threads, verbose):
+    n = x.shape[0]
+    return x.new_empty((n, k)), x.new_empty((n, k), dtype=torch.int64), x.new_empty((n,), dtype=torch.int64)

@@ -25,6 +25,7 @@ from ..kernels.reference import graph_learning as _ref
 from ..utils import check
 from ..utils.progress import log, progress
 from .knn import METHODS as KNN_METHODS
+from .knn import _knn_local
 from .knn import knn as _knn
 from .knn import resolve_method as resolve_knn
 
@@ -70,7 +71,9 @@ def graph_learning_theta(z: torch.Tensor, k: int, *, batch: torch.Tensor | None 
         raise ValueError("'z' must be non-negative (squared distances)")
     if z.shape[1] < k:
         raise ValueError(f"'z' has {z.shape[1]} candidates per node, fewer than k={k}")
-    zs = _sorted_rows(z).double()   # sorted, then widened: the same values (the conversion is exact, monotone)
+    # sorted, then the first k + 1 columns (all eq. 17 reads) widened: the same values (the
+    # conversion is exact, monotone), without a float64 copy of every candidate
+    zs = _sorted_rows(z)[:, :k + 1].double()
     if bool(torch.isinf(zs[:, k - 1]).any()):
         raise ValueError(f"every node needs at least k={k} finite distances in 'z'")
     lower, upper = _ref.theta_bounds(zs, k)
@@ -430,26 +433,39 @@ def learn_graph(x: torch.Tensor, k: int = 10, *, r: float = 3, theta: float | No
         row, col, key, _ = _pairs_unique(src, dst, n)
         z = _pair_dist(x, row, col)
         info.update(knn_method="edge_index", tie_fraction=0.0)
-        dist = None
+        dist = perm = None
     else:
         m = min(max(math.ceil(r * k), k + 1), largest - 1)
         if m < math.ceil(r * k):
             log(f"learn_graph: graphs have at most {largest} nodes <= r*k = {math.ceil(r * k)}: "
                 f"the support is all pairs (exact model)", verbose)
         method = resolve_knn(knn, n, dev, batch is not None)
-        _, idx = _knn(x, m, batch=bvec if batch is not None else None, method=method,
-                      num_threads=num_threads, verbose=verbose)
+        # the IVF search leaves its lists in their own order (members of a list, and the lists
+        # of a coarse cell, adjacent): every later stage then works on nodes renumbered in that
+        # order (perm[new] = old), whose neighbours are nearby rows in memory, and the edges are
+        # numbered back at the end
+        local = method == "ivf" and batch is None and w0 is None and dev.type == "cpu"
+        x_in = x
+
+        def search(xs):
+            if local:
+                _, ids, order = _knn_local(xs, m, method, num_threads, verbose)
+                return xs[order], ids, order
+            _, ids = _knn(xs, m, batch=bvec if batch is not None else None, method=method,
+                          num_threads=num_threads, verbose=verbose)
+            return xs, ids, None
+
+        x, idx, perm = search(x_in)
         dist = _exact_dist(x, idx)
         tf = _tie_fraction(dist, k)
         info.update(knn_method=method, knn_candidates=m, tie_fraction=tf)
         if ties == "jitter" and tf > TIE_JITTER and bool(((dist > 0) & torch.isfinite(dist)).any()):
             log(f"learn_graph: {100 * tf:.0f}% of the nodes have tied distances at their k-th candidate "
                 "(duplicates / categorical features): breaking ties with a tiny seeded jitter", verbose)
-            x = _jitter(x, dist)
-            _, idx = _knn(x, m, batch=bvec if batch is not None else None, method=method,
-                          num_threads=num_threads, verbose=verbose)
+            x, idx, perm = search(_jitter(x_in, dist))   # the noise drawn in the caller's row order
             dist = _exact_dist(x, idx)
             info["jittered"] = True
+        del x_in
         # support: symmetrised kNN pairs, each undirected edge once (row < col)
         src = torch.arange(n, device=dev).repeat_interleave(m)
         dst = idx.reshape(-1)
@@ -484,7 +500,8 @@ def learn_graph(x: torch.Tensor, k: int = 10, *, r: float = 3, theta: float | No
                                  "(constant features?)")
         else:
             th = torch.full((max(nb, 1),), float(theta) * dscale, dtype=torch.float64, device=dev)
-        zt = (z * th[bvec[row]]).to(work)
+        # θ z in float64, then the working dtype (one graph: no per-edge gathers of θ)
+        zt = (z.double().mul_(th[0]) if th.numel() == 1 else z * th[bvec[row]]).to(work)
         if bool((zt == 0).all()) and row.numel():
             log("learn_graph: all support distances are 0 (constant features): uniform weights", verbose)
         prior = _prior_on_support(w0, key, n, dev).to(work) if w0 is not None else None
@@ -511,12 +528,11 @@ def learn_graph(x: torch.Tensor, k: int = 10, *, r: float = 3, theta: float | No
     wmax = float(w.max()) if w.numel() else 0.0
     pos = w > 1e-9 * wmax
     row, col, w = row[pos], col[pos], w[pos]
+    if perm is not None:   # back to the caller's node numbering
+        row, col = perm[row], perm[col]
     w = _rescale(w, scale, n)
-    out_ei = torch.stack([torch.cat([row, col]), torch.cat([col, row])])
-    edge_weight = torch.cat([w, w]).to(x.dtype if not e else (torch.float64 if x.dtype == torch.float64
-                                                               else torch.float32))
-    order = torch.argsort(out_ei[0] * n + out_ei[1])
-    out_ei, edge_weight = out_ei[:, order], edge_weight[order]
+    out_ei, which = torch.ops.tgrep.both_directions(row, col, n, 0)   # sorted by source, then target
+    edge_weight = w[which].to(x.dtype if not e else (torch.float64 if x.dtype == torch.float64 else torch.float32))
     deg = out_ei.shape[1] / max(n, 1)
     isolated = n - int(torch.count_nonzero(torch.bincount(out_ei[0], minlength=n)))
     info.update(mean_degree=deg, isolated_nodes=isolated, time_total=time.perf_counter() - t_start)

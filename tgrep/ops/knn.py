@@ -109,6 +109,13 @@ def knn(x: torch.Tensor, k: int, *, batch: torch.Tensor | None = None, loop: boo
     return torch.ops.tgrep.knn(x.detach(), k, batch, loop, concrete, chunk or 0, nt, bool(verbose))
 
 
+def _knn_local(x: torch.Tensor, k: int, method: str, num_threads: int | None = None, verbose: bool = False):
+    """``(dist, index, order)`` of ``tgrep::knn_local`` (a resolved ``method``, no ``batch``, no
+    self-loops): the lists in the search's locality order, row ``h`` being row ``order[h]`` of
+    ``x`` and ids positions in that order (the IVF's list order; the identity otherwise)."""
+    return torch.ops.tgrep.knn_local(x.detach(), k, False, method, _threads(num_threads), bool(verbose))
+
+
 def knn_graph(x: torch.Tensor, k: int, batch: torch.Tensor | None = None, loop: bool = False,
               flow: str = "source_to_target", cosine: bool = False, *, method: str = "exact",
               num_threads: int | None = None) -> torch.Tensor:

@@ -107,12 +107,13 @@ def stuck_rows(D: torch.Tensor, I: torch.Tensor) -> torch.Tensor:
 
 
 def _repair(x: torch.Tensor, D: np.ndarray, I: np.ndarray, kk: int, block: int = 1024, self_excluded: bool = False,
-            also: torch.Tensor | None = None, mod=None):
+            also: torch.Tensor | None = None, mod=None, rows_of: torch.Tensor | None = None):
     """Re-query exactly the rows whose HNSW search got stuck: a row is stuck when some point that
     found it is nearer to it than the nearest point it found itself (a search that ended in the
     wrong region of a clustered set; "nearer" meaning by a factor ``STUCK``), and the rows flagged
     in ``also``. Cost O(stuck · n · d); in place on ``D``, ``I``. ``mod``: the C++ extension
-    (``stuck_rows``: the same test in one pass), else torch."""
+    (``stuck_rows``: the same test in one pass), else torch. ``rows_of``: row ``h`` of ``D``, ``I``
+    is row ``rows_of[h]`` of ``x`` (ids are positions in that order)."""
     n = D.shape[0]
     Dt = torch.from_numpy(D)
     It = torch.from_numpy(I)
@@ -124,26 +125,48 @@ def _repair(x: torch.Tensor, D: np.ndarray, I: np.ndarray, kk: int, block: int =
         return 0
     xf = x.detach().float()
     xn = (xf * xf).sum(1)
+    pos = None
+    if rows_of is not None:   # searched in x's own row order, the ids then mapped to positions
+        pos = torch.empty_like(rows_of)
+        pos[rows_of] = torch.arange(n)
     for a in range(0, stuck.numel(), block):
         q = stuck[a:a + block]
-        d = (xn[q, None] + xn[None, :] - 2 * xf[q] @ xf.t()).clamp_min_(0)
+        qx = q if rows_of is None else rows_of[q]
+        d = (xn[qx, None] + xn[None, :] - 2 * xf[qx] @ xf.t()).clamp_min_(0)
         if self_excluded:
-            d[torch.arange(q.numel()), q] = float("inf")
+            d[torch.arange(q.numel()), qx] = float("inf")
         dd, ii = torch.topk(d, kk, dim=1, largest=False)
         D[q.numpy()] = dd.numpy()
-        I[q.numpy()] = ii.numpy()
+        I[q.numpy()] = (ii if pos is None else pos[ii]).numpy()
     return int(stuck.numel())
 
 
-def _exact_sample(xc, q, kk, chunk=64):
-    """Exact ``kk`` nearest (self excluded) of the rows ``q`` among all rows of ``xc``."""
+def _exact_sample(xc, q, kk, chunk=64, block=1 << 16):
+    """Exact ``kk`` nearest (self excluded) of the rows ``q`` among all rows of ``xc``, ascending.
+    Blocks of ``chunk`` queries x ``block`` rows in one reused buffer, the ``kk`` best of each
+    block merged (a ``[chunk, n]`` block per chunk would be fresh memory at every chunk once
+    ``n`` is large: page faults cost more than the product)."""
+    n = xc.shape[0]
     xn = (xc * xc).sum(1)
     out = []
+    buf = torch.empty(min(chunk, q.numel()) * min(n, block), dtype=xc.dtype)
     for a in range(0, q.numel(), chunk):
         qq = q[a:a + chunk]
-        d = torch.addmm(xn[None, :], xc[qq], xc.t(), alpha=-2.0).add_(xn[qq, None])
-        d[torch.arange(qq.numel()), qq] = float("inf")
-        out.append(torch.topk(d, kk, dim=1, largest=False).indices)
+        xq = xc[qq]
+        best_d = best_i = None
+        for c0 in range(0, n, block):
+            c1 = min(n, c0 + block)
+            d = buf[:qq.numel() * (c1 - c0)].view(qq.numel(), c1 - c0)
+            torch.addmm(xn[None, c0:c1], xq, xc[c0:c1].t(), alpha=-2.0, out=d).add_(xn[qq, None])
+            mine = torch.nonzero((qq >= c0) & (qq < c1)).reshape(-1)
+            d[mine, qq[mine] - c0] = float("inf")
+            bd, bi = torch.topk(d, min(kk, c1 - c0), dim=1, largest=False)
+            bi += c0
+            if best_d is not None:
+                bd, sel = torch.topk(torch.cat([best_d, bd], 1), kk, dim=1, largest=False)
+                bi = torch.gather(torch.cat([best_i, bi], 1), 1, sel)
+            best_d, best_i = bd, bi
+        out.append(best_i)
     return torch.cat(out)
 
 
@@ -217,7 +240,8 @@ def _nearest_fine(mod, xc, rows, top, cent, cands, p, num_threads):
 
 
 def ivf(x: torch.Tensor, k: int, loop: bool, *, mod, num_threads: int = 1, bar=None, recall: float | None = None,
-        list_size: int | None = None, probes: int | None = None, seed: int = 0, info: dict | None = None):
+        list_size: int | None = None, probes: int | None = None, seed: int = 0, info: dict | None = None,
+        local: bool = False):
     """Inverted-file kNN of every row among the rows, exact inside each row's candidate lists.
 
     Every row probes the ``P`` lists whose centroids are nearest to *it* (its own list first),
@@ -229,6 +253,9 @@ def ivf(x: torch.Tensor, k: int, loop: bool, *, mod, num_threads: int = 1, bar=N
     ``sample_recall`` (the recall estimate that chose ``probes``) and ``repaired`` rows.
     ``mod``: the C++ extension ``csrc/cpu/knn.cpp`` (its heap selection, the nearest-centroid
     selection ``smallest_k``, ``heaps_to_lists`` and ``stuck_rows``). Centroids: :func:`_two_level`.
+    ``local``: return ``(dist, index, order)`` with the rows left in the search's list order
+    (row ``h`` is row ``order[h]`` of ``x``, ids are positions in that order): the same lists,
+    without the scattered writes and id lookups of putting them back in row order.
     """
 
     recall = IVF_RECALL if recall is None else recall
@@ -271,9 +298,7 @@ def ivf(x: torch.Tensor, k: int, loop: bool, *, mod, num_threads: int = 1, bar=N
         near = home[:, None]
         probes = 1
     # rows sorted by their own list; the lists' members are contiguous in that order
-    order = torch.argsort(home, stable=True)
-    lptr = torch.zeros(nlist + 1, dtype=torch.long)
-    lptr[1:] = torch.cumsum(torch.bincount(home, minlength=nlist), 0)
+    order, lptr = mod.counting_order(home, nlist)   # argsort(home, stable=True) and the lists' offsets
     xp = xc[order].contiguous()
     norms = (xp * xp).sum(1).contiguous()
     xpn = xp.numpy()
@@ -288,10 +313,8 @@ def ivf(x: torch.Tensor, k: int, loop: bool, *, mod, num_threads: int = 1, bar=N
     probe = near[order, 1:probes].reshape(-1)
     who = torch.arange(n).repeat_interleave(max(probes - 1, 0))
     key = probe * workers + who * workers // n
-    by_list = torch.argsort(key, stable=True)
-    who, key = who[by_list], key[by_list]
-    kptr = torch.zeros(nlist * workers + 1, dtype=torch.long)
-    kptr[1:] = torch.cumsum(torch.bincount(key, minlength=nlist * workers), 0)
+    by_list, kptr = mod.counting_order(key, nlist * workers)   # argsort(key, stable=True), offsets
+    who = who[by_list]
     kp = kptr.tolist()
     del near, probe, by_list, key
     chunk = 1024
@@ -338,17 +361,20 @@ def ivf(x: torch.Tensor, k: int, loop: bool, *, mod, num_threads: int = 1, bar=N
         run_workers(others, workers)
     elif bar is not None:
         bar.update(n)
-    # back to the original order (rows and neighbour ids), each row sorted
-    D, I = mod.heaps_to_lists(best_d, best_i, order, int(num_threads))
+    # back to the original order (rows and neighbour ids), each row sorted; or, local, each row
+    # sorted in place (the identity map)
+    D, I = mod.heaps_to_lists(best_d, best_i, torch.arange(n) if local else order, int(num_threads))
     del best_d, best_i
     D, I = D.numpy(), I.numpy()
-    fixed = _repair(x, D, I, max(kk, 1), self_excluded=not loop, also=torch.from_numpy(I[:, -1] < 0), mod=mod) \
-        if kk > 0 else 0
+    fixed = _repair(x, D, I, max(kk, 1), self_excluded=not loop, also=torch.from_numpy(I[:, -1] < 0), mod=mod,
+                    rows_of=order if local else None) if kk > 0 else 0
     if info is not None:
         info.update(lists=nlist, probes=probes, sample_recall=est, repaired=fixed)
     if kk == k and kk > 0:   # already in _finish's form: sorted, (inf, -1) for empty slots, no padding
-        return torch.from_numpy(D), torch.from_numpy(I)
-    return _finish(D, I, n, k, True)
+        D, I = torch.from_numpy(D), torch.from_numpy(I)
+    else:
+        D, I = _finish(D, I, n, k, True)
+    return (D, I, order) if local else (D, I)
 
 
 def flat(x: torch.Tensor, k: int, loop: bool, *, num_threads: int = 1, bar=None):

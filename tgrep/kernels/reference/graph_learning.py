@@ -374,3 +374,14 @@ def undirected_pairs(src: torch.Tensor, dst: torch.Tensor, num_nodes: int):
     keys ``min · n + max``, and the pair of every entry (twin of ``tgrep::undirected_pairs``)."""
     n = int(num_nodes)
     return torch.unique(torch.minimum(src, dst) * n + torch.maximum(src, dst), return_inverse=True)
+
+
+def both_directions(row: torch.Tensor, col: torch.Tensor, num_nodes: int):
+    """``(edge_index [2, 2E], which [2E])``: both directions of the edges ``(row_e, col_e)``,
+    sorted by source then target (ties, from repeated edges, by edge), and the edge of every
+    entry (twin of ``tgrep::both_directions``)."""
+    src, dst = torch.cat([row, col]), torch.cat([col, row])
+    which = torch.arange(row.numel(), device=row.device).repeat(2)
+    order = torch.argsort(which, stable=True)      # ties by edge
+    order = order[torch.argsort((src * num_nodes + dst)[order], stable=True)]
+    return torch.stack([src[order], dst[order]]), which[order]
