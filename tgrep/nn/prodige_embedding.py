@@ -125,8 +125,8 @@ class ProdigeEmbedding(nn.Module):
     at construction, after ``load_state_dict`` and after :meth:`reset_parameters`. No host
     synchronisation, so ``torch.compile(fullgraph=True)`` works (``direction="anchors"``). A
     bag-of-words training step of ``ProdigeEmbedding(2000, 16)`` (batch 64 x 50, 1 thread, CPU
-    time) is 5.7x ``nn.Embedding(2000, 16)``'s before pruning (64.8k candidate edges searched)
-    and 4.6-4.7x after (15.0k kept; softplus and Adam still run over the 64.8k lengths).
+    time) is 4.9-5.4x ``nn.Embedding(2000, 16)``'s before pruning (64.8k candidate edges
+    searched) and 4.3-4.7x after (15.0k kept; softplus and Adam still run over the 64.8k lengths).
     Soft graphs, directed graphs (``direction="items"``) and frozen lengths use exact searches
     in training too.
 
