@@ -111,18 +111,28 @@ def _check_pairs(src, dst, num_nodes, num_threads):
     check.values(check.index_flags("src", src, num_nodes) + check.index_flags("dst", dst, num_nodes))
 
 
-def _pairs_cpp():
-    mod = load_cpp("graph_learning")
-    if mod is None:
-        return None
+def _int32_edge_kernel(name: str, reference):
+    """Loader of the C++ counting sort ``name`` of ``graph_learning.cpp`` over edge lists
+    ``(a, b, num_nodes, num_threads)``: its ids and entries are int32, so larger inputs run
+    ``reference`` instead."""
+    def load():
+        mod = load_cpp("graph_learning")
+        if mod is None:
+            return None
+        fn = getattr(mod, name)
 
-    def run(src, dst, num_nodes, num_threads):
-        if num_nodes >= 2 ** 31 or src.numel() >= 2 ** 31:   # the kernel's ids and entries are int32
-            return ref.undirected_pairs(src, dst, num_nodes)
-        return tuple(mod.undirected_pairs(src.long().contiguous(), dst.long().contiguous(), int(num_nodes),
-                                          num_threads or max(1, torch.get_num_threads())))
+        def run(a, b, num_nodes, num_threads):
+            if num_nodes >= 2 ** 31 or a.numel() >= 2 ** 31:
+                return reference(a.long(), b.long(), num_nodes)
+            return tuple(fn(a.long().contiguous(), b.long().contiguous(), int(num_nodes),
+                            num_threads or max(1, torch.get_num_threads())))
 
-    return run
+        return run
+
+    return load
+
+
+_pairs_cpp = _int32_edge_kernel("undirected_pairs", lambda a, b, n: ref.undirected_pairs(a, b, n))
 
 
 @kernel_op("tgrep::undirected_pairs", cpp=_pairs_cpp, check=_check_pairs)
@@ -140,18 +150,7 @@ def _(src, dst, num_nodes, num_threads):
     return src.new_empty((ctx.new_dynamic_size(),), dtype=torch.int64), src.new_empty(src.shape, dtype=torch.int64)
 
 
-def _both_cpp():
-    mod = load_cpp("graph_learning")
-    if mod is None:
-        return None
-
-    def run(row, col, num_nodes, num_threads):
-        if num_nodes >= 2 ** 31 or row.numel() >= 2 ** 31:   # the kernel's ids and edges are int32
-            return ref.both_directions(row.long(), col.long(), num_nodes)
-        return tuple(mod.both_directions(row.long().contiguous(), col.long().contiguous(), int(num_nodes),
-                                         num_threads or max(1, torch.get_num_threads())))
-
-    return run
+_both_cpp = _int32_edge_kernel("both_directions", lambda a, b, n: ref.both_directions(a, b, n))
 
 
 def _check_both(row, col, num_nodes, num_threads):
