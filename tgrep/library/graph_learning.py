@@ -103,12 +103,20 @@ def _(row, col, z, w0, batch, num_graphs, num_nodes, c, max_w, max_iter, tol, st
     return z.new_empty(z.shape), z.new_empty((4,), dtype=torch.float64)
 
 
-def _check_pairs(src, dst, num_nodes, num_threads):
-    if src.dim() != 1 or dst.shape != src.shape:
-        raise ValueError(f"'src' and 'dst' must be 1-D of the same length, got {tuple(src.shape)}, {tuple(dst.shape)}")
-    if num_nodes < 0 or num_threads < 0:
-        raise ValueError("'num_nodes' and 'num_threads' (0: default) must be >= 0")
-    check.values(check.index_flags("src", src, num_nodes) + check.index_flags("dst", dst, num_nodes))
+def _edge_list_check(a_name: str, b_name: str):
+    """The value check of an edge-list op ``(a, b, num_nodes, num_threads)``, naming its arguments."""
+    def check_(a, b, num_nodes, num_threads):
+        if a.dim() != 1 or b.shape != a.shape:
+            raise ValueError(f"'{a_name}' and '{b_name}' must be 1-D of the same length, got {tuple(a.shape)}, "
+                             f"{tuple(b.shape)}")
+        if num_nodes < 0 or num_threads < 0:
+            raise ValueError("'num_nodes' and 'num_threads' (0: default) must be >= 0")
+        check.values(check.index_flags(a_name, a, num_nodes) + check.index_flags(b_name, b, num_nodes))
+
+    return check_
+
+
+_check_pairs = _edge_list_check("src", "dst")
 
 
 def _int32_edge_kernel(name: str, reference):
@@ -153,12 +161,7 @@ def _(src, dst, num_nodes, num_threads):
 _both_cpp = _int32_edge_kernel("both_directions", lambda a, b, n: ref.both_directions(a, b, n))
 
 
-def _check_both(row, col, num_nodes, num_threads):
-    if row.dim() != 1 or col.shape != row.shape:
-        raise ValueError(f"'row' and 'col' must be 1-D of the same length, got {tuple(row.shape)}, {tuple(col.shape)}")
-    if num_nodes < 0 or num_threads < 0:
-        raise ValueError("'num_nodes' and 'num_threads' (0: default) must be >= 0")
-    check.values(check.index_flags("row", row, num_nodes) + check.index_flags("col", col, num_nodes))
+_check_both = _edge_list_check("row", "col")
 
 
 @kernel_op("tgrep::both_directions", cpp=_both_cpp, check=_check_both)
