@@ -36,16 +36,23 @@
 // are int32 when 2E < 2^31 (they are only gathered with), else int64. The scratch arrays are
 // left uninitialised where every entry is written before it is read (at 1M nodes they are
 // ~1 GB: fresh pages, each faulted in once).
+// The slot offsets of the symmetric CSR of the edges (r[e], c[e]): ptr[v] = the number of edge
+// ends at vertices below v (every id checked: 'fn: index out of range').
+static std::vector<int64_t> end_offsets(const int64_t* r, const int64_t* c, int64_t E, int64_t n, const char* fn) {
+  std::vector<int64_t> ptr(n + 1, 0);
+  for (int64_t e = 0; e < E; ++e) {
+    TORCH_CHECK(r[e] >= 0 && r[e] < n && c[e] >= 0 && c[e] < n, fn, ": index out of range");
+    ++ptr[r[e] + 1];
+    ++ptr[c[e] + 1];
+  }
+  for (int64_t i = 0; i < n; ++i) ptr[i + 1] += ptr[i];
+  return ptr;
+}
+
 template <typename I>
 static std::vector<torch::Tensor> build_csr_impl(const int64_t* r, const int64_t* c, int64_t E, int64_t n,
                                                  torch::ScalarType idt) {
-  std::vector<int64_t> op(n + 1, 0);
-  for (int64_t e = 0; e < E; ++e) {
-    TORCH_CHECK(r[e] >= 0 && r[e] < n && c[e] >= 0 && c[e] < n, "build_csr: index out of range");
-    ++op[r[e] + 1];
-    ++op[c[e] + 1];
-  }
-  for (int64_t i = 0; i < n; ++i) op[i + 1] += op[i];
+  std::vector<int64_t> op = end_offsets(r, c, E, n, "build_csr");
   std::vector<int64_t> cur(op.begin(), op.end() - 1);
   std::unique_ptr<int32_t[]> onb(new int32_t[2 * E]);   // every slot written by the loop below
   std::unique_ptr<I[]> oei(new I[2 * E]);
@@ -386,13 +393,7 @@ std::vector<torch::Tensor> both_directions(torch::Tensor row, torch::Tensor col,
   TORCH_CHECK(E < (int64_t(1) << 31), "both_directions: fewer than 2^31 edges expected");
   const int64_t* r = row.data_ptr<int64_t>();
   const int64_t* c = col.data_ptr<int64_t>();
-  std::vector<int64_t> ptr(n + 1, 0);
-  for (int64_t e = 0; e < E; ++e) {
-    TORCH_CHECK(r[e] >= 0 && r[e] < n && c[e] >= 0 && c[e] < n, "both_directions: index out of range");
-    ++ptr[r[e] + 1];
-    ++ptr[c[e] + 1];
-  }
-  for (int64_t i = 0; i < n; ++i) ptr[i + 1] += ptr[i];
+  std::vector<int64_t> ptr = end_offsets(r, c, E, n, "both_directions");
   std::vector<int64_t> cur(ptr.begin(), ptr.end() - 1);
   std::unique_ptr<std::pair<int32_t, int32_t>[]> slot(new std::pair<int32_t, int32_t>[S]);   // (target, edge)
   for (int64_t e = 0; e < E; ++e) {
