@@ -125,9 +125,12 @@ def update_trees(trees: torch.Tensor, rows: torch.Tensor, pred: torch.Tensor, so
     (distinct) are the trees of the searches ``pred`` from ``sources``: :func:`predecessor_trees`
     with each row's own cached edge and parent as the fallback of its unreached vertices."""
     K = trees.size(1)
-    check.values(check.index_flags("rows", rows, K))
-    if rows.unique().numel() != rows.numel():
-        raise ValueError("'rows' must be distinct rows of 'trees'")
+    flags = check.index_flags("rows", rows, K)
+    if rows.numel():  # distinct: no row counted twice (one sync with the range check)
+        count = torch.zeros(K + 1, dtype=torch.int64, device=rows.device).index_add_(
+            0, rows.clamp(0, K), torch.ones_like(rows))
+        flags.append(((count[:K] > 1).any(), lambda: "'rows' must be distinct rows of 'trees'"))
+    check.values(flags)
     new = predecessor_trees(pred, sources, edge_src, edge_map, num_weights, trees[:2].index_select(1, rows))
     return trees.index_copy(1, rows, new)
 
