@@ -84,8 +84,8 @@ def _build_lock(build: Path):
 
 
 # -fno-trapping-math: no kernel reads floating-point exception flags, and without it GCC keeps
-# every branch on a float comparison (it might trap), so loops such as the sampling thresholds
-# of shortest_path.cpp do not vectorise; it changes no result (unlike -ffast-math, no
+# every branch on a float comparison (it might trap), so loops such as the range checks of
+# shortest_path.cpp do not vectorise; it changes no result (unlike -ffast-math, no
 # reassociation, no NaN or signed-zero assumptions)
 _CFLAGS = ["-O3", "-fopenmp", "-fno-trapping-math"]
 

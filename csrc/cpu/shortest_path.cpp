@@ -83,6 +83,14 @@ bool all_in_range(const at::Tensor& idx, int64_t n) {  // idx: contiguous int64
   return ok;
 }
 
+// Whether every probability of p[a, z) lies in [0, 1] (false for NaN); branch-free, it vectorises.
+template <typename P>
+bool probs_ok(const P* p, int64_t a, int64_t z) {
+  int bad = 0;
+  for (int64_t e = a; e < z; ++e) bad |= !((p[e] >= P(0)) & (p[e] <= P(1)));
+  return !bad;
+}
+
 // Where a relaxation reads edge e's target and length. int64 'indices' are repacked once per
 // call into one array of {target (int32), weight} records, so a relaxation streams a single
 // record (8 bytes for float32) instead of 12; int32 'indices' are read in place with the
@@ -94,15 +102,18 @@ struct EdgeW {
   D w;
 };
 
+// Prefetch the cache lines of the bytes [a, z).
+inline void prefetch_range(const void* a, const void* z) {
+  for (const char *x = static_cast<const char*>(a), *y = static_cast<const char*>(z); x < y; x += 64)
+    __builtin_prefetch(x);
+}
+
 template <typename D>
 struct PackedEdges {
   const EdgeW<D>* p;
   inline int32_t v(int64_t e) const { return p[e].v; }
   inline D w(int64_t e) const { return p[e].w; }
-  inline void prefetch(int64_t a, int64_t z) const {
-    for (const char *x = reinterpret_cast<const char*>(p + a), *y = reinterpret_cast<const char*>(p + z); x < y; x += 64)
-      __builtin_prefetch(x);
-  }
+  inline void prefetch(int64_t a, int64_t z) const { prefetch_range(p + a, p + z); }
 };
 
 template <typename D>
@@ -112,10 +123,8 @@ struct SplitEdges {
   inline int32_t v(int64_t e) const { return ix[e]; }
   inline D w(int64_t e) const { return wt[e]; }
   inline void prefetch(int64_t a, int64_t z) const {
-    for (const char *x = reinterpret_cast<const char*>(ix + a), *y = reinterpret_cast<const char*>(ix + z); x < y; x += 64)
-      __builtin_prefetch(x);
-    for (const char *x = reinterpret_cast<const char*>(wt + a), *y = reinterpret_cast<const char*>(wt + z); x < y; x += 64)
-      __builtin_prefetch(x);
+    prefetch_range(ix + a, ix + z);
+    prefetch_range(wt + a, wt + z);
   }
 };
 
@@ -238,7 +247,6 @@ struct RadixHeap {
   std::vector<uint64_t>* low = nullptr;
   const VState<float>* st = nullptr;
   uint64_t last = 0, mask = 0;  // mask bit i - 1: bucket i is non-empty
-  int64_t size = 0;
 
   static inline int bucket_of(uint64_t k, uint64_t last) { return k == last ? 0 : 64 - __builtin_clzll(k ^ last); }
   inline bool stale(uint64_t k) const {
@@ -247,7 +255,6 @@ struct RadixHeap {
   }
   inline void insert(float key, int32_t v) {
     const uint64_t k = Node<float>::make(key, v).k;
-    ++size;
     if (k < last) {
       low->push_back(k);
       std::push_heap(low->begin(), low->end(), std::greater<uint64_t>());
@@ -263,13 +270,11 @@ struct RadixHeap {
       if (!low->empty()) {
         if (!stale(low->front())) return true;
         pop_low();
-        --size;
         continue;
       }
       if (!b[0].empty()) {
         if (!stale(b[0].back())) return true;
         b[0].pop_back();
-        --size;
         continue;
       }
       if (mask == 0) return false;
@@ -280,8 +285,7 @@ struct RadixHeap {
       last = m;
       for (uint64_t k : B) {
         if (stale(k)) {  // never live again: dropped now rather than moved
-          --size;
-          continue;
+            continue;
         }
         const int j = bucket_of(k, m);  // < i: k and m agree above bit i - 1
         b[j].push_back(k);
@@ -306,7 +310,6 @@ struct RadixHeap {
       x.k = low->front();
       pop_low();
     }
-    --size;
     return x;
   }
   template <typename F>
@@ -321,7 +324,6 @@ struct RadixHeap {
       b[i].clear();
     }
     last = mask = 0;
-    size = 0;
   }
 };
 
@@ -483,11 +485,7 @@ void run_row(const Problem<D, IP, Edge>& P, Worker<D>& W, int64_t b) {
     if (!heap.empty()) {  // the next vertex to settle is probably the new top: fetch its edges now
       const int32_t nx = heap.top().v();
       edges.prefetch(ip[nx], ip[nx + 1]);
-      if constexpr (kSampled) {
-        const char* ta = reinterpret_cast<const char*>(prob + ip[nx]);
-        const char* tz = reinterpret_cast<const char*>(prob + ip[nx + 1]);
-        for (; ta < tz; ta += 64) __builtin_prefetch(ta);
-      }
+      if constexpr (kSampled) prefetch_range(prob + ip[nx], prob + ip[nx + 1]);
     }
     auto relax = [&](int64_t e) {
       const int32_t v = edges.v(e);
@@ -559,7 +557,7 @@ int launch_edges(const at::Tensor& indptr, const at::Tensor& indices, const at::
   std::atomic<int> bad{kOk};
   const uint64_t un = static_cast<uint64_t>(n);
   at::parallel_for(0, E, kSerialEdges, [&](int64_t a, int64_t z) {
-    int bad_ix = 0, bad_w = 0, bad_p = 0;
+    int bad_ix = 0, bad_w = 0;
     if constexpr (kSplit) {
       for (int64_t e = a; e < z; ++e) bad_ix |= static_cast<uint32_t>(ix[e]) >= un;  // negative: huge
       for (int64_t e = a; e < z; ++e) bad_w |= !(wt[e] >= D(0));  // negative or NaN (+inf: an absent edge)
@@ -573,8 +571,8 @@ int launch_edges(const at::Tensor& indptr, const at::Tensor& indices, const at::
         pk[e].w = w;
       }
     }
-    if constexpr (kSampled)
-      for (int64_t e = a; e < z; ++e) bad_p |= !((pp[e] >= PR(0)) & (pp[e] <= PR(1)));  // NaN too
+    bool bad_p = false;
+    if constexpr (kSampled) bad_p = !probs_ok(pp, a, z);
     if (bad_ix) bad.store(kIndices, std::memory_order_relaxed);
     else if (bad_w) bad.store(kWeight, std::memory_order_relaxed);
     else if (bad_p) bad.store(kProb, std::memory_order_relaxed);
@@ -697,10 +695,7 @@ std::tuple<at::Tensor, c10::optional<at::Tensor>> shortest_paths(
   int err = kOk;
   if (has_prob && (B == 0 || n == 0)) {  // no search, so no packing pass: check the range here
     AT_DISPATCH_FLOATING_TYPES(prob.scalar_type(), "edge_prob_range", [&] {
-      const scalar_t* pp = prob.data_ptr<scalar_t>();
-      bool bad = false;
-      for (int64_t e = 0; e < E; ++e) bad |= !((pp[e] >= scalar_t(0)) & (pp[e] <= scalar_t(1)));
-      if (bad) err = kProb;
+      if (!probs_ok(prob.data_ptr<scalar_t>(), 0, E)) err = kProb;
     });
   }
   if (B > 0 && n > 0) {

@@ -109,8 +109,7 @@ def _local_cpu(x, k, loop, method, num_threads, verbose):
     n = x.shape[0]
     mod = load_cpp("knn") if method == "ivf" else None
     if mod is None:
-        d, i = _cpu(x, k, None, loop, method, 0, num_threads, verbose)
-        return d, i, torch.arange(n)
+        return _rows_in_order(_cpu)(x, k, loop, method, num_threads, verbose)
     num_threads = num_threads or max(1, torch.get_num_threads())
     with progress(total=n, verbose=verbose, desc="knn (ivf)") as bar:
         info = {}
@@ -137,14 +136,14 @@ def _scaled_local(fn):
     return run
 
 
-def _local_reference(x, k, loop, method, num_threads, verbose):
-    d, i = _reference(x, k, None, loop, method, 0, num_threads, verbose)
-    return d, i, torch.arange(x.shape[0], device=x.device)
+def _rows_in_order(knn_fn):
+    """A ``knn_local`` kernel from a ``knn`` kernel that keeps the rows' own order (``order =
+    arange(n)``)."""
+    def run(x, k, loop, method, num_threads, verbose):
+        d, i = knn_fn(x, k, None, loop, method, 0, num_threads, verbose)
+        return d, i, torch.arange(x.shape[0], device=x.device)
 
-
-def _local_triton(x, k, loop, method, num_threads, verbose):
-    d, i = _triton_kernel(x, k, None, loop, method, 0, num_threads, verbose)
-    return d, i, torch.arange(x.shape[0], device=x.device)
+    return run
 
 
 def _triton_kernel(x, k, batch, loop, method, chunk, num_threads, verbose):
@@ -206,7 +205,7 @@ def _check_local(x, k, loop, method, num_threads, verbose):
     _check(x, k, None, loop, method, 0, num_threads, verbose)
 
 
-@kernel_op("tgrep::knn_local", cpp=lambda: _scaled_local(_local_cpu), triton=lambda: _scaled_local(_local_triton),
+@kernel_op("tgrep::knn_local", cpp=lambda: _scaled_local(_local_cpu), triton=lambda: _scaled_local(_rows_in_order(_triton_kernel)),
            check=_check_local)
 def knn_local(x: Tensor, k: int, loop: bool, method: str, num_threads: int,
               verbose: bool) -> tuple[Tensor, Tensor, Tensor]:
@@ -217,7 +216,7 @@ def knn_local(x: Tensor, k: int, loop: bool, method: str, num_threads: int,
     order (members of a list contiguous, lists of one coarse cell adjacent); every other
     method, and the reference, the identity (``order = arange(n)``). Used by
     :func:`tgrep.learn_graph`, whose later stages then read rows near each other in memory."""
-    return _scaled_local(_local_reference)(x, k, loop, method, num_threads, verbose)
+    return _scaled_local(_rows_in_order(_reference))(x, k, loop, method, num_threads, verbose)
 
 
 @knn_local.register_fake

@@ -448,17 +448,12 @@ class ProdigeEmbedding(nn.Module):
         w = g._csr_weight(True).detach()
         _, pred = torch.ops.tgrep.shortest_paths(g.indptr, g.indices, w, self.anchors, None, None,
                                                  seed_tensor(0, dev), True)
-        self._tree_cache.copy_(self._trees(self.anchors, pred))
+        # (edge, parent, order) per anchor: the edge into each vertex as a *parameter* edge id,
+        # its parent vertex (itself for the anchor), the vertices parents first; a vertex the
+        # search did not reach hangs from the anchor by the virtual edge M (the default distance)
+        self._tree_cache.copy_(torch.ops.tgrep.predecessor_trees(pred, self.anchors, self._edge_src, self._edge_map,
+                                                                 g.num_edges))
         self._tree_step.zero_()
-
-    def _trees(self, src: torch.Tensor, pred: torch.Tensor, fallback: torch.Tensor | None = None) -> torch.Tensor:
-        """``[3, B, N]`` (edge, parent, order) of search trees from their CSR predecessors
-        ``pred`` (``tgrep::predecessor_trees``): the edge into each vertex as a *parameter* edge
-        id, its parent vertex (``v`` for the source), the vertices parents first. A vertex the
-        search did not reach hangs from the source by the virtual edge ``M`` (whose length is
-        the default distance)."""
-        g = self.graph
-        return torch.ops.tgrep.predecessor_trees(pred, src, self._edge_src, self._edge_map, g.num_edges, fallback)
 
     @property
     def _tree_edge(self) -> torch.Tensor:
