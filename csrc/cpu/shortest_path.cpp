@@ -485,7 +485,7 @@ void run_row(const Problem<D, IP, Edge>& P, Worker<D>& W, int64_t b) {
     if (!heap.empty()) {  // the next vertex to settle is probably the new top: fetch its edges now
       const int32_t nx = heap.top().v();
       edges.prefetch(ip[nx], ip[nx + 1]);
-      if constexpr (kSampled) prefetch_range(prob + ip[nx], prob + ip[nx + 1]);
+      // (no prefetch of the probabilities: only the few flagged edges read them)
     }
     auto relax = [&](int64_t e) {
       const int32_t v = edges.v(e);
