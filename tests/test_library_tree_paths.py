@@ -270,3 +270,66 @@ def test_update_trees_equals_gather_trees_and_copy(seed, backend):
             torch.ops.tgrep.update_trees(cache, rows, torch.where(pred == pred.max(), E, pred), src, esrc, emap, E)
         with pytest.raises(ValueError, match="trees"):
             torch.ops.tgrep.update_trees(cache[:, :, :-1], rows, pred, src, esrc, emap, E)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_path_table_is_the_transposed_sums_over_weight_then_extra(seed, backend):
+    """tree_path_table(w, x, ..., R) == tree_path_sum(cat([w, x]))[:, :R].T, its gradient the
+    transpose (explicit walks as the spec), opcheck of both ops, gradcheck and double backward."""
+    gen = torch.Generator().manual_seed(seed)
+    E, X, B, n = 20, 2, 3, 14
+    w = (torch.rand(E, dtype=torch.float64, generator=gen) + 0.1).requires_grad_()
+    x = (torch.rand(X, dtype=torch.float64, generator=gen) + 0.1).requires_grad_()
+    edge, parent = _forest(B, n, E + X, gen)
+    order = torch.ops.tgrep.tree_order(parent)
+    R = int(torch.randint(1, n + 1, (), generator=gen))
+    want = _walk_sums(torch.cat([w, x]).detach(), edge, parent)[:, :R].T
+    g = torch.randn(R, B, dtype=torch.float64, generator=gen, requires_grad=True)
+    with tgrep.use_backend(backend):
+        got = torch.ops.tgrep.tree_path_table(w, x, edge, parent, order, R)
+        torch.testing.assert_close(got, want)
+        assert got.shape == (R, B) and got.is_contiguous()
+        torch.library.opcheck(torch.ops.tgrep.tree_path_table.default, (w, x, edge, parent, order, R))
+        torch.library.opcheck(torch.ops.tgrep.tree_path_table_gradient.default, (g, edge, parent, order, E + X))
+        gw, gx = torch.autograd.grad((got * g).sum(), (w, x))
+        full = torch.zeros(B, n, dtype=torch.float64)
+        full[:, :R] = g.detach().T
+        ref = torch.ops.tgrep.tree_path_gradient(full, edge, parent, order, E + X)
+        torch.testing.assert_close(torch.cat([gw, gx]), ref)
+        f = lambda a, b: torch.ops.tgrep.tree_path_table(a, b, edge, parent, order, R)  # noqa: E731
+        assert torch.autograd.gradcheck(f, (w, x))
+        assert torch.autograd.gradgradcheck(lambda a, b: f(a, b).square(), (w, x))
+        # no row at all, and every row
+        assert torch.ops.tgrep.tree_path_table(w, x, edge, parent, order, 0).shape == (0, B)
+        torch.testing.assert_close(torch.ops.tgrep.tree_path_table(w, x, edge, parent, order, n),
+                                   _walk_sums(torch.cat([w, x]).detach(), edge, parent).T)
+    # float32: cpp == reference
+    wf, xf = w.detach().float(), x.detach().float()
+    with tgrep.use_backend("reference"):
+        ref32 = torch.ops.tgrep.tree_path_table(wf, xf, edge, parent, order, R)
+    with tgrep.use_backend("cpp"):
+        torch.testing.assert_close(torch.ops.tgrep.tree_path_table(wf, xf, edge, parent, order, R), ref32)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_path_table_bad_inputs_raise(backend):
+    w, x = torch.rand(3), torch.rand(1)
+    t = lambda v: torch.tensor(v, dtype=torch.int32)  # noqa: E731
+    parent = t([[0, 0, 1]])
+    order = t([[0, 1, 2]])
+    table = torch.ops.tgrep.tree_path_table
+    with tgrep.use_backend(backend):
+        torch.testing.assert_close(table(w, x, t([[0, 3, 2]]), parent, order, 3),  # edge 3 = extra[0]
+                                   torch.stack([torch.zeros(()), x[0], x[0] + w[2]])[:, None])
+        with pytest.raises(ValueError, match="edge"):
+            table(w, x, t([[0, 4, 0]]), parent, order, 3)  # past weight and extra
+        with pytest.raises(ValueError, match="num_rows"):
+            table(w, x, t([[0, 1, 2]]), parent, order, 4)
+        with pytest.raises(ValueError, match="num_rows"):
+            table(w, x, t([[0, 1, 2]]), parent, order, -1)
+        with pytest.raises((ValueError, TypeError), match="extra"):
+            table(w, x.double(), t([[0, 1, 2]]), parent, order, 3)
+        with pytest.raises(ValueError, match="order"):
+            table(w, x, t([[0, 1, 2]]), parent, t([[1, 0, 2]]), 3)  # a child before its parent
+        with pytest.raises(ValueError, match="grad"):
+            torch.ops.tgrep.tree_path_table_gradient(torch.rand(4, 1), t([[0, 1, 2]]), parent, order, 4)

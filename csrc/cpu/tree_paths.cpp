@@ -42,7 +42,7 @@ std::string err_message(const char* fn, int err) {
   std::string msg = std::string(fn) + " (C++): ";
   switch (err) {
     case kParent: return msg + "'parent' has entries outside [-1, N)";
-    case kEdge: return msg + "'edge' has entries outside [0, len(weight)) on a non-terminal vertex";
+    case kEdge: return msg + "'edge' has entries outside [0, len(weight)) (tree_path_table: len(weight) + len(extra)) on a non-terminal vertex";
     case kCycle: return msg + "'parent' holds a cycle (not a forest)";
     case kOrder: return msg + "'order' must list every vertex of its row once, each after its parent";
     case kSource: return msg + "'sources' has entries outside [0, N)";
@@ -306,55 +306,188 @@ void check_order(const char* fn, const at::Tensor& order, const at::Tensor& pare
 
 }  // namespace
 
-at::Tensor tree_path_sum(at::Tensor weight, at::Tensor edge, at::Tensor parent, at::Tensor order) {
-  check_trees("tree_path_sum", edge, parent);
-  check_order("tree_path_sum", order, parent);
-  TORCH_CHECK_VALUE(weight.device().is_cpu() && weight.layout() == at::kStrided && weight.dim() == 1,
-                    "tree_path_sum (C++): 'weight' must be a dense 1-D CPU tensor");
-  TORCH_CHECK_TYPE(at::isFloatingType(weight.scalar_type()), "tree_path_sum (C++): 'weight' must be floating");
-  const int64_t B = parent.size(0), n = parent.size(1), E = weight.numel();
-  at::Tensor w = weight.detach().contiguous();
-  at::Tensor ed = edge.contiguous(), pa = parent.contiguous(), od = order.contiguous();
-  at::Tensor out = at::empty({B, n}, w.options());
-  if (B == 0 || n == 0) return out;
+namespace {
+
+// One row's path sums into o[0, n): weights wp[0, E) then xp[0, X) (edge ids E .. E + X - 1),
+// parents first along qr. Returns an error code.
+template <typename T>
+int row_path_sums(int64_t n, int64_t E, int64_t X, const T* wp, const T* xp, const int32_t* pr, const int32_t* er,
+                  const int32_t* qr, T* o, Scratch& S) {
+  const uint32_t gen = S.next();
+  for (int64_t i = 0; i < n; ++i) {  // parents first: o[parent] is final
+    const int64_t v = qr[i];
+    if (v < 0 || v >= n || S.mark[v] == gen) return kOrder;
+    const int64_t u = pr[v];
+    if (u < -1 || u >= n) return kParent;
+    if (u == -1 || u == v) {
+      o[v] = T(0);
+    } else {
+      const int64_t e = er[v];
+      if (S.mark[u] != gen) return kOrder;
+      if (e < 0 || e >= E + X) return kEdge;
+      o[v] = o[u] + (e < E ? wp[e] : xp[e - E]);
+    }
+    S.mark[v] = gen;
+  }
+  return kOk;
+}
+
+// One row's transpose: acc[0, n) holds the row's per-vertex values on entry (overwritten by
+// subtree sums); each edge's sum is added to o[e], e in [0, E), children first (reverse of qr).
+template <typename A>
+int row_path_gradient(int64_t n, int64_t E, const int32_t* pr, const int32_t* er, const int32_t* qr, A* acc, A* o,
+                      Scratch& S) {
+  const uint32_t gen = S.next();
+  for (int64_t i = n - 1; i >= 0; --i) {  // children first: acc[v] is v's subtree sum
+    const int64_t v = qr[i];
+    if (v < 0 || v >= n || S.mark[v] == gen) return kOrder;
+    S.mark[v] = gen;
+    const int64_t u = pr[v];
+    if (u < -1 || u >= n) return kParent;
+    if (u == -1 || u == v) continue;
+    const int64_t e = er[v];
+    if (S.mark[u] == gen) return kOrder;  // the parent must come earlier in 'order'
+    if (e < 0 || e >= E) return kEdge;
+    o[e] += acc[v];
+    acc[u] += acc[v];
+  }
+  return kOk;
+}
+
+// Path sums of every row, written by put(b, o_row) (o_row: the row's n sums): the shared body
+// of tree_path_sum ([B, N] out, rows in place) and tree_path_table ([R, B] out, transposed).
+template <typename T, typename Put>
+void path_sums(const char* fn, const at::Tensor& w, const at::Tensor& x, const at::Tensor& ed, const at::Tensor& pa,
+               const at::Tensor& od, T* direct, Put put) {
+  const int64_t B = pa.size(0), n = pa.size(1), E = w.numel(), X = x.defined() ? x.numel() : 0;
+  if (B == 0 || n == 0) return;
   const int64_t chunks = num_chunks(B, n);
   std::vector<int> errs(chunks, kOk);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, w.scalar_type(), "tree_path_sum", [&] {
-    const scalar_t* wp = w.data_ptr<scalar_t>();
-    const int32_t* ep = ed.data_ptr<int32_t>();
-    const int32_t* pp = pa.data_ptr<int32_t>();
-    const int32_t* qp = od.data_ptr<int32_t>();
-    scalar_t* op = out.data_ptr<scalar_t>();
+  const T* wp = w.data_ptr<T>();
+  const T* xp = X ? x.data_ptr<T>() : nullptr;
+  const int32_t *ep = ed.data_ptr<int32_t>(), *pp = pa.data_ptr<int32_t>(), *qp = od.data_ptr<int32_t>();
+  {
     pybind11::gil_scoped_release no_gil;
     at::parallel_for(0, chunks, 1, [&](int64_t c0, int64_t c1) {
       for (int64_t ch = c0; ch < c1; ++ch) {
         Scratch S(n);
+        std::vector<T> row(direct ? 0 : n);
         for (int64_t b = ch * B / chunks, z = (ch + 1) * B / chunks; b < z; ++b) {
-          const int32_t *pr = pp + b * n, *er = ep + b * n, *qr = qp + b * n;
-          scalar_t* o = op + b * n;
-          const uint32_t gen = S.next();
-          int err = kOk;
-          for (int64_t i = 0; i < n && err == kOk; ++i) {  // parents first: o[parent] is final
-            const int64_t v = qr[i];
-            if (v < 0 || v >= n || S.mark[v] == gen) { err = kOrder; break; }
-            const int64_t u = pr[v];
-            if (u < -1 || u >= n) { err = kParent; break; }
-            if (u == -1 || u == v) {
-              o[v] = scalar_t(0);
-            } else {
-              const int64_t e = er[v];
-              if (S.mark[u] != gen) err = kOrder;
-              else if (e < 0 || e >= E) err = kEdge;
-              else o[v] = o[u] + wp[e];
-            }
-            S.mark[v] = gen;
-          }
+          T* o = direct ? direct + b * n : row.data();
+          const int err = row_path_sums(n, E, X, wp, xp, pp + b * n, ep + b * n, qp + b * n, o, S);
+          if (err != kOk) { errs[ch] = err; break; }
+          put(b, o);
+        }
+      }
+    });
+  }
+  for (int err : errs) TORCH_CHECK_VALUE(err == kOk, err_message(fn, err));
+}
+
+// The transpose of path_sums into out [E] (zeros): init(b, acc) fills row b's per-vertex values.
+template <typename T, typename Init>
+void path_gradient(const char* fn, const at::Tensor& ed, const at::Tensor& pa, const at::Tensor& od, at::Tensor& out,
+                   Init init) {
+  using acc_t = at::opmath_type<T>;
+  const int64_t B = pa.size(0), n = pa.size(1), E = out.numel();
+  if (B == 0 || n == 0) return;
+  const int64_t chunks = num_chunks(B, n);
+  std::vector<int> errs(chunks, kOk);
+  const int32_t *ep = ed.data_ptr<int32_t>(), *pp = pa.data_ptr<int32_t>(), *qp = od.data_ptr<int32_t>();
+  // one chunk accumulating in the output's own type: straight into 'out' (same sums, same
+  // order); else one [E] accumulator per chunk, summed below in chunk order
+  constexpr bool kSameType = std::is_same_v<acc_t, T>;
+  const bool direct = kSameType && chunks == 1;
+  std::vector<std::vector<acc_t>> part(direct ? 0 : chunks);
+  {
+    pybind11::gil_scoped_release no_gil;
+    at::parallel_for(0, chunks, 1, [&](int64_t c0, int64_t c1) {
+      for (int64_t ch = c0; ch < c1; ++ch) {
+        acc_t* o;
+        if (direct) {
+          o = reinterpret_cast<acc_t*>(out.data_ptr<T>());  // zeros; acc_t is T here
+        } else {
+          part[ch].assign(E, acc_t(0));
+          o = part[ch].data();
+        }
+        std::vector<acc_t> acc(n);
+        Scratch S(n);
+        for (int64_t b = ch * B / chunks, z = (ch + 1) * B / chunks; b < z; ++b) {
+          init(b, acc.data());
+          const int err = row_path_gradient(n, E, pp + b * n, ep + b * n, qp + b * n, acc.data(), o, S);
           if (err != kOk) { errs[ch] = err; break; }
         }
       }
     });
+  }
+  if (!direct) {
+    T* op = out.data_ptr<T>();
+    for (int64_t e = 0; e < E; ++e) {
+      acc_t s = acc_t(0);
+      for (const auto& q : part) s += q[e];
+      op[e] = static_cast<T>(s);
+    }
+  }
+  for (int err : errs) TORCH_CHECK_VALUE(err == kOk, err_message(fn, err));
+}
+
+void check_weight(const char* fn, const at::Tensor& weight, const char* name) {
+  TORCH_CHECK_VALUE(weight.device().is_cpu() && weight.layout() == at::kStrided && weight.dim() == 1, fn,
+                    " (C++): '", name, "' must be a dense 1-D CPU tensor");
+  TORCH_CHECK_TYPE(at::isFloatingType(weight.scalar_type()), fn, " (C++): '", name, "' must be floating");
+}
+
+void check_grad(const char* fn, const at::Tensor& grad, at::IntArrayRef shape, int64_t num_edges) {
+  TORCH_CHECK_VALUE(grad.device().is_cpu() && grad.layout() == at::kStrided, fn,
+                    " (C++): 'grad' must be dense and on the CPU");
+  TORCH_CHECK_TYPE(at::isFloatingType(grad.scalar_type()), fn, " (C++): 'grad' must be floating");
+  TORCH_CHECK_VALUE(grad.sizes() == shape, fn, " (C++): 'grad' must have shape ", shape, ", got ", grad.sizes());
+  TORCH_CHECK_VALUE(num_edges >= 0, fn, " (C++): 'num_edges' must be >= 0");
+}
+
+}  // namespace
+
+at::Tensor tree_path_sum(at::Tensor weight, at::Tensor edge, at::Tensor parent, at::Tensor order) {
+  check_trees("tree_path_sum", edge, parent);
+  check_order("tree_path_sum", order, parent);
+  check_weight("tree_path_sum", weight, "weight");
+  at::Tensor w = weight.detach().contiguous();
+  at::Tensor out = at::empty({parent.size(0), parent.size(1)}, w.options());
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, w.scalar_type(), "tree_path_sum", [&] {
+    path_sums<scalar_t>("tree_path_sum", w, at::Tensor(), edge.contiguous(), parent.contiguous(), order.contiguous(),
+                        out.data_ptr<scalar_t>(), [](int64_t, const scalar_t*) {});
   });
-  for (int err : errs) TORCH_CHECK_VALUE(err == kOk, err_message("tree_path_sum", err));
+  return out;
+}
+
+// [R, B]: the path sums of vertices 0 .. R-1 of every row, transposed (row v holds vertex v's
+// sum in each tree), under the lengths 'weight' then 'extra' (edge ids E .. E + X - 1):
+// tree_path_sum(cat([weight, extra]))[:, :R].T, without the concatenated or [B, N] copies.
+at::Tensor tree_path_table(at::Tensor weight, at::Tensor extra, at::Tensor edge, at::Tensor parent, at::Tensor order,
+                           int64_t num_rows) {
+  check_trees("tree_path_table", edge, parent);
+  check_order("tree_path_table", order, parent);
+  check_weight("tree_path_table", weight, "weight");
+  check_weight("tree_path_table", extra, "extra");
+  TORCH_CHECK_TYPE(extra.scalar_type() == weight.scalar_type(),
+                   "tree_path_table (C++): 'extra' must have the dtype of 'weight'");
+  const int64_t B = parent.size(0), n = parent.size(1);
+  TORCH_CHECK_VALUE(num_rows >= 0 && num_rows <= n, "tree_path_table (C++): 'num_rows' must lie in [0, N]");
+  at::Tensor w = weight.detach().contiguous(), x = extra.detach().contiguous();
+  at::Tensor out = at::empty({num_rows, B}, w.options());
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, w.scalar_type(), "tree_path_table", [&] {
+    // the rows' sums side by side ([B, N], as tree_path_sum), then transposed in blocks of 64
+    // vertices (a store per vertex and row straight into [R, B] strides a cache line per store)
+    std::vector<scalar_t> sums(B * n);
+    path_sums<scalar_t>("tree_path_table", w, x, edge.contiguous(), parent.contiguous(), order.contiguous(),
+                        sums.data(), [](int64_t, const scalar_t*) {});
+    scalar_t* op = out.data_ptr<scalar_t>();
+    for (int64_t v0 = 0; v0 < num_rows; v0 += 64) {
+      const int64_t v1 = std::min<int64_t>(num_rows, v0 + 64);
+      for (int64_t b = 0; b < B; ++b)
+        for (int64_t v = v0; v < v1; ++v) op[v * B + b] = sums[b * n + v];
+    }
+  });
   return out;
 }
 
@@ -362,77 +495,43 @@ at::Tensor tree_path_gradient(at::Tensor grad, at::Tensor edge, at::Tensor paren
                               int64_t num_edges) {
   check_trees("tree_path_gradient", edge, parent);
   check_order("tree_path_gradient", order, parent);
-  TORCH_CHECK_VALUE(grad.device().is_cpu() && grad.layout() == at::kStrided,
-                    "tree_path_gradient (C++): 'grad' must be dense and on the CPU");
-  TORCH_CHECK_TYPE(at::isFloatingType(grad.scalar_type()), "tree_path_gradient (C++): 'grad' must be floating");
-  TORCH_CHECK_VALUE(grad.sizes() == parent.sizes(), "tree_path_gradient (C++): 'grad' must have the shape of "
-                    "'parent' ", parent.sizes(), ", got ", grad.sizes());
-  TORCH_CHECK_VALUE(num_edges >= 0, "tree_path_gradient (C++): 'num_edges' must be >= 0");
-  const int64_t B = parent.size(0), n = parent.size(1), E = num_edges;
+  check_grad("tree_path_gradient", grad, parent.sizes(), num_edges);
+  const int64_t n = parent.size(1);
   at::Tensor g = grad.detach().contiguous();
-  at::Tensor ed = edge.contiguous(), pa = parent.contiguous(), od = order.contiguous();
-  at::Tensor out = at::zeros({E}, g.options());
-  if (B == 0 || n == 0) return out;
-  const int64_t chunks = num_chunks(B, n);
-  std::vector<int> errs(chunks, kOk);
+  at::Tensor out = at::zeros({num_edges}, g.options());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, g.scalar_type(), "tree_path_gradient", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const scalar_t* gp = g.data_ptr<scalar_t>();
-    const int32_t* ep = ed.data_ptr<int32_t>();
-    const int32_t* pp = pa.data_ptr<int32_t>();
-    const int32_t* qp = od.data_ptr<int32_t>();
-    // one chunk accumulating in the output's own type: straight into 'out' (same sums, same
-    // order); else one [E] accumulator per chunk, summed below in chunk order
-    constexpr bool kSameType = std::is_same_v<acc_t, scalar_t>;
-    const bool direct = kSameType && chunks == 1;
-    std::vector<std::vector<acc_t>> part(direct ? 0 : chunks);
-    {
-      pybind11::gil_scoped_release no_gil;
-      at::parallel_for(0, chunks, 1, [&](int64_t c0, int64_t c1) {
-        for (int64_t ch = c0; ch < c1; ++ch) {
-          acc_t* o;
-          if (direct) {
-            o = reinterpret_cast<acc_t*>(out.data_ptr<scalar_t>());  // zeros; acc_t is scalar_t here
-          } else {
-            part[ch].assign(E, acc_t(0));
-            o = part[ch].data();
-          }
-          std::vector<acc_t> acc(n);
-          Scratch S(n);
-          for (int64_t b = ch * B / chunks, z = (ch + 1) * B / chunks; b < z; ++b) {
-            const int32_t *pr = pp + b * n, *er = ep + b * n, *qr = qp + b * n;
-            const scalar_t* gr = gp + b * n;
-            for (int64_t v = 0; v < n; ++v) acc[v] = static_cast<acc_t>(gr[v]);
-            const uint32_t gen = S.next();
-            int err = kOk;
-            for (int64_t i = n - 1; i >= 0; --i) {  // children first: acc[v] is v's subtree sum
-              const int64_t v = qr[i];
-              if (v < 0 || v >= n || S.mark[v] == gen) { err = kOrder; break; }
-              S.mark[v] = gen;
-              const int64_t u = pr[v];
-              if (u < -1 || u >= n) { err = kParent; break; }
-              if (u == -1 || u == v) continue;
-              const int64_t e = er[v];
-              if (S.mark[u] == gen) { err = kOrder; break; }  // the parent must come earlier in 'order'
-              if (e < 0 || e >= E) { err = kEdge; break; }
-              o[e] += acc[v];
-              acc[u] += acc[v];
-            }
-            if (err != kOk) { errs[ch] = err; break; }
-          }
-        }
-      });
-    }
-    if (!direct) {
-      scalar_t* op = out.data_ptr<scalar_t>();
-      for (int64_t e = 0; e < E; ++e) {
-        acc_t s = acc_t(0);
-        for (const auto& q : part) s += q[e];
-        op[e] = static_cast<scalar_t>(s);
-      }
-    }
+    path_gradient<scalar_t>("tree_path_gradient", edge.contiguous(), parent.contiguous(), order.contiguous(), out,
+                            [&](int64_t b, acc_t* acc) {
+                              for (int64_t v = 0; v < n; ++v) acc[v] = static_cast<acc_t>(gp[b * n + v]);
+                            });
   });
-  for (int err : errs) TORCH_CHECK_VALUE(err == kOk, err_message("tree_path_gradient", err));
+  return out;
+}
+
+// The transpose of tree_path_table: grad [R, B] (vertex v's value in row b at grad[v, b]; the
+// vertices from R on contribute nothing) onto the num_edges edges (weight's E then extra's X).
+at::Tensor tree_path_table_gradient(at::Tensor grad, at::Tensor edge, at::Tensor parent, at::Tensor order,
+                                    int64_t num_edges) {
+  check_trees("tree_path_table_gradient", edge, parent);
+  check_order("tree_path_table_gradient", order, parent);
+  const int64_t B = parent.size(0), n = parent.size(1);
+  TORCH_CHECK_VALUE(grad.dim() == 2 && grad.size(0) <= n, "tree_path_table_gradient (C++): 'grad' must be [R, B] "
+                    "with R <= N = ", n, ", got ", grad.sizes());
+  const int64_t R = grad.size(0);
+  check_grad("tree_path_table_gradient", grad, {R, B}, num_edges);
+  at::Tensor g = grad.detach().contiguous();
+  at::Tensor out = at::zeros({num_edges}, g.options());
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, g.scalar_type(), "tree_path_table_gradient", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const scalar_t* gp = g.data_ptr<scalar_t>();
+    path_gradient<scalar_t>("tree_path_table_gradient", edge.contiguous(), parent.contiguous(), order.contiguous(),
+                            out, [&](int64_t b, acc_t* acc) {
+                              for (int64_t v = 0; v < R; ++v) acc[v] = static_cast<acc_t>(gp[v * B + b]);
+                              std::fill(acc + R, acc + n, acc_t(0));
+                            });
+  });
   return out;
 }
 
@@ -453,4 +552,11 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "Transpose of tree_path_sum: per-vertex values scattered onto the tree edges (see tgrep::tree_path_gradient)",
         pybind11::arg("grad"), pybind11::arg("edge"), pybind11::arg("parent"), pybind11::arg("order"),
         pybind11::arg("num_edges"));
+  m.def("tree_path_table", &tree_path_table,
+        "Path sums of the first rows' vertices, transposed, under two weight vectors (see tgrep::tree_path_table)",
+        pybind11::arg("weight"), pybind11::arg("extra"), pybind11::arg("edge"), pybind11::arg("parent"),
+        pybind11::arg("order"), pybind11::arg("num_rows"));
+  m.def("tree_path_table_gradient", &tree_path_table_gradient,
+        "Transpose of tree_path_table (see tgrep::tree_path_table_gradient)", pybind11::arg("grad"),
+        pybind11::arg("edge"), pybind11::arg("parent"), pybind11::arg("order"), pybind11::arg("num_edges"));
 }

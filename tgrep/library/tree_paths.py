@@ -1,5 +1,6 @@
 """Custom ops over given shortest-path trees: ``tgrep::predecessor_trees``, ``tgrep::update_trees``, ``tgrep::tree_order``,
-``tgrep::tree_path_sum`` and its transpose ``tgrep::tree_path_gradient`` (PRODIGE family; what :class:`tgrep.nn.ProdigeEmbedding` trains
+``tgrep::tree_path_sum`` and its transpose ``tgrep::tree_path_gradient``, ``tgrep::tree_path_table`` (the same sums
+as a transposed table) and its transpose ``tgrep::tree_path_table_gradient`` (PRODIGE family; what :class:`tgrep.nn.ProdigeEmbedding` trains
 through between two refreshes of its cached search trees).
 
 Kernels: C++ (``csrc/cpu/tree_paths.cpp``) on CPU, the reference
@@ -155,6 +156,54 @@ def _(grad, edge, parent, order, num_edges):
     return grad.new_empty(num_edges)
 
 
+def _check_table(weight, extra, edge, parent, order, num_rows):
+    _check_sum(weight, edge, parent, order)
+    if extra.dim() != 1 or extra.dtype != weight.dtype:
+        raise ValueError(f"'extra' must be 1-D with the dtype of 'weight' ({weight.dtype}), got {extra.dtype} of "
+                         f"shape {tuple(extra.shape)}")
+    if not 0 <= num_rows <= parent.shape[1]:
+        raise ValueError(f"'num_rows' must lie in [0, N = {parent.shape[1]}], got {num_rows}")
+
+
+@kernel_op("tgrep::tree_path_table", cpp=cpp_kernel("tree_paths", "tree_path_table"), check=_check_table)
+def tree_path_table(weight: Tensor, extra: Tensor, edge: Tensor, parent: Tensor, order: Tensor,
+                    num_rows: int) -> Tensor:
+    """``[num_rows, B]``: ``tree_path_sum(cat([weight, extra]), ...)[:, :num_rows].T`` in one
+    pass, without the concatenated weights or the ``[B, N]`` sums (edge ids from
+    ``len(weight)`` on index ``extra``: e.g. a default length). An embedding table: row ``v``
+    holds vertex ``v``'s path sum in each tree."""
+    return ref.tree_path_table(weight, extra, edge, parent, order, num_rows)
+
+
+@tree_path_table.register_fake
+def _(weight, extra, edge, parent, order, num_rows):
+    return weight.new_empty((num_rows, parent.shape[0]))
+
+
+def _check_table_gradient(grad, edge, parent, order, num_edges):
+    _check_trees(edge, parent)
+    _check_order(order, parent)
+    if grad.dim() != 2 or grad.shape[0] > parent.shape[1] or grad.shape[1] != parent.shape[0] \
+            or not grad.is_floating_point():
+        raise ValueError(f"'grad' must be floating [R, B = {parent.shape[0]}] with R <= N = {parent.shape[1]}, got "
+                         f"{grad.dtype} of shape {tuple(grad.shape)}")
+    if num_edges < 0:
+        raise ValueError(f"'num_edges' must be >= 0, got {num_edges}")
+
+
+@kernel_op("tgrep::tree_path_table_gradient", cpp=cpp_kernel("tree_paths", "tree_path_table_gradient"),
+           check=_check_table_gradient)
+def tree_path_table_gradient(grad: Tensor, edge: Tensor, parent: Tensor, order: Tensor, num_edges: int) -> Tensor:
+    """``[num_edges]``: ``grad [R, B]`` scattered onto the edges of each vertex's walk (the
+    transpose of ``tree_path_table``; the vertices from ``R`` on contribute nothing)."""
+    return ref.tree_path_table_gradient(grad, edge, parent, order, num_edges)
+
+
+@tree_path_table_gradient.register_fake
+def _(grad, edge, parent, order, num_edges):
+    return grad.new_empty(num_edges)
+
+
 def _sum_setup(ctx, inputs, output):
     weight, edge, parent, order = inputs
     ctx.save_for_backward(edge, parent, order)
@@ -177,5 +226,33 @@ def _gradient_backward(ctx, grad):
     return g, None, None, None, None
 
 
+def _table_setup(ctx, inputs, output):
+    weight, extra, edge, parent, order, num_rows = inputs
+    ctx.save_for_backward(edge, parent, order)
+    ctx.sizes = (weight.shape[0], extra.shape[0])
+
+
+def _table_backward(ctx, grad):
+    edge, parent, order = ctx.saved_tensors
+    if not (ctx.needs_input_grad[0] or ctx.needs_input_grad[1]):
+        return None, None, None, None, None, None
+    E, X = ctx.sizes
+    g = tree_path_table_gradient(grad, edge, parent, order, E + X)
+    return g[:E], g[E:], None, None, None, None
+
+
+def _table_gradient_setup(ctx, inputs, output):
+    ctx.save_for_backward(*inputs[1:4])
+    ctx.num_rows = inputs[0].shape[0]
+
+
+def _table_gradient_backward(ctx, grad):  # its transpose: the table of the scattered edges
+    edge, parent, order = ctx.saved_tensors
+    g = tree_path_table(grad, grad[:0], edge, parent, order, ctx.num_rows) if ctx.needs_input_grad[0] else None
+    return g, None, None, None, None
+
+
 tree_path_sum.register_autograd(_sum_backward, setup_context=_sum_setup)
+tree_path_table.register_autograd(_table_backward, setup_context=_table_setup)
+tree_path_table_gradient.register_autograd(_table_gradient_backward, setup_context=_table_gradient_setup)
 tree_path_gradient.register_autograd(_gradient_backward, setup_context=_gradient_setup)

@@ -468,21 +468,27 @@ class ProdigeEmbedding(nn.Module):
         return (self.direction == "anchors" and self.training and torch.is_grad_enabled() and not g.soft
                 and not g.directed and g.weight_logit.requires_grad)
 
-    def _tree_distances(self) -> torch.Tensor:
-        """``[K, N]`` training-mode distances from the anchors: ``ceil(K / refresh_every)`` anchors
-        (rotating) get a fresh search in a sampled graph, every anchor's distances are the
-        current lengths summed along its cached tree (``tgrep::tree_path_sum``, differentiable)."""
+    def _tree_table(self) -> torch.Tensor:
+        """``[n, K]`` training-mode distances of the items to the anchors: ``ceil(K / refresh_every)``
+        anchors (rotating) get a fresh search in a sampled graph, every anchor's distances are the
+        current lengths summed along its cached tree (``tgrep::tree_path_table``, differentiable)."""
         g = self.graph
         K, dev = self.embedding_dim, g.indptr.device
         r = min(K, -(-K // self.refresh_every))
-        theta = g.weight_logit
-        if g.sparse:  # sparse gradients: through the sparse gather
-            theta = gather(theta, torch.arange(g.num_edges, device=dev), True)
-        w = F.softplus(theta)  # [M]: one length per parameter edge
-        w_csr = w.detach().index_select(0, g.perm)
+        # the small ops first, together (each small op right after a large one is several times
+        # slower on CPU: its code is no longer in cache)
         rows = (self._tree_step * r + torch.arange(r, device=dev)) % K
         src = rows + self.num_embeddings  # = self.anchors[rows]
         seed = _seed(None, dev)
+        with torch.no_grad():
+            self._tree_step.add_(1)
+        theta = g.weight_logit
+        # edge M: the default distance, the length of an unreached vertex's virtual edge
+        default = g.default_distance.to(theta.dtype).reshape(1)
+        if g.sparse:  # sparse gradients: through the sparse gather
+            theta = gather(theta, torch.arange(g.num_edges, device=dev), True)
+        w = F.softplus(theta)  # [M]: one length per parameter edge
+        w_csr = w.detach().index_select(0, self._edge_map)  # = g.perm, int32: half the index bytes
         if g.presence_logit.requires_grad:  # as ProdigeGraph.forward: a sampled graph per row
             p = g._csr_prob()
             _, pred = torch.ops.tgrep.shortest_paths(g.indptr, g.indices, w_csr, src, None, p, seed, True)
@@ -497,12 +503,9 @@ class ProdigeEmbedding(nn.Module):
         trees = torch.ops.tgrep.update_trees(self._tree_cache, rows, pred, src, self._edge_src, self._edge_map,
                                              g.num_edges)
         self._tree_cache = trees
-        with torch.no_grad():
-            self._tree_step.add_(1)
         edge, parent, order = trees.unbind(0)
-        # edge M: the default distance, the length of an unreached vertex's virtual edge
-        w = torch.cat([w, g.default_distance.to(w.dtype).reshape(1)])
-        return torch.ops.tgrep.tree_path_sum(w, edge, parent, order)
+        # the items' rows only, already as the [n, K] table (no concatenated lengths, no transpose)
+        return torch.ops.tgrep.tree_path_table(w, default, edge, parent, order, self.num_embeddings)
 
     def sparsity(self) -> torch.Tensor:
         """The graph's λ-term (mean edge probability)."""
@@ -538,8 +541,10 @@ class ProdigeEmbedding(nn.Module):
     def table(self) -> torch.Tensor:
         """``[n, K]`` the embedding of every item (one set of searches; in training mode a sample;
         centred when ``center``; the padding row is not zeroed here)."""
-        d = self._tree_distances() if self._uses_trees() else self.graph(self.anchors, None)
-        t = d[:, :self.num_embeddings].T.contiguous()  # rows gather fast
+        if self._uses_trees():
+            t = self._tree_table()
+        else:
+            t = self.graph(self.anchors, None)[:, :self.num_embeddings].T.contiguous()  # rows gather fast
         if not self.center:
             return t
         with torch.no_grad():

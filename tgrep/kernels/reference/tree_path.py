@@ -95,6 +95,29 @@ def tree_path_gradient(grad: torch.Tensor, edge: torch.Tensor, parent: torch.Ten
     return out
 
 
+def tree_path_table(weight: torch.Tensor, extra: torch.Tensor, edge: torch.Tensor, parent: torch.Tensor,
+                    order: torch.Tensor, num_rows: int) -> torch.Tensor:
+    """``[num_rows, B]``: ``tree_path_sum(cat([weight, extra]))[:, :num_rows].T`` (edge ids
+    ``len(weight) ..`` index ``extra``): vertex ``v``'s sum in each row, for ``v < num_rows``."""
+    if not 0 <= num_rows <= parent.shape[-1]:
+        raise ValueError(f"tree_path_table: 'num_rows' must lie in [0, N = {parent.shape[-1]}], got {num_rows}")
+    d = tree_path_sum(torch.cat([weight, extra]), edge, parent, order)
+    return d[:, :num_rows].T.contiguous()
+
+
+def tree_path_table_gradient(grad: torch.Tensor, edge: torch.Tensor, parent: torch.Tensor, order: torch.Tensor,
+                             num_edges: int) -> torch.Tensor:
+    """``[num_edges]``: the transpose of :func:`tree_path_table`, ``grad [R, B]`` (the vertices
+    from ``R`` on contribute nothing) scattered onto the edges of each vertex's walk."""
+    B, n = parent.shape
+    if grad.dim() != 2 or grad.shape[0] > n or grad.shape[1] != B:
+        raise ValueError(f"tree_path_table_gradient: 'grad' must be [R, B = {B}] with R <= N = {n}, got "
+                         f"{tuple(grad.shape)}")
+    full = grad.new_zeros(B, n)
+    full[:, :grad.shape[0]] = grad.T
+    return tree_path_gradient(full, edge, parent, order, num_edges)
+
+
 def predecessor_trees(pred: torch.Tensor, sources: torch.Tensor, edge_src: torch.Tensor, edge_map: torch.Tensor,
                       num_weights: int, fallback: torch.Tensor | None = None) -> torch.Tensor:
     """``[3, B, N]`` int32 (edge, parent, order) of search trees from their CSR predecessors
