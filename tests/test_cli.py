@@ -154,9 +154,9 @@ def test_info_aligned_and_without_choose(monkeypatch, capsys):
 
 
 def torch_op_kernels(name):
-    from torch._library.custom_ops import OPDEFS
+    from tgrep.library._register import OPS
 
-    return OPDEFS[f"tgrep::{name}"].kernels
+    return OPS[f"tgrep::{name}"].kernels
 
 
 def test_op_rows_default_backends_and_ops_without_kernels():

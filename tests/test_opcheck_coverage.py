@@ -21,7 +21,10 @@ D = torch.float64
 def test_every_op_has_an_opcheck():
     from torch._library.custom_ops import OPDEFS
 
-    ops = {name.split("::", 1)[1] for name in OPDEFS if name.startswith("tgrep::")}
+    from tgrep.library._register import OPS
+
+    # kernel_op's ops (tgrep's registry) and launch_op's (torch.library.triton_op: torch's)
+    ops = {name.split("::", 1)[1] for name in [*OPS, *OPDEFS] if name.startswith("tgrep::")}
     assert len(ops) >= 26
     source = "\n".join(p.read_text() for p in Path(__file__).parent.glob("test_*.py"))
     checked = set(re.findall(r"opcheck\(\s*torch\.ops\.tgrep\.(\w+)", source))
