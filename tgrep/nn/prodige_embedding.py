@@ -116,8 +116,9 @@ class ProdigeEmbedding(nn.Module):
     not saved in the ``state_dict``), each training forward searches
     :math:`\lceil K / \text{refresh\_every} \rceil` anchors afresh (in rotation, each in its
     own sampled graph) and takes *every* anchor's distances as the current lengths summed along
-    its cached tree (:func:`tgrep.ops.tree_path_sums`, one pass per tree; the gradient is the
-    path gradient along the same trees). A cached path is a path of the graph, so its length is
+    its cached tree (``tgrep::tree_path_table``: :func:`tgrep.ops.tree_path_sums` written
+    straight as the ``[n, K]`` table, one pass per tree; the gradient is the path gradient along
+    the same trees). A cached path is a path of the graph, so its length is
     an upper bound of the current distance, exact when the tree is fresh; no tree is older than
     ``refresh_every`` steps; a vertex a fresh sampled search does not reach keeps its path of
     the anchor's previous tree (edge dropout no longer cuts it off to the default distance for
@@ -125,8 +126,8 @@ class ProdigeEmbedding(nn.Module):
     at construction, after ``load_state_dict`` and after :meth:`reset_parameters`. No host
     synchronisation, so ``torch.compile(fullgraph=True)`` works (``direction="anchors"``). A
     bag-of-words training step of ``ProdigeEmbedding(2000, 16)`` (batch 64 x 50, 1 thread, CPU
-    time) is 4.9-5.4x ``nn.Embedding(2000, 16)``'s before pruning (64.8k candidate edges
-    searched) and 4.3-4.7x after (15.0k kept; softplus and Adam still run over the 64.8k lengths).
+    time) is 4.4x ``nn.Embedding(2000, 16)``'s before pruning (64.8k candidate edges
+    searched) and 3.9-4.0x after (15.0k kept; softplus and Adam still run over the 64.8k lengths).
     Soft graphs, directed graphs (``direction="items"``) and frozen lengths use exact searches
     in training too.
 
