@@ -354,11 +354,11 @@ int row_path_gradient(int64_t n, int64_t E, const int32_t* pr, const int32_t* er
   return kOk;
 }
 
-// Path sums of every row, written by put(b, o_row) (o_row: the row's n sums): the shared body
-// of tree_path_sum ([B, N] out, rows in place) and tree_path_table ([R, B] out, transposed).
-template <typename T, typename Put>
+// Path sums of every row into out [B, N] (weights w, then x from edge id len(w) on): the shared
+// body of tree_path_sum and tree_path_table.
+template <typename T>
 void path_sums(const char* fn, const at::Tensor& w, const at::Tensor& x, const at::Tensor& ed, const at::Tensor& pa,
-               const at::Tensor& od, T* direct, Put put) {
+               const at::Tensor& od, T* out) {
   const int64_t B = pa.size(0), n = pa.size(1), E = w.numel(), X = x.defined() ? x.numel() : 0;
   if (B == 0 || n == 0) return;
   const int64_t chunks = num_chunks(B, n);
@@ -371,12 +371,9 @@ void path_sums(const char* fn, const at::Tensor& w, const at::Tensor& x, const a
     at::parallel_for(0, chunks, 1, [&](int64_t c0, int64_t c1) {
       for (int64_t ch = c0; ch < c1; ++ch) {
         Scratch S(n);
-        std::vector<T> row(direct ? 0 : n);
         for (int64_t b = ch * B / chunks, z = (ch + 1) * B / chunks; b < z; ++b) {
-          T* o = direct ? direct + b * n : row.data();
-          const int err = row_path_sums(n, E, X, wp, xp, pp + b * n, ep + b * n, qp + b * n, o, S);
+          const int err = row_path_sums(n, E, X, wp, xp, pp + b * n, ep + b * n, qp + b * n, out + b * n, S);
           if (err != kOk) { errs[ch] = err; break; }
-          put(b, o);
         }
       }
     });
@@ -455,7 +452,7 @@ at::Tensor tree_path_sum(at::Tensor weight, at::Tensor edge, at::Tensor parent, 
   at::Tensor out = at::empty({parent.size(0), parent.size(1)}, w.options());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, w.scalar_type(), "tree_path_sum", [&] {
     path_sums<scalar_t>("tree_path_sum", w, at::Tensor(), edge.contiguous(), parent.contiguous(), order.contiguous(),
-                        out.data_ptr<scalar_t>(), [](int64_t, const scalar_t*) {});
+                        out.data_ptr<scalar_t>());
   });
   return out;
 }
@@ -480,7 +477,7 @@ at::Tensor tree_path_table(at::Tensor weight, at::Tensor extra, at::Tensor edge,
     // vertices (a store per vertex and row straight into [R, B] strides a cache line per store)
     std::vector<scalar_t> sums(B * n);
     path_sums<scalar_t>("tree_path_table", w, x, edge.contiguous(), parent.contiguous(), order.contiguous(),
-                        sums.data(), [](int64_t, const scalar_t*) {});
+                        sums.data());
     scalar_t* op = out.data_ptr<scalar_t>();
     for (int64_t v0 = 0; v0 < num_rows; v0 += 64) {
       const int64_t v1 = std::min<int64_t>(num_rows, v0 + 64);
