@@ -393,10 +393,13 @@ class ProdigeGraph(nn.Module):
             w = F.softplus(gather(self.weight_logit, self.perm, True))
         else:  # softplus over the M parameters, then to the 2M CSR slots
             w = F.softplus(self.weight_logit)[self.perm]
-        if deterministic:
-            keep = self.presence_logit.detach()[self.perm] >= 0  # p >= 0.5
-            w = torch.where(keep, w, torch.full_like(w, float("inf")))
-        return w
+        return self._kept_only(w) if deterministic else w
+
+    def _kept_only(self, w_csr: torch.Tensor) -> torch.Tensor:
+        """CSR slot lengths ``w_csr`` with the absent edges (:math:`p < 0.5`) at ``inf``: the
+        deterministic (eval-mode) graph."""
+        keep = self.presence_logit.detach()[self.perm] >= 0  # p >= 0.5
+        return torch.where(keep, w_csr, torch.full_like(w_csr, float("inf")))
 
     def _csr_prob(self) -> torch.Tensor:
         """``sigmoid(presence_logit)[perm]`` (detached), the CSR slots' presence probabilities.

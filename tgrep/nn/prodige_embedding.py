@@ -495,7 +495,7 @@ class ProdigeEmbedding(nn.Module):
             _, pred = torch.ops.tgrep.shortest_paths(g.indptr, g.indices, w_csr, src, None, p, seed, True)
             g._last = (seed, src, pred, p)
         else:  # frozen presence: the deterministic graph
-            w_csr = torch.where(g.presence_logit.detach()[g.perm] >= 0, w_csr, float("inf"))
+            w_csr = g._kept_only(w_csr)
             _, pred = torch.ops.tgrep.shortest_paths(g.indptr, g.indices, w_csr, src, None, None, seed, True)
         # a vertex the sampled graph does not reach keeps its path of the anchor's previous tree
         # (a path of the candidate graph), not the default distance; the updated cache is a new
