@@ -141,3 +141,53 @@ def test_cpp_checks_values_skips_the_python_check_only_before_the_cpp_kernel():
     with tgrep.use_backend("reference"):
         op(x)
     assert calls == ["check", "reference"]
+
+
+def test_kernel_op_autograd_contract(seed):
+    """kernel_op's own Autograd kernel keeps custom_op's contract: setup_context sees every input
+    (a trailing default the dispatcher dropped included), needs_input_grad, one gradient per
+    input; an op without a formula is not differentiable (backward raises); no-grad and
+    inference-mode calls run the kernel alone; the op is listed in the registry and opchecks."""
+    from tgrep.library._register import OPS, kernel_op
+
+    seen = {}
+
+    @kernel_op("tgrep_test::scaled_square")
+    def scaled_square(x: torch.Tensor, y: torch.Tensor, scale: float = 2.0) -> torch.Tensor:
+        return scale * x * x + y
+
+    scaled_square.register_fake(lambda x, y, scale=2.0: torch.empty_like(x))
+
+    def setup(ctx, inputs, output):
+        seen["inputs"] = len(inputs)
+        ctx.save_for_backward(inputs[0])
+        ctx.scale = inputs[2]
+
+    def backward(ctx, g):
+        seen["needs"] = tuple(ctx.needs_input_grad)
+        (x,) = ctx.saved_tensors
+        return 2 * ctx.scale * x * g, g if ctx.needs_input_grad[1] else None, None
+
+    scaled_square.register_autograd(backward, setup_context=setup)
+
+    @kernel_op("tgrep_test::no_formula")
+    def no_formula(x: torch.Tensor) -> torch.Tensor:
+        return x * 3
+
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(5, dtype=torch.float64, generator=gen, requires_grad=True)
+    y = torch.randn(5, dtype=torch.float64, generator=gen)
+    out = torch.ops.tgrep_test.scaled_square(x, y)  # scale left at its default
+    out.sum().backward()
+    assert seen == {"inputs": 3, "needs": (True, False, False)}
+    torch.testing.assert_close(x.grad, 4 * x.detach())
+    assert torch.autograd.gradcheck(lambda a, b: scaled_square(a, b, 0.5), (x, y.clone().requires_grad_()))
+    torch.library.opcheck(torch.ops.tgrep_test.scaled_square.default, (x, y, 3.0))
+    with torch.no_grad():
+        assert not scaled_square(x, y).requires_grad
+    with torch.inference_mode():
+        torch.testing.assert_close(scaled_square(x, y, 1.0), x.detach() ** 2 + y)
+    z = no_formula(x)
+    with pytest.raises(RuntimeError, match="no autograd formula"):
+        z.sum().backward()
+    assert OPS["tgrep_test::scaled_square"] is scaled_square and "reference" in scaled_square.kernels
