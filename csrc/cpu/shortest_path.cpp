@@ -284,9 +284,7 @@ struct RadixHeap {
       for (uint64_t k : B) m = k < m ? k : m;  // the new minimum (entries here are >= last)
       last = m;
       for (uint64_t k : B) {
-        if (stale(k)) {  // never live again: dropped now rather than moved
-            continue;
-        }
+        if (stale(k)) continue;  // never live again: dropped now rather than moved
         const int j = bucket_of(k, m);  // < i: k and m agree above bit i - 1
         b[j].push_back(k);
         if (j) mask |= uint64_t(1) << (j - 1);
