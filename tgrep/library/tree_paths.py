@@ -48,14 +48,18 @@ def _check_sum(weight, edge, parent, order):
     _check_order(order, parent)
 
 
-def _check_gradient(grad, edge, parent, order, num_edges):
+def _check_scatter(edge, parent, order, num_edges):  # what both gradient ops check besides 'grad'
     _check_trees(edge, parent)
     _check_order(order, parent)
+    if num_edges < 0:
+        raise ValueError(f"'num_edges' must be >= 0, got {num_edges}")
+
+
+def _check_gradient(grad, edge, parent, order, num_edges):
+    _check_scatter(edge, parent, order, num_edges)
     if grad.shape != parent.shape or not grad.is_floating_point():
         raise ValueError(f"'grad' must be floating with the shape of 'parent' {tuple(parent.shape)}, "
                          f"got {grad.dtype} of shape {tuple(grad.shape)}")
-    if num_edges < 0:
-        raise ValueError(f"'num_edges' must be >= 0, got {num_edges}")
 
 
 def _check_predecessors(pred, sources, edge_src, edge_map, num_weights, fallback=None):
@@ -181,14 +185,11 @@ def _(weight, extra, edge, parent, order, num_rows):
 
 
 def _check_table_gradient(grad, edge, parent, order, num_edges):
-    _check_trees(edge, parent)
-    _check_order(order, parent)
+    _check_scatter(edge, parent, order, num_edges)
     if grad.dim() != 2 or grad.shape[0] > parent.shape[1] or grad.shape[1] != parent.shape[0] \
             or not grad.is_floating_point():
         raise ValueError(f"'grad' must be floating [R, B = {parent.shape[0]}] with R <= N = {parent.shape[1]}, got "
                          f"{grad.dtype} of shape {tuple(grad.shape)}")
-    if num_edges < 0:
-        raise ValueError(f"'num_edges' must be >= 0, got {num_edges}")
 
 
 @kernel_op("tgrep::tree_path_table_gradient", cpp=cpp_kernel("tree_paths", "tree_path_table_gradient"),
