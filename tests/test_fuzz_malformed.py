@@ -7,9 +7,10 @@ allocation sized by a huge id fails *that* case instead of killing pytest. Expec
 * ``("error", name)``: a ``ValueError``/``TypeError`` whose message names ``name``;
 * ``("ok", None)``: returns (the snippet itself asserts the answer where one is known).
 
-Cases other helpers are fixing (issue 12 items 2, 6-12) are ``xfail(strict=True)`` with the
-failure observed: when a fix lands the case passes, strict xfail turns it red, and the mark is
-removed (the lead flips them).
+A case whose failure is not fixed yet carries the failure observed (``xfail=``) and its id in
+``STILL_FAILING``, which makes it ``xfail(strict=True)``: when its fix lands the case passes, the
+strict xfail turns red, and the id leaves the set. The set is empty today; the reason strings
+keep what each fixed case used to do (issue 12).
 """
 from __future__ import annotations
 

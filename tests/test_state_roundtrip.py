@@ -164,7 +164,7 @@ CASES = {
     "tgrep.nn.pool.EdgeCostNet": (_build_edge_cost_net, _use_edge_cost_net),
     "tgrep.models.EDRep": (_build_edrep_model, _use_edrep_model),
     "tgrep.nn.pool.SelectOT": (_build_select_ot, _use_select_ot),
-    "tgrep.models.ProdigeCompression": (_build_prodige_compression, _use_prodige_compression),  # no state: the round trip is trivial
+    "tgrep.models.ProdigeCompression": (_build_prodige_compression, _use_prodige_compression),
 }
 
 KNOWN = {  # cases that fail today: what breaks, precisely (the module owners fix it)
