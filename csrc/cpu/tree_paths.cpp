@@ -475,9 +475,10 @@ at::Tensor tree_path_table(at::Tensor weight, at::Tensor extra, at::Tensor edge,
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, w.scalar_type(), "tree_path_table", [&] {
     // the rows' sums side by side ([B, N], as tree_path_sum), then transposed in blocks of 64
     // vertices (a store per vertex and row straight into [R, B] strides a cache line per store)
-    std::vector<scalar_t> sums(B * n);
+    at::Tensor rows = at::empty({B, n}, w.options());  // every entry written by path_sums: not zero-filled
     path_sums<scalar_t>("tree_path_table", w, x, edge.contiguous(), parent.contiguous(), order.contiguous(),
-                        sums.data());
+                        rows.data_ptr<scalar_t>());
+    const scalar_t* sums = rows.data_ptr<scalar_t>();
     scalar_t* op = out.data_ptr<scalar_t>();
     for (int64_t v0 = 0; v0 < num_rows; v0 += 64) {
       const int64_t v1 = std::min<int64_t>(num_rows, v0 + 64);
